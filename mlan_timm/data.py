@@ -1,0 +1,377 @@
+"""CIFAR-10 / CIFAR-100 data for mlan_timm training and evaluation.
+
+``--data-dir`` may hold any of these layouts (checked in this order):
+
+1. torchvision's own layout: ``cifar-10-batches-py/`` or ``cifar-100-python/`` (``download=True`` lets
+   torchvision fetch it when absent);
+2. an ImageFolder tree: ``<data_dir>/train/<class>/*.png`` and ``<data_dir>/test/...`` (or ``val/``);
+3. ImageFolder tarballs ``<split>.tar.gz`` in ``<data_dir>`` or ``<data_dir>/<dataset>/`` (as in the shared
+   offline data); they are extracted once into a cache directory.
+
+Two loading paths share the paper's augmentation (RandomCrop(32, padding=4) + horizontal flip, then
+normalisation with the CIFAR mean/std; the test split is only normalised):
+
+* :func:`build_loader` with ``on_device=False``: a ``torch.utils.data.DataLoader`` with torchvision transforms;
+* ``on_device=True``: the whole split as one uint8 tensor on the training device, augmented there in batches
+  (:class:`DeviceLoader`) - fast on CUDA, also usable on CPU.
+"""
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+__all__ = [
+    'CIFAR_STATS', 'DatasetNotFoundError', 'dataset_for_model', 'num_classes_for', 'build_transforms',
+    'build_dataset', 'load_uint8', 'DeviceLoader', 'build_loader', 'subset_indices',
+]
+
+CIFAR_STATS = {
+    'cifar10': dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), num_classes=10,
+                    tv_folder='cifar-10-batches-py'),
+    'cifar100': dict(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), num_classes=100,
+                     tv_folder='cifar-100-python'),
+}
+
+PathLike = Union[str, os.PathLike]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """Raised when no usable CIFAR data is found under ``--data-dir``."""
+
+
+def _check_name(name: str) -> str:
+    name = name.lower().replace('-', '')
+    if name not in CIFAR_STATS:
+        raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(CIFAR_STATS)}")
+    return name
+
+
+def num_classes_for(name: str) -> int:
+    return CIFAR_STATS[_check_name(name)]['num_classes']
+
+
+def dataset_for_model(model_name: str) -> Optional[str]:
+    """``'mlan_resnet20_cifar100'`` -> ``'cifar100'``; ``None`` when the name does not say."""
+    base = model_name.split('.')[0].split(':')[-1].split('/')[-1].lower()
+    if base.endswith('cifar100'):
+        return 'cifar100'
+    if base.endswith('cifar10'):
+        return 'cifar10'
+    return None
+
+
+def build_transforms(name: str, train: bool):
+    """The paper's torchvision transforms for ``name`` ('cifar10' / 'cifar100')."""
+    from torchvision import transforms as T
+    stats = CIFAR_STATS[_check_name(name)]
+    norm = [T.ToTensor(), T.Normalize(stats['mean'], stats['std'])]
+    if train:
+        return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *norm])
+    return T.Compose(norm)
+
+
+def _default_cache_dir() -> Path:
+    env = os.environ.get('MLAN_TIMM_CACHE')
+    if env:
+        return Path(env)
+    return Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'mlan_timm'
+
+
+def _split_names(split: str) -> Tuple[str, ...]:
+    if split == 'train':
+        return ('train',)
+    if split in ('test', 'val'):
+        return ('test', 'val')
+    raise ValueError(f"Unknown split {split!r}; expected 'train' or 'test'")
+
+
+def _find_tarball(data_dir: Path, name: str, split: str) -> Optional[Path]:
+    for folder in (data_dir, data_dir / name):
+        for s in _split_names(split):
+            p = folder / f'{s}.tar.gz'
+            if p.is_file():
+                return p
+    return None
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f'{path.resolve()}|{st.st_size}|{st.st_mtime_ns}'.encode()).hexdigest()[:16]
+
+
+def _extract_tarball(tarball: Path, cache_dir: Path, name: str) -> Path:
+    """Extract ``tarball`` once into ``cache_dir``; returns the extracted root (atomic: temp dir + rename)."""
+    target = cache_dir / f'{name}-{tarball.name[:-len(".tar.gz")]}-{_file_key(tarball)}'
+    if target.is_dir():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix='.extract-', dir=cache_dir))
+    try:
+        with tarfile.open(tarball, 'r:gz') as tf:
+            try:
+                tf.extractall(tmp, filter='data')
+            except TypeError:  # Python without tarfile filters
+                tf.extractall(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():  # a concurrent extraction may have won the race
+                raise
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DatasetNotFoundError(f"Could not extract dataset tarball {tarball}: {e}") from e
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _image_folder_root(root: Path, split: str) -> Optional[Path]:
+    for s in _split_names(split):
+        if (root / s).is_dir():
+            return root / s
+    return None
+
+
+def _check_classes(classes: Sequence[str], name: str, where: Path):
+    expected = num_classes_for(name)
+    if len(classes) != expected:
+        raise DatasetNotFoundError(
+            f"ImageFolder {where} has {len(classes)} class folders, but {name} has {expected} classes. "
+            f"Pass the matching --dataset or --data-dir.")
+
+
+def _resolve(name: str, data_dir: Optional[PathLike], split: str, download: bool, cache_dir: Optional[PathLike]):
+    """Returns ('torchvision', root) or ('folder', split_root)."""
+    name = _check_name(name)
+    if data_dir is None:
+        raise DatasetNotFoundError(f"No --data-dir given for {name}.")
+    data_dir = Path(data_dir).expanduser()
+    tv_folder = CIFAR_STATS[name]['tv_folder']
+    if (data_dir / tv_folder).is_dir():
+        return 'torchvision', data_dir
+    if data_dir.name == tv_folder and data_dir.is_dir():
+        return 'torchvision', data_dir.parent
+    for root in (data_dir, data_dir / name):
+        folder = _image_folder_root(root, split)
+        if folder is not None:
+            return 'folder', folder
+    tarball = _find_tarball(data_dir, name, split)
+    if tarball is not None:
+        extracted = _extract_tarball(tarball, Path(cache_dir) if cache_dir else _default_cache_dir(), name)
+        folder = _image_folder_root(extracted, split)
+        if folder is None:
+            raise DatasetNotFoundError(
+                f"Tarball {tarball} does not contain a '{'/'.join(_split_names(split))}/' ImageFolder tree.")
+        return 'folder', folder
+    if download:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return 'torchvision', data_dir
+    what = 'does not exist' if not data_dir.exists() else 'holds no usable data'
+    raise DatasetNotFoundError(
+        f"{name} {split} split not found: data dir '{data_dir}' {what}. Expected one of: "
+        f"'{data_dir / tv_folder}' (torchvision layout; add --download to fetch it), "
+        f"an ImageFolder tree '{data_dir}/{'|'.join(_split_names(split))}/<class>/*.png', "
+        f"or a tarball '{data_dir}/[{name}/]{_split_names(split)[0]}.tar.gz'.")
+
+
+def _torchvision_cls(name):
+    from torchvision import datasets
+    return datasets.CIFAR10 if name == 'cifar10' else datasets.CIFAR100
+
+
+def subset_indices(n: int, subset: Optional[int], seed: int = 0) -> Optional[List[int]]:
+    """A fixed random subset of ``subset`` indices out of ``n`` (``None`` = all)."""
+    if not subset or subset >= n:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=g)[:subset].tolist())
+
+
+def build_dataset(name: str, data_dir: Optional[PathLike], split: str = 'train', download: bool = False,
+                  cache_dir: Optional[PathLike] = None, transform=None, subset: Optional[int] = None,
+                  subset_seed: int = 0) -> Dataset:
+    """A map-style dataset of (PIL image -> ``transform``, label); ``transform`` defaults to the paper's."""
+    name = _check_name(name)
+    if transform is None:
+        transform = build_transforms(name, train=split == 'train')
+    kind, root = _resolve(name, data_dir, split, download, cache_dir)
+    if kind == 'torchvision':
+        try:
+            ds = _torchvision_cls(name)(str(root), train=split == 'train', transform=transform, download=download)
+        except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
+            raise DatasetNotFoundError(f"{name} in torchvision layout under '{root}': {e}") from e
+    else:
+        from torchvision.datasets import ImageFolder
+        ds = ImageFolder(str(root), transform=transform)
+        _check_classes(ds.classes, name, root)
+    idx = subset_indices(len(ds), subset, subset_seed)
+    if idx is not None:
+        ds = Subset(ds, idx)
+    return ds
+
+
+def load_uint8(name: str, data_dir: Optional[PathLike], split: str = 'train', download: bool = False,
+               cache_dir: Optional[PathLike] = None, subset: Optional[int] = None,
+               subset_seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The whole split as ``(images uint8 [N,3,32,32], labels int64 [N])`` on CPU.
+
+    Decoded ImageFolder trees are cached (``.pt``) in the cache dir so later runs start fast.
+    """
+    name = _check_name(name)
+    kind, root = _resolve(name, data_dir, split, download, cache_dir)
+    if kind == 'torchvision':
+        try:
+            ds = _torchvision_cls(name)(str(root), train=split == 'train', download=download)
+        except RuntimeError as e:
+            raise DatasetNotFoundError(f"{name} in torchvision layout under '{root}': {e}") from e
+        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        y = torch.as_tensor(ds.targets, dtype=torch.int64)
+    else:
+        x, y = _load_folder_uint8(name, root, cache_dir)
+    idx = subset_indices(len(y), subset, subset_seed)
+    if idx is not None:
+        idx_t = torch.as_tensor(idx)
+        x, y = x[idx_t], y[idx_t]
+    return x, y
+
+
+def _load_folder_uint8(name: str, root: Path, cache_dir: Optional[PathLike]):
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    folder = ImageFolder(str(root))
+    _check_classes(folder.classes, name, root)
+    key = hashlib.sha256(repr([(p, c) for p, c in folder.samples]).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) if cache_dir else _default_cache_dir()
+    cache_file = cache / f'{name}-{root.name}-{key}.pt'
+    if cache_file.is_file():
+        try:
+            blob = torch.load(cache_file, map_location='cpu', weights_only=True)
+            return blob['x'], blob['y']
+        except Exception:
+            pass  # unreadable cache: rebuild it
+    xs = np.empty((len(folder.samples), 32, 32, 3), dtype=np.uint8)
+    for i, (path, _) in enumerate(folder.samples):
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert('RGB'))
+        if arr.shape != (32, 32, 3):
+            raise DatasetNotFoundError(f"{path}: expected a 32x32 RGB image, got shape {arr.shape}")
+        xs[i] = arr
+    x = torch.from_numpy(xs).permute(0, 3, 1, 2).contiguous()
+    y = torch.as_tensor([c for _, c in folder.samples], dtype=torch.int64)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pt', dir=cache)
+        os.close(fd)
+        torch.save({'x': x, 'y': y}, tmp)
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # caching is an optimisation only
+    return x, y
+
+
+class DeviceLoader:
+    """Iterates over a uint8 image tensor held on ``device``, with the paper's augmentation done there.
+
+    Random crop (zero padding 4) and horizontal flip match torchvision's ``RandomCrop(32, padding=4)`` +
+    ``RandomHorizontalFlip``; outputs are float32 normalised with the dataset's mean/std.
+    Randomness comes from a generator reseeded by :meth:`set_epoch`, so epochs are reproducible.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, name: str,
+                 train: bool, device: Union[str, torch.device] = 'cpu', drop_last: bool = False, seed: int = 0):
+        stats = CIFAR_STATS[_check_name(name)]
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.drop_last = drop_last
+        self.seed = seed
+        self.mean = torch.tensor(stats['mean'], device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(stats['std'], device=self.device).view(1, 3, 1, 1) * 255
+        self.generator = torch.Generator(device=self.device)
+        self.set_epoch(0)
+        self.dataset = self.labels  # len(loader.dataset) works as for DataLoader
+
+    def set_epoch(self, epoch: int):
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __len__(self):
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else (n + self.batch_size - 1) // self.batch_size
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+        off = torch.randint(0, 9, (2, b), device=self.device, generator=self.generator)
+        ar = torch.arange(32, device=self.device)
+        rows = (off[0][:, None] + ar)[:, :, None]
+        cols = (off[1][:, None] + ar)[:, None, :]
+        bidx = torch.arange(b, device=self.device)[:, None, None]
+        out = padded[bidx, :, rows, cols].permute(0, 3, 1, 2)  # advanced indexing puts channels last
+        flip = torch.rand(b, device=self.device, generator=self.generator) < 0.5
+        return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.train:
+            order = torch.randperm(n, device=self.device, generator=self.generator)
+        else:
+            order = torch.arange(n, device=self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.train:
+                x = self._augment(x)
+            x = (x.float() - self.mean) / self.std
+            yield x.contiguous(), self.labels[idx]
+
+
+class _EpochSeededLoader:
+    """A DataLoader whose shuffling / augmentation is reseeded per epoch (reproducible, resumable)."""
+
+    def __init__(self, dataset, batch_size, train, workers, pin_memory, drop_last, seed):
+        self.dataset = dataset
+        self.seed = seed
+        self.train = train
+        self.generator = torch.Generator()
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
+                                 pin_memory=pin_memory, drop_last=drop_last, generator=self.generator,
+                                 persistent_workers=False)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int):
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        self._epoch = epoch
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.loader.num_workers == 0 and self.train:
+            # augmentation then draws from the global RNG in this process: seed it for this epoch too
+            torch.manual_seed(self.seed * 1_000_003 + self._epoch + 7919)
+        return iter(self.loader)
+
+
+def build_loader(name: str, data_dir: Optional[PathLike], split: str, batch_size: int, *,
+                 on_device: bool = False, device: Union[str, torch.device] = 'cpu', workers: int = 2,
+                 download: bool = False, cache_dir: Optional[PathLike] = None, subset: Optional[int] = None,
+                 seed: int = 0, drop_last: Optional[bool] = None):
+    """A train (augmented, shuffled) or test loader; both have ``set_epoch(epoch)`` and ``len()``."""
+    train = split == 'train'
+    if drop_last is None:
+        drop_last = False
+    if on_device:
+        x, y = load_uint8(name, data_dir, split, download=download, cache_dir=cache_dir, subset=subset)
+        return DeviceLoader(x, y, batch_size, name, train=train, device=device, drop_last=drop_last, seed=seed)
+    ds = build_dataset(name, data_dir, split, download=download, cache_dir=cache_dir, subset=subset)
+    pin = torch.device(device).type == 'cuda'
+    return _EpochSeededLoader(ds, batch_size, train, workers, pin, drop_last, seed)

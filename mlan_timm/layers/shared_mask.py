@@ -1,0 +1,66 @@
+"""Mask attentions of MLAN: SMA (eqs. 1-3), SMAv2 (Fig. 6) and the full-mask baseline FMA (Table 4/12).
+
+All three compute ``N`` sigmoid masks with ``N`` parallel convolutions and multiply the input by their mean. The
+``N`` convolutions are stored as one ``nn.Conv2d`` with ``N`` (SMA, SMAv2) or ``N * C`` (FMA) output channels:
+the same parameters and the same function as ``N`` separate convolutions, computed in one kernel call.
+"""
+import torch
+from torch import nn
+
+
+def _check_mask_args(num_masks: int, kernel_size: int) -> None:
+    if not isinstance(num_masks, int) or num_masks < 1:
+        raise ValueError(f"num_masks must be an integer >= 1, got {num_masks!r}")
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"mask_kernel_size must be an odd integer >= 1 (keeps H x W), got {kernel_size!r}")
+
+
+class SharedMaskAttention(nn.Module):
+    """SMA, eqs. 1-3: ``M = mean_n sigmoid(conv_n(x))`` with each ``conv_n: C -> 1``; returns ``x * M``.
+
+    The single-channel mask (B, 1, H, W) is shared by, i.e. broadcast over, all channels of ``x``.
+    """
+
+    def __init__(self, channels: int, num_masks: int = 3, kernel_size: int = 1) -> None:
+        super().__init__()
+        _check_mask_args(num_masks, kernel_size)
+        self.channels = channels
+        self.num_masks = num_masks
+        self.conv = nn.Conv2d(channels, num_masks, kernel_size, padding=kernel_size // 2, bias=True)
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared mask, shape (B, 1, H, W), values in (0, 1)."""
+        return self.conv(x).sigmoid().mean(1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask(x)
+
+
+class SharedMaskAttentionV2(SharedMaskAttention):
+    """SMAv2, Fig. 6: average ``x`` over channels first, then ``N`` convs ``1 -> 1``; returns ``x * M``."""
+
+    def __init__(self, channels: int, num_masks: int = 3, kernel_size: int = 1) -> None:
+        super().__init__(1, num_masks, kernel_size)
+        self.channels = channels  # kept for repr/introspection; the convs see one channel
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.mean(1, keepdim=True)).sigmoid().mean(1, keepdim=True)
+
+
+class FullMaskAttention(nn.Module):
+    """FMA, the ablation baseline of Table 4/12: ``N`` convs ``C -> C`` give full (B, C, H, W) masks."""
+
+    def __init__(self, channels: int, num_masks: int = 3, kernel_size: int = 1) -> None:
+        super().__init__()
+        _check_mask_args(num_masks, kernel_size)
+        self.channels = channels
+        self.num_masks = num_masks
+        self.conv = nn.Conv2d(channels, num_masks * channels, kernel_size, padding=kernel_size // 2, bias=True)
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of the ``N`` full masks, shape (B, C, H, W)."""
+        m = self.conv(x).sigmoid()
+        return m.unflatten(1, (self.num_masks, self.channels)).mean(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask(x)
