@@ -1,0 +1,186 @@
+"""Behaviour of the MLAN layers: exact equivalences from the paper's equations, shapes, gradients, errors."""
+import pytest
+import torch
+from torch import nn
+
+from mlan_timm.layers import (
+    ATTN_TYPES, AttentionAggregation, ConvFusion, FullMaskAttention, PlusFusion, SharedMaskAggregation,
+    SharedMaskAttention, SharedMaskAttentionV2, TripletAttention, WeightedFusion, create_aggregation,
+    create_attention, create_fusion,
+)
+
+torch.manual_seed(0)
+
+
+def _randomize(module: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.5)
+    return module.eval()
+
+
+@pytest.mark.parametrize("num_masks", [1, 3, 5])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_sma_equals_mean_of_single_mask_smas(num_masks, kernel_size):
+    """Eq. 2-3: SMA with N masks == mean over n of the single-mask SMA built from the n-th conv."""
+    x = torch.randn(2, 6, 8, 8)
+    sma = _randomize(SharedMaskAttention(6, num_masks, kernel_size))
+    singles = []
+    for n in range(num_masks):
+        single = SharedMaskAttention(6, 1, kernel_size)
+        single.conv.weight.data.copy_(sma.conv.weight[n:n + 1])
+        single.conv.bias.data.copy_(sma.conv.bias[n:n + 1])
+        singles.append(single(x))
+    torch.testing.assert_close(sma(x), torch.stack(singles).mean(0))
+
+
+def test_sma_mask_is_shared_over_channels():
+    x = torch.randn(2, 5, 6, 6).abs() + 0.1
+    sma = _randomize(SharedMaskAttention(5, 3, 3))
+    ratio = sma(x) / x
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))
+    assert sma.mask(x).shape == (2, 1, 6, 6)
+    assert ((0 < sma.mask(x)) & (sma.mask(x) < 1)).all()
+
+
+def test_sma_v2_on_constant_over_channels_input():
+    """Fig. 6: the channel mean of an input constant over channels is that constant map."""
+    plane = torch.randn(2, 1, 8, 8)
+    x = plane.expand(2, 7, 8, 8).contiguous()
+    v2 = _randomize(SharedMaskAttentionV2(7, 3, 3))
+    expected = x * v2.conv(plane).sigmoid().mean(1, keepdim=True)
+    torch.testing.assert_close(v2(x), expected)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_sma_v2_equals_sma_with_weights_averaged_over_channels(kernel_size):
+    """conv(mean_c x) with weight w == conv(x) with weight w / C on every channel, so SMAv2 is a tied SMA."""
+    channels = 6
+    x = torch.randn(3, channels, 8, 8)
+    v2 = _randomize(SharedMaskAttentionV2(channels, 4, kernel_size))
+    sma = SharedMaskAttention(channels, 4, kernel_size)
+    sma.conv.weight.data.copy_(v2.conv.weight.expand(-1, channels, -1, -1) / channels)
+    sma.conv.bias.data.copy_(v2.conv.bias)
+    torch.testing.assert_close(v2(x), sma(x))
+
+
+def test_fma_masks_are_full_and_average_n_convs():
+    x = torch.randn(2, 4, 6, 6)
+    fma = _randomize(FullMaskAttention(4, 2, 3))
+    assert fma.mask(x).shape == x.shape
+    m = fma.conv(x).sigmoid()
+    torch.testing.assert_close(fma(x), x * (m[:, :4] + m[:, 4:]) / 2)
+
+
+@pytest.mark.parametrize("cls,expected", [
+    (SharedMaskAttention, lambda c, n, k: n * (c * k * k + 1)),
+    (SharedMaskAttentionV2, lambda c, n, k: n * (k * k + 1)),
+    (FullMaskAttention, lambda c, n, k: n * c * (c * k * k + 1)),
+])
+@pytest.mark.parametrize("channels,num_masks,kernel_size", [(8, 3, 1), (16, 3, 3), (64, 5, 1)])
+def test_mask_attention_parameter_counts(cls, expected, channels, num_masks, kernel_size):
+    module = cls(channels, num_masks, kernel_size)
+    assert sum(p.numel() for p in module.parameters()) == expected(channels, num_masks, kernel_size)
+
+
+@pytest.mark.parametrize("attn", ATTN_TYPES)
+@pytest.mark.parametrize("num_inputs", [1, 2, 5])
+def test_aggregation_is_attention_of_concat_averaged_over_parts(attn, num_inputs):
+    """Eqs. 4-7: LA/BA == attn(cat(xs)) brought back to C channels by the mean of its p parts."""
+    xs = [torch.randn(2, 8, 6, 6) for _ in range(num_inputs)]
+    inner = _randomize(create_attention(attn, 8 * num_inputs, num_masks=3, mask_kernel_size=3))
+    agg = create_aggregation(inner, num_inputs).eval()
+    y = inner(torch.cat(xs, 1))
+    expected = torch.stack(y.chunk(num_inputs, dim=1)).mean(0)
+    torch.testing.assert_close(agg(xs), expected)
+    assert isinstance(agg, SharedMaskAggregation) == (attn in ("sma", "sma_v2"))
+
+
+def test_shared_mask_aggregation_matches_generic_path():
+    xs = [torch.randn(2, 8, 6, 6) for _ in range(3)]
+    inner = _randomize(SharedMaskAttention(24, 3, 1))
+    torch.testing.assert_close(SharedMaskAggregation(inner, 3)(xs), AttentionAggregation(inner, 3)(xs))
+
+
+def test_aggregation_rejects_no_inputs():
+    with pytest.raises(ValueError, match="num_inputs"):
+        AttentionAggregation(nn.Identity(), 0)
+
+
+@pytest.mark.parametrize("attn", ATTN_TYPES)
+def test_attentions_keep_shape_and_pass_gradients(attn):
+    module = create_attention(attn, 16)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    y = module(x)
+    assert y.shape == x.shape
+    y.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for name, p in module.named_parameters():
+        assert p.grad is not None, f"{attn}: {name} got no gradient"
+
+
+def test_se_width_is_not_rounded_up_at_cifar_widths():
+    """timm's default rd_divisor=8 would give an 8-channel SE 8 hidden units; we keep ratio 1/16 (1 unit)."""
+    se = create_attention("se", 8)
+    assert se.fc1.out_channels == 1
+    assert create_attention("se", 64).fc1.out_channels == 4
+
+
+def test_triplet_attention_gates_each_plane():
+    ta = _randomize(TripletAttention(4))
+    x = torch.randn(2, 4, 6, 5)
+    # each branch is its gate applied in a rotated frame; the output is their mean
+    expected = (ta.gate_cw(x.transpose(1, 2)).transpose(1, 2) + ta.gate_hc(x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)
+                + ta.gate_hw(x)) / 3
+    torch.testing.assert_close(ta(x), expected)
+    assert sum(p.numel() for p in ta.parameters()) == 3 * (2 * 49 + 2)
+
+
+def test_plus_fusion_is_the_sum():
+    a, b, c = torch.randn(3, 2, 4, 5, 5)
+    torch.testing.assert_close(PlusFusion()(a, b, c), a + b + c)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_conv_fusion_can_express_the_sum(kernel_size):
+    """With identity-like weights (and BN at identity) concat+conv reduces to plus fusion."""
+    c = 4
+    fusion = ConvFusion(c, kernel_size).eval()
+    with torch.no_grad():
+        fusion.conv.weight.zero_()
+        for part in range(3):
+            for ch in range(c):
+                fusion.conv.weight[ch, part * c + ch, kernel_size // 2, kernel_size // 2] = 1.0
+        fusion.bn.running_var.fill_(1 - fusion.bn.eps)
+    a, b, r = torch.randn(3, 2, c, 6, 6)
+    torch.testing.assert_close(fusion(a, b, r), a + b + r)
+    assert sum(p.numel() for p in fusion.parameters()) == 3 * c * c * kernel_size ** 2 + 2 * c
+
+
+def test_weighted_fusion_uses_sigmoid_weights_per_sample():
+    c = 3
+    fusion = WeightedFusion(c)
+    with torch.no_grad():
+        fusion.fc.weight.zero_()
+        fusion.fc.bias.copy_(torch.tensor([0.0, 100.0, -100.0]))  # weights 0.5, 1, 0
+    a, b, r = torch.randn(3, 2, c, 4, 4)
+    torch.testing.assert_close(fusion(a, b, r), 0.5 * a + b, atol=1e-6, rtol=1e-5)
+    assert sum(p.numel() for p in fusion.parameters()) == 9 * c + 3
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_masks=0), "num_masks"),
+    (dict(num_masks=2.5), "num_masks"),
+    (dict(mask_kernel_size=2), "mask_kernel_size"),
+    (dict(mask_kernel_size=0), "mask_kernel_size"),
+])
+def test_bad_mask_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_attention("sma", 8, **kwargs)
+
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match="unknown attn 'eca'.*sma"):
+        create_attention("eca", 8)
+    with pytest.raises(ValueError, match="unknown fusion 'max'.*plus"):
+        create_fusion("max", 8)
