@@ -67,11 +67,11 @@ def dataset_for_model(model_name: str) -> Optional[str]:
     return None
 
 
-def build_transforms(name: str, train: bool):
+def build_transforms(name: str, train: bool, mean=None, std=None):
     """The paper's torchvision transforms for ``name`` ('cifar10' / 'cifar100')."""
     from torchvision import transforms as T
     stats = CIFAR_STATS[_check_name(name)]
-    norm = [T.ToTensor(), T.Normalize(stats['mean'], stats['std'])]
+    norm = [T.ToTensor(), T.Normalize(mean or stats['mean'], std or stats['std'])]
     if train:
         return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *norm])
     return T.Compose(norm)
@@ -285,7 +285,8 @@ class DeviceLoader:
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, name: str,
-                 train: bool, device: Union[str, torch.device] = 'cpu', drop_last: bool = False, seed: int = 0):
+                 train: bool, device: Union[str, torch.device] = 'cpu', drop_last: bool = False, seed: int = 0,
+                 mean=None, std=None):
         stats = CIFAR_STATS[_check_name(name)]
         self.device = torch.device(device)
         self.images = images.to(self.device)
@@ -294,8 +295,8 @@ class DeviceLoader:
         self.train = train
         self.drop_last = drop_last
         self.seed = seed
-        self.mean = torch.tensor(stats['mean'], device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(stats['std'], device=self.device).view(1, 3, 1, 1) * 255
+        self.mean = torch.tensor(mean or stats['mean'], device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std or stats['std'], device=self.device).view(1, 3, 1, 1) * 255
         self.generator = torch.Generator(device=self.device)
         self.set_epoch(0)
         self.dataset = self.labels  # len(loader.dataset) works as for DataLoader
@@ -364,14 +365,16 @@ class _EpochSeededLoader:
 def build_loader(name: str, data_dir: Optional[PathLike], split: str, batch_size: int, *,
                  on_device: bool = False, device: Union[str, torch.device] = 'cpu', workers: int = 2,
                  download: bool = False, cache_dir: Optional[PathLike] = None, subset: Optional[int] = None,
-                 seed: int = 0, drop_last: Optional[bool] = None):
+                 seed: int = 0, drop_last: Optional[bool] = None, mean=None, std=None):
     """A train (augmented, shuffled) or test loader; both have ``set_epoch(epoch)`` and ``len()``."""
     train = split == 'train'
     if drop_last is None:
         drop_last = False
     if on_device:
         x, y = load_uint8(name, data_dir, split, download=download, cache_dir=cache_dir, subset=subset)
-        return DeviceLoader(x, y, batch_size, name, train=train, device=device, drop_last=drop_last, seed=seed)
-    ds = build_dataset(name, data_dir, split, download=download, cache_dir=cache_dir, subset=subset)
+        return DeviceLoader(x, y, batch_size, name, train=train, device=device, drop_last=drop_last, seed=seed,
+                            mean=mean, std=std)
+    ds = build_dataset(name, data_dir, split, download=download, cache_dir=cache_dir, subset=subset,
+                       transform=build_transforms(name, train, mean, std))
     pin = torch.device(device).type == 'cuda'
     return _EpochSeededLoader(ds, batch_size, train, workers, pin, drop_last, seed)
