@@ -113,7 +113,7 @@ def compare_to_paper(rows: List[Dict[str, Any]], tolerance: float = 0.05) -> Lis
 
 def render_markdown(rows: List[Dict[str, Any]]) -> str:
     """Two Markdown tables (CIFAR-10, CIFAR-100): variants x depths, with the paper's values beside ours."""
-    depths = list(DEPTHS)
+    depths = sorted({r["depth"] for r in rows})
     out = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         ds_rows = [r for r in rows if r["dataset"] == dataset]
