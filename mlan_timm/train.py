@@ -63,7 +63,8 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
         pass
     base = name.split('.')[0]
     if not base.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')) and not timm.is_model(base):
-        close = sorted(set(timm.list_models(f'*{base.split("_")[-1]}*')))[:12] if '_' in base else []
+        import difflib
+        close = difflib.get_close_matches(base, timm.list_models(), n=6, cutoff=0.6)
         hint = f" Similar names: {', '.join(close)}." if close else ''
         raise UsageError(f"Unknown model {name!r}: not registered with timm (after importing mlan_timm).{hint}")
     try:
@@ -339,6 +340,8 @@ def train(args) -> Dict[str, Any]:
     atomic_write_text(out_dir / 'args.json', json.dumps(vars(args), indent=2, default=str))
 
     from tqdm import tqdm
+    # test hook: seconds to sleep after every step, so tests can interrupt a run mid-epoch reliably
+    step_sleep = float(os.environ.get('MLAN_TIMM_DEBUG_STEP_SLEEP', '0') or 0)
     last = {}
     num_updates = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, num_epochs):
@@ -391,6 +394,8 @@ def train(args) -> Dict[str, Any]:
                 bar.set_postfix(loss=f'{loss_m.avg:.3f}', acc=f'{acc_m.avg:.1f}',
                                 img_s=f'{n_img / max(time.perf_counter() - t0, 1e-9):.0f}')
             bar.update(1)
+            if step_sleep:
+                time.sleep(step_sleep)
         bar.close()
         if device.type == 'cuda':
             torch.cuda.synchronize()
