@@ -44,9 +44,11 @@ def run_python(code, python=sys.executable, env_extra=None, cwd=None, flags=()):
     return proc
 
 
-def probe(**kwargs):
-    proc = run_python(PROBE, **kwargs)
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+def probe(extra="", **kwargs):
+    """Run PROBE (then ``extra`` code, whose output comes first) and return its JSON and stderr."""
+    proc = run_python(PROBE.replace("print(json.dumps(", extra + "\nprint(json.dumps(", 1), **kwargs)
+    *extra_out, last = proc.stdout.strip().splitlines()
+    return json.loads(last), proc.stderr, extra_out
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +62,20 @@ def installed_hook():
 
 
 def test_import_timm_alone_registers_models(installed_hook, tmp_path):
-    out, _ = probe(cwd=tmp_path)
+    out, _, _ = probe(cwd=tmp_path)
     assert out["start"] == {"torch": False, "timm": False, "hook": True}  # nothing heavy at start
     assert out["mlan_timm_loaded"] and not out["hook_left"]  # fired once, then removed itself
     assert ZOO_SAMPLE <= set(out["models"]), out["models"]
 
 
 def test_off_switch(installed_hook, tmp_path):
-    for value in ("0", "Off"):
-        out, _ = probe(cwd=tmp_path, env_extra={"MLAN_TIMM_AUTOLOAD": value})
-        assert out["start"]["hook"] is False
-        assert out["mlan_timm_loaded"] is False and out["models"] == []
+    out, _, _ = probe(cwd=tmp_path, env_extra={"MLAN_TIMM_AUTOLOAD": "0"})
+    assert out["start"]["hook"] is False
+    assert out["mlan_timm_loaded"] is False and out["models"] == []
+    check = "import sys; print([type(f).__name__ for f in sys.meta_path])"
+    for value, active in (("Off", False), ("false", False), ("1", True), ("", True)):
+        finders = run_python(check, env_extra={"MLAN_TIMM_AUTOLOAD": value}).stdout
+        assert ("_TimmImportHook" in finders) is active, (value, finders)
 
 
 def fake_mlan_timm(tmp_path, body):
@@ -92,14 +97,12 @@ def test_registration_and_explicit_import_do_not_clash(installed_hook, tmp_path)
     """)
     code = "import mlan_timm, timm; print(timm.list_models('mlan_fake*'))"
     proc = run_python(code, env_extra=env, cwd=tmp_path, flags=("-W", "error"))  # no re-registration warning
-    assert proc.stdout.strip() == "['mlan_fake_probe']"
-    out, stderr = probe(env_extra=env, cwd=tmp_path)  # and the plain `import timm` path
-    assert out["models"] == ["mlan_fake_probe"] and "Warning" not in stderr
+    assert proc.stdout.strip() == "['mlan_fake_probe']"  # registered exactly once
 
 
 def test_broken_mlan_timm_only_warns(installed_hook, tmp_path):
     env = fake_mlan_timm(tmp_path, "raise RuntimeError('simulated breakage')\n")
-    out, stderr = probe(env_extra=env, cwd=tmp_path)  # `import timm` still succeeds
+    out, stderr, _ = probe(env_extra=env, cwd=tmp_path)  # `import timm` still succeeds
     assert out["models"] == [] and not out["hook_left"]
     assert "mlan-timm autoload" in stderr and "simulated breakage" in stderr
     assert "MLAN_TIMM_AUTOLOAD=0" in stderr  # the warning says how to turn it off
@@ -122,11 +125,11 @@ def test_wheel_install_registers_models(tmp_path):
     # (e.g. the editable mlan_timm) are NOT processed, so mlan_timm must come from the wheel.
     (purelib / "_parent.pth").write_text("\n".join(site.getsitepackages()) + "\n")
 
-    out, _ = probe(python=py, cwd=tmp_path)
+    create = ("import torch; m = timm.create_model('mlan_resnet20_cifar10').eval()\n"
+              "with torch.no_grad(): print(tuple(m(torch.zeros(2, 3, 32, 32)).shape))")
+    out, _, printed = probe(create, python=py, cwd=tmp_path)
     assert Path(out["mlan_timm_file"]).is_relative_to(venv), out["mlan_timm_file"]
     assert Path(out["hook_file"]).is_relative_to(venv), out["hook_file"]
     assert out["start"] == {"torch": False, "timm": False, "hook": True}
     assert ZOO_SAMPLE <= set(out["models"]), out["models"]
-    code = ("import timm, torch; m = timm.create_model('mlan_resnet20_cifar10').eval()\n"
-            "with torch.no_grad(): print(tuple(m(torch.zeros(2, 3, 32, 32)).shape))")
-    assert run_python(code, python=py, cwd=tmp_path).stdout.strip() == "(2, 10)"
+    assert printed == ["(2, 10)"]  # timm.create_model builds a working mlan model
