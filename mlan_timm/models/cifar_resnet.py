@@ -33,15 +33,15 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)
 REDUCTION = 4  # two stride-2 groups
 
 
-def check_input(x: torch.Tensor, in_chans: int) -> None:
-    """Raise a ValueError naming the problem when ``x`` is not an (B, in_chans, H, W) batch with H, W % 4 == 0."""
+def check_input(x: torch.Tensor, in_chans: int, multiple: int = REDUCTION) -> None:
+    """Raise a ValueError naming the problem unless ``x`` is a (B, in_chans, H, W) batch with H, W % multiple == 0."""
     if x.dim() != 4:
         raise ValueError(f"expected a 4-D image batch (B, C, H, W), got a tensor of shape {list(x.shape)}")
     if x.shape[1] != in_chans:
         raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)})")
-    if x.shape[2] % REDUCTION != 0 or x.shape[3] % REDUCTION != 0 or x.shape[2] == 0 or x.shape[3] == 0:
+    if x.shape[2] % multiple != 0 or x.shape[3] % multiple != 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(
-            f"image height and width must be positive multiples of {REDUCTION} (two stride-2 groups), "
+            f"image height and width must be positive multiples of {multiple} (two stride-2 groups), "
             f"got {x.shape[2]}x{x.shape[3]}; CIFAR models expect 32x32"
         )
 
