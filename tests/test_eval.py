@@ -1,0 +1,78 @@
+"""mlan-eval: metrics equal a direct computation; weights from safetensors / checkpoints; clear errors."""
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from _fixtures_train import TINY_MODEL, make_image_folder
+from mlan_timm import data as mdata
+from mlan_timm import eval as meval
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp('evaldata'), train_per_class=1, test_per_class=3)
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    torch.manual_seed(1)
+    model = timm.create_model(TINY_MODEL).eval()
+    path = tmp_path_factory.mktemp('w') / 'w.safetensors'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model, path
+
+
+def _args(data_dir, *extra):
+    return ['--model', TINY_MODEL, '--data-dir', str(data_dir), '--device', 'cpu', '--workers', '0',
+            '--batch-size', '7', '--cache-dir', str(data_dir / '.cache'), *extra]
+
+
+def test_eval_json_matches_direct_computation(data_dir, weights, capsys):
+    model, path = weights
+    assert meval.main(_args(data_dir, '--weights', str(path), '--json')) == 0
+    res = json.loads(capsys.readouterr().out)
+    ds = mdata.build_dataset('cifar10', data_dir, 'test')
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        logits = model(x)
+    top1 = (logits.argmax(1) == y).float().mean().item() * 100
+    top5 = (logits.topk(5, 1).indices == y[:, None]).any(1).float().mean().item() * 100
+    assert res['images'] == 30
+    assert res['top1'] == pytest.approx(top1, abs=1e-4) and res['top5'] == pytest.approx(top5, abs=1e-4)
+    assert res['loss'] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-4)
+    assert res['img_per_s'] > 0 and res['params'] == sum(p.numel() for p in model.parameters())
+
+
+def test_eval_table_from_training_checkpoint(data_dir, weights, tmp_path, capsys):
+    model, _ = weights
+    torch.save({'model': model.state_dict(), 'args': {'model': TINY_MODEL}, 'epoch': 1}, tmp_path / 'last.pth')
+    assert meval.main(_args(data_dir, '--checkpoint', str(tmp_path / 'last.pth'))) == 0
+    out = capsys.readouterr().out
+    assert 'top-1 (%)' in out and 'images/s' in out and 'cifar10 test (30 images)' in out
+
+
+def test_mismatched_weights_name_model_and_file(data_dir, tmp_path, capsys):
+    other = timm.create_model('mlan_resnet20_cifar10')
+    bad = tmp_path / 'other.safetensors'
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(bad))
+    assert meval.main(_args(data_dir, '--weights', str(bad))) == 2
+    err = capsys.readouterr().err
+    assert 'do not match' in err and TINY_MODEL in err and str(bad) in err
+
+
+def test_corrupt_and_missing_weights(data_dir, tmp_path, capsys):
+    bad = tmp_path / 'bad.safetensors'
+    bad.write_bytes(b'garbage')
+    assert meval.main(_args(data_dir, '--weights', str(bad))) == 2
+    assert 'corrupt' in capsys.readouterr().err
+    assert meval.main(_args(data_dir, '--weights', str(tmp_path / 'nope.safetensors'))) == 2
+    assert 'not found' in capsys.readouterr().err
+
+
+def test_eval_needs_a_weights_source(data_dir, capsys):
+    assert meval.main(_args(data_dir)) == 2
+    assert '--pretrained, --weights FILE or --checkpoint FILE' in capsys.readouterr().err
