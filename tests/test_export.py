@@ -1,0 +1,122 @@
+"""mlan-export (HF folder + model card) and mlan-push (mocked HfApi)."""
+import json
+from unittest import mock
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from _fixtures_train import TINY_MODEL
+from mlan_timm import export as mexport
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(2)
+    model = timm.create_model(TINY_MODEL).eval()
+    path = tmp_path / 'w.safetensors'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model, path
+
+
+def _log(tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    rows = [dict(epoch=0, lr=0.1, train_loss=2.0, train_top1=20.0, test_top1=31.25, test_top5=77.5, test_loss=1.9,
+                 time=3.0),
+            dict(epoch=1, lr=0.01, train_loss=1.5, train_top1=40.0, test_top1=42.5, test_top5=88.75, test_loss=1.6,
+                 time=3.0)]
+    (run / 'log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    (run / 'args.json').write_text(json.dumps(dict(epochs=2, batch_size=8, lr=0.1, sched='multistep',
+                                                   decay_milestones=[1], seed=3)))
+    return run / 'log.jsonl'
+
+
+def test_export_folder_round_trips_through_timm(weights, tmp_path, capsys):
+    model, path = weights
+    ev = tmp_path / 'eval.json'
+    ev.write_text(json.dumps(dict(top1=42.5, top5=88.75, loss=1.6, images=30, split='test', weights='w')))
+    paper = tmp_path / 'paper.json'
+    paper.write_text(json.dumps({TINY_MODEL: {'top1': '91.00', 'source': 'test data source'}}))
+    rc = mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(tmp_path / 'hub'),
+                       '--eval-json', str(ev), '--train-log', str(_log(tmp_path)), '--paper-results', str(paper)])
+    assert rc == 0
+    out = tmp_path / 'hub' / TINY_MODEL
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['architecture'] == TINY_MODEL and cfg['num_classes'] == 10 and len(cfg['label_names']) == 10
+    assert cfg['pretrained_cfg']['input_size'] == [3, 32, 32] and 'model_args' in cfg
+    sd = load_file(out / 'model.safetensors')
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    loaded = timm.create_model(TINY_MODEL, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(out / 'model.safetensors'))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    card = (out / 'README.md').read_text()
+    assert '10.1109/ACCESS.2022.3210711' in card and 'library_name: timm' in card
+    assert '| 42.50 | 91.00 |' in card and '| 88.75 | not available |' in card  # paper top-5 not supplied
+    assert '42.50 / 88.75' in card  # final-epoch numbers from the log
+    assert f"{sum(p.numel() for p in model.parameters()):,}" in card
+    assert f"{mexport.count_macs(model) / 1e6:.2f}" in card
+
+
+def test_paper_column_defaults_to_not_available(weights, tmp_path):
+    model, path = weights
+    out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
+    card = (out / 'README.md').read_text()
+    assert '| not available | not available |' in card and 'no paper numbers were supplied' in card
+
+
+def test_failed_export_keeps_previous_export(weights, tmp_path, monkeypatch):
+    model, path = weights
+    out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(mexport, 'count_macs', mock.Mock(side_effect=RuntimeError('boom')))
+    with pytest.raises(RuntimeError, match='boom'):
+        mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in (tmp_path / 'hub').iterdir()] == [TINY_MODEL]  # no temp leftovers
+
+
+def test_count_macs_of_a_linear_layer():
+    assert mexport.count_macs(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)), (3, 2, 2)) == 60
+
+
+def test_push_uploads_folder_with_mocked_api(weights, tmp_path):
+    _, path = weights
+    out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
+    api = mock.Mock()
+    api.upload_folder.return_value = mock.Mock(commit_url='https://hf.co/x/commit/1')
+    url = mexport.push_folder(out, 'me/x', token='hf_test', api=api)
+    assert url == 'https://hf.co/x/commit/1'
+    api.create_repo.assert_called_once_with(repo_id='me/x', private=False, exist_ok=True, repo_type='model')
+    kw = api.upload_folder.call_args.kwargs
+    assert kw['folder_path'] == str(out) and kw['repo_id'] == 'me/x'
+
+
+def test_push_main_constructs_hfapi_with_token(weights, tmp_path, monkeypatch, capsys):
+    _, path = weights
+    mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
+    fake = mock.Mock()
+    fake.return_value.upload_folder.return_value = mock.Mock(commit_url='u')
+    monkeypatch.setattr('huggingface_hub.HfApi', fake)
+    monkeypatch.setenv('HF_TOKEN', 'hf_env')
+    assert mexport.push_main(['--model', TINY_MODEL, '--hub-dir', str(tmp_path / 'hub')]) == 0
+    fake.assert_called_once_with(token='hf_env')
+    assert fake.return_value.create_repo.call_args.kwargs['repo_id'] == f'mlan-timm/{TINY_MODEL}'
+
+
+def test_push_without_token_or_folder_is_refused(weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv('HF_TOKEN', raising=False)
+    api = mock.Mock()
+    with pytest.raises(mexport.UsageError, match='not an mlan-export folder'):
+        mexport.push_folder(tmp_path, 'me/x', token='t', api=api)
+    _, path = weights
+    out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
+    with pytest.raises(mexport.UsageError, match='No Hugging Face token'):
+        mexport.push_folder(out, 'me/x', token=None, api=api)
+    api.upload_folder.assert_not_called()
+    assert mexport.push_main(['--model', TINY_MODEL, '--hub-dir', str(tmp_path / 'hub')]) == 2
+    assert 'No Hugging Face token' in capsys.readouterr().err
