@@ -1,0 +1,127 @@
+"""End-to-end, offline Hub round trip: export -> loopback HTTP server in the Hub's resolve layout ->
+``timm.create_model(name, pretrained=True)`` and ``timm.create_model('hf-hub:...')`` give identical logits."""
+import hashlib
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from _fixtures_train import REPO, TINY_MODEL, subprocess_env
+from mlan_timm.export import export_model
+
+COMMIT = 'a' * 40
+
+
+class _HubHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``<root>/<org>/<name>/<file>`` as ``/<org>/<name>/resolve/<revision>/<file>``."""
+    root: Path = None
+    log: list = None
+
+    def _resolve(self):
+        parts = self.path.split('?')[0].strip('/').split('/')
+        if len(parts) >= 5 and parts[2] == 'resolve':
+            return self.root / parts[0] / parts[1] / '/'.join(parts[4:]), parts
+        return None, parts
+
+    def _send(self, body: bytes, head_only: bool):
+        path, parts = self._resolve()
+        self.log.append((self.command, self.path))
+        if path is None or not path.is_file():
+            self.send_response(404)
+            self.send_header('X-Error-Code', 'EntryNotFound' if path is not None else 'RepoNotFound')
+            self.send_header('X-Error-Message', 'not found')
+            self.send_header('Content-Length', '0')
+            self.end_headers()
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/octet-stream')
+        self.send_header('Content-Length', str(len(data)))
+        self.send_header('ETag', '"%s"' % hashlib.sha256(data).hexdigest())
+        self.send_header('X-Repo-Commit', COMMIT)
+        self.end_headers()
+        if not head_only:
+            self.wfile.write(data)
+
+    def do_HEAD(self):  # noqa: N802
+        self._send(b'', True)
+
+    def do_GET(self):  # noqa: N802
+        self._send(b'', False)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub_server(tmp_path):
+    root = tmp_path / 'served'
+    handler = type('H', (_HubHandler,), dict(root=root, log=[]))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f'http://127.0.0.1:{server.server_address[1]}', handler.log
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+CHILD = r'''
+import json, sys, torch, timm
+import mlan_timm  # noqa: F401
+name, x_path = sys.argv[1], sys.argv[2]
+x = torch.load(x_path)
+out = {}
+for key, ident in (('pretrained', name), ('hf_hub', 'hf-hub:mlan-timm/' + name)):
+    m = timm.create_model(ident, pretrained=True).eval()
+    with torch.no_grad():
+        out[key] = m(x).tolist()
+print(json.dumps(out))
+'''
+
+
+def test_offline_hub_round_trip(hub_server, tmp_path):
+    root, endpoint, log = hub_server
+    torch.manual_seed(5)
+    model = timm.create_model(TINY_MODEL).eval()
+    export_model(TINY_MODEL, root / 'mlan-timm', model=model)
+    x = torch.randn(3, 3, 32, 32)
+    torch.save(x, tmp_path / 'x.pt')
+    with torch.no_grad():
+        expected = model(x)
+    env = subprocess_env(HF_ENDPOINT=endpoint, HF_HOME=tmp_path / 'hf_home', HF_HUB_DISABLE_TELEMETRY=1,
+                         HF_HUB_DISABLE_XET=1, MLAN_TIMM_WEIGHTS_DIR=tmp_path / 'no_bundled_weights',
+                         NO_PROXY='127.0.0.1', no_proxy='127.0.0.1')
+    for k in ('HF_TOKEN', 'HF_HUB_OFFLINE', 'HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'):
+        env.pop(k, None)
+    res = subprocess.run([sys.executable, '-c', CHILD, TINY_MODEL, str(tmp_path / 'x.pt')], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    a, b = torch.tensor(out['pretrained']), torch.tensor(out['hf_hub'])
+    assert torch.equal(a, b)
+    assert torch.allclose(a, expected, rtol=0, atol=1e-6)
+    assert any('/mlan-timm/%s/resolve/' % TINY_MODEL in p and p.endswith('model.safetensors') for _, p in log)
+    assert any(p.endswith('config.json') for _, p in log)  # the hf-hub: path reads the exported config
+    assert (tmp_path / 'hf_home').is_dir()  # the temporary cache was used, not the real one
+
+
+def test_missing_hub_repo_gives_clear_error(hub_server, tmp_path):
+    root, endpoint, _ = hub_server
+    env = subprocess_env(HF_ENDPOINT=endpoint, HF_HOME=tmp_path / 'hf_home', HF_HUB_DISABLE_XET=1,
+                         MLAN_TIMM_WEIGHTS_DIR=tmp_path / 'none', NO_PROXY='127.0.0.1', no_proxy='127.0.0.1')
+    env.pop('HF_HUB_OFFLINE', None)
+    code = ('import timm, mlan_timm\n'
+            'from mlan_timm.pretrained import PretrainedWeightsError\n'
+            'try:\n    timm.create_model("%s", pretrained=True)\n'
+            'except PretrainedWeightsError as e:\n    print("CLEAR:", e)\n' % TINY_MODEL)
+    res = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert 'CLEAR: No pretrained weights available for' in res.stdout, res.stdout + res.stderr[-2000:]
+    assert f'mlan-timm/{TINY_MODEL}' in res.stdout
