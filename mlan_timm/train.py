@@ -307,7 +307,7 @@ def train(args) -> Dict[str, Any]:
     steps_per_epoch = len(train_loader) if args.max_steps is None else min(len(train_loader), args.max_steps)
 
     from timm.optim import create_optimizer_v2
-    from timm.utils import AverageMeter, ModelEmaV3, accuracy
+    from timm.utils import ModelEmaV3
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum, filter_bias_and_bn=args.no_wd_norm_bias)
     scheduler, num_epochs = _scheduler(args, optimizer, steps_per_epoch)
@@ -351,7 +351,8 @@ def train(args) -> Dict[str, Any]:
         scheduler.step(epoch)
         lr = optimizer.param_groups[0]['lr']
         train_model.train()
-        loss_m, acc_m = AverageMeter(), AverageMeter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
         t0 = time.perf_counter()
         n_img = 0
         bar = tqdm(total=steps_per_epoch, desc=f'epoch {epoch + 1}/{num_epochs}', disable=args.no_progress,
@@ -387,11 +388,11 @@ def train(args) -> Dict[str, Any]:
             scheduler.step_update(num_updates)
             b = x.shape[0]
             n_img += b
+            # exact epoch sums kept on the device; synchronised only when the bar is refreshed
+            loss_sum += loss.detach().float() * b
+            correct += (out.detach().argmax(-1) == y).sum()
             if step % 10 == 0 or step == steps_per_epoch - 1:
-                acc = accuracy(out.detach().float(), y, topk=(1,))[0].item()
-                loss_m.update(loss.item(), b)
-                acc_m.update(acc, b)
-                bar.set_postfix(loss=f'{loss_m.avg:.3f}', acc=f'{acc_m.avg:.1f}',
+                bar.set_postfix(loss=f'{loss_sum.item() / n_img:.3f}', acc=f'{100 * correct.item() / n_img:.1f}',
                                 img_s=f'{n_img / max(time.perf_counter() - t0, 1e-9):.0f}')
             bar.update(1)
             if step_sleep:
@@ -400,7 +401,8 @@ def train(args) -> Dict[str, Any]:
         if device.type == 'cuda':
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
-        rec = dict(epoch=epoch, lr=lr, train_loss=loss_m.avg, train_top1=acc_m.avg,
+        rec = dict(epoch=epoch, lr=lr, train_loss=loss_sum.item() / max(n_img, 1),
+                   train_top1=100.0 * correct.item() / max(n_img, 1),
                    train_img_per_s=n_img / train_time if train_time > 0 else None, train_time=train_time)
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == num_epochs:
             ev = evaluate(train_model, test_loader, device, args.amp, args.channels_last)
