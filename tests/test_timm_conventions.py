@@ -592,10 +592,6 @@ def test_num_masks_validated_for_every_structure(name):
         timm.create_model(name, num_masks=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "CifarResNet._check_args validates num_masks for every structure but mask_kernel_size only where an "
-    "sma/sma_v2/fma is built, so plain and classic (se/cbam/ta/gc) models silently accept an even "
-    "mask_kernel_size; validate it in _check_args like num_masks"))
 @pytest.mark.parametrize("name", ["resnet14_cifar10", "se_resnet14_cifar10"])
 def test_even_mask_kernel_size_rejected_for_every_structure(name):
     with pytest.raises(ValueError, match="mask_kernel_size"):

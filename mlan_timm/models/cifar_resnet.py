@@ -17,6 +17,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from ..layers import FUSION_TYPES, create_attention
 from ..layers.factory import check_attn_type
+from ..layers.shared_mask import _check_mask_args as check_mask_args
 from ..pretrained import load_errors_as_clear_messages, pretrained_cfg_overlay
 from .blocks import BasicBlock, MLANGroup, SingleLevelBlock
 
@@ -85,7 +86,8 @@ class CifarResNet(nn.Module):
             global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        self._check_args(layers, widths, in_chans, structure, attn, fusion, levels, num_masks, drop_path_rate)
+        self._check_args(
+            layers, widths, in_chans, structure, attn, fusion, levels, num_masks, mask_kernel_size, drop_path_rate)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -94,8 +96,6 @@ class CifarResNet(nn.Module):
 
         attn_layer = None
         if structure != "plain":
-            # Built now so bad num_masks/mask_kernel_size fail at construction, not at first forward.
-            create_attention(attn, 8, num_masks, mask_kernel_size)
             attn_layer = partial(create_attention, attn, num_masks=num_masks, mask_kernel_size=mask_kernel_size)
 
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
@@ -130,7 +130,9 @@ class CifarResNet(nn.Module):
         self._init_weights()
 
     @staticmethod
-    def _check_args(layers, widths, in_chans, structure, attn, fusion, levels, num_masks, drop_path_rate) -> None:
+    def _check_args(
+            layers, widths, in_chans, structure, attn, fusion, levels, num_masks, mask_kernel_size, drop_path_rate,
+    ) -> None:
         if structure not in STRUCTURES:
             raise ValueError(f"unknown structure {structure!r}; choose one of {', '.join(STRUCTURES)}")
         if len(layers) != len(widths) or not layers or min(layers) < 1:
@@ -151,8 +153,7 @@ class CifarResNet(nn.Module):
             raise ValueError(f"unknown levels {levels!r}; choose one of {', '.join(LEVELS)}")
         if structure != "mlan" and (fusion != "plus" or levels != "multi"):
             raise ValueError("fusion and levels apply to MLAN models (mlan_*) only")
-        if not isinstance(num_masks, int) or num_masks < 1:
-            raise ValueError(f"num_masks must be an integer >= 1, got {num_masks!r}")
+        check_mask_args(num_masks, mask_kernel_size)
         if structure == "mlan" and drop_path_rate:
             raise ValueError("drop_path_rate (stochastic depth) is not defined for MLAN's fused blocks; use 0")
 
