@@ -42,9 +42,19 @@ class SharedMaskAggregation(nn.Module):
         self.num_inputs = num_inputs
 
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        # fast path: the p*C-channel concatenation is not built either (SharedMaskAttention.mask_of_concat)
+        mean = xs[0]
+        for i in range(1, len(xs)):
+            mean = mean + xs[i]
+        if len(xs) > 1:
+            mean = mean / len(xs)
+        return self.attn.mask_of_concat(xs, mean) * mean
+
+    def forward_reference(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        """Straightforward version of :meth:`forward` (concatenate, mask, average the parts)."""
         x = torch.cat(xs, dim=1)
         mean = x.unflatten(1, (self.num_inputs, -1)).mean(1)
-        return self.attn.mask(x) * mean
+        return self.attn.mask_reference(x) * mean
 
 
 def create_aggregation(attn: nn.Module, num_inputs: int) -> nn.Module:

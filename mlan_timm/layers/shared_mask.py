@@ -4,8 +4,23 @@ All three compute ``N`` sigmoid masks with ``N`` parallel convolutions and multi
 ``N`` convolutions are stored as one ``nn.Conv2d`` with ``N`` (SMA, SMAv2) or ``N * C`` (FMA) output channels:
 the same parameters and the same function as ``N`` separate convolutions, computed in one kernel call.
 """
+from typing import List, Optional
+
 import torch
 from torch import nn
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias)`` for a 1x1 ``weight`` (N, C, 1, 1), computed as a batched matmul.
+
+    Fast path (benchmarks, docs/benchmarks.md): oneDNN's CPU kernel for a 1x1 conv with only a few output channels
+    (the N = 3 mask convs) was measured ~20x slower than this matmul on CIFAR shapes; the function is the same
+    (tests/test_fast_paths.py compares it with ``F.conv2d``).
+    """
+    y = torch.matmul(weight.flatten(1), x.flatten(2))  # (B, N, H*W)
+    if bias is not None:
+        y = y + bias.unsqueeze(1)
+    return y.reshape(x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
 
 
 def _check_mask_args(num_masks: int, kernel_size: int) -> None:
@@ -27,10 +42,39 @@ class SharedMaskAttention(nn.Module):
         self.channels = channels
         self.num_masks = num_masks
         self.conv = nn.Conv2d(channels, num_masks, kernel_size, padding=kernel_size // 2, bias=True)
+        self.pointwise = kernel_size == 1  # use the matmul fast path of the 1x1 mask convs
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``N`` mask logits ``conv_n(x)``, shape (B, N, H, W)."""
+        if self.pointwise:
+            return pointwise_conv(x, self.conv.weight, self.conv.bias)
+        return self.conv(x)
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         """The shared mask, shape (B, 1, H, W), values in (0, 1)."""
+        return self.logits(x).sigmoid().mean(1, keepdim=True)
+
+    def mask_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Straightforward eqs. 1-2 (``nn.Conv2d``), the reference of the fast path in :meth:`mask`."""
         return self.conv(x).sigmoid().mean(1, keepdim=True)
+
+    def mask_of_concat(self, xs: List[torch.Tensor], mean: torch.Tensor) -> torch.Tensor:
+        """``self.mask(torch.cat(xs, 1))`` without building the concatenation; ``mean`` is the mean of ``xs``.
+
+        A 1x1 conv over a concatenation is the sum of the convs of its parts with the matching weight slices.
+        """
+        if not self.pointwise:
+            return self.mask(torch.cat(xs, 1))
+        weight = self.conv.weight.flatten(1)
+        c = xs[0].shape[1]
+        y = torch.matmul(weight[:, 0:c], xs[0].flatten(2))
+        for i in range(1, len(xs)):
+            y = y + torch.matmul(weight[:, i * c:(i + 1) * c], xs[i].flatten(2))
+        bias = self.conv.bias
+        if bias is not None:
+            y = y + bias.unsqueeze(1)
+        x0 = xs[0]
+        return y.sigmoid().mean(1, keepdim=True).reshape(x0.shape[0], 1, x0.shape[2], x0.shape[3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.mask(x)
@@ -43,8 +87,20 @@ class SharedMaskAttentionV2(SharedMaskAttention):
         super().__init__(1, num_masks, kernel_size)
         self.channels = channels  # kept for repr/introspection; the convs see one channel
 
-    def mask(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(1, keepdim=True)
+        bias = self.conv.bias
+        if self.pointwise and bias is not None:
+            # a 1 -> N 1x1 conv is a per-mask affine map of the channel mean
+            return m * self.conv.weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+        return self.conv(m)
+
+    def mask_reference(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.mean(1, keepdim=True)).sigmoid().mean(1, keepdim=True)
+
+    def mask_of_concat(self, xs: List[torch.Tensor], mean: torch.Tensor) -> torch.Tensor:
+        # the channel mean of cat(xs) is the channel mean of the parts' mean
+        return self.mask(mean)
 
 
 class FullMaskAttention(nn.Module):
@@ -56,11 +112,19 @@ class FullMaskAttention(nn.Module):
         self.channels = channels
         self.num_masks = num_masks
         self.conv = nn.Conv2d(channels, num_masks * channels, kernel_size, padding=kernel_size // 2, bias=True)
+        self.pointwise = kernel_size == 1  # use the matmul fast path of the 1x1 mask convs
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of the ``N`` full masks, shape (B, C, H, W)."""
-        m = self.conv(x).sigmoid()
+        if self.pointwise:
+            m = pointwise_conv(x, self.conv.weight, self.conv.bias).sigmoid()
+        else:
+            m = self.conv(x).sigmoid()
         return m.unflatten(1, (self.num_masks, self.channels)).mean(1)
+
+    def mask_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Straightforward ``nn.Conv2d`` version of :meth:`mask`."""
+        return self.conv(x).sigmoid().unflatten(1, (self.num_masks, self.channels)).mean(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.mask(x)

@@ -1,0 +1,132 @@
+"""Speed-motivated fast paths give the same outputs and gradients as the straightforward reference code.
+
+Fast paths (see docs/benchmarks.md for the measured effect):
+* 1x1 mask convs as a batched matmul (``pointwise_conv``) instead of ``nn.Conv2d`` (oneDNN is slow for N=3 outputs);
+* SMAv2's 1 -> N 1x1 conv as an affine map;
+* LA/BA with a shared mask: no p*C concatenation (the conv splits over the parts, the mean is a running sum).
+"""
+import contextlib
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mlan_timm  # noqa: F401
+from mlan_timm.layers import (
+    FullMaskAttention, SharedMaskAggregation, SharedMaskAttention, SharedMaskAttentionV2, create_aggregation,
+    create_attention,
+)
+from mlan_timm.layers.shared_mask import pointwise_conv
+
+
+def _randomize(module: nn.Module) -> nn.Module:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.5)
+    return module
+
+
+@contextlib.contextmanager
+def reference_paths():
+    """Swap every fast path for its reference implementation (class-level, restored on exit)."""
+    saved = [(SharedMaskAttention, "mask", SharedMaskAttention.mask),
+             (SharedMaskAttentionV2, "mask", SharedMaskAttentionV2.mask),
+             (FullMaskAttention, "mask", FullMaskAttention.mask),
+             (SharedMaskAggregation, "forward", SharedMaskAggregation.forward)]
+    SharedMaskAttention.mask = SharedMaskAttention.mask_reference
+    SharedMaskAttentionV2.mask = SharedMaskAttentionV2.mask_reference
+    FullMaskAttention.mask = FullMaskAttention.mask_reference
+    SharedMaskAggregation.forward = SharedMaskAggregation.forward_reference
+    try:
+        yield
+    finally:
+        for cls, name, fn in saved:
+            setattr(cls, name, fn)
+
+
+@pytest.mark.parametrize("shape,n", [((2, 16, 8, 8), 3), ((3, 5, 4, 6), 1), ((1, 24, 32, 32), 3)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_conv_equals_conv2d(shape, n, bias, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(n, shape[1], 1, 1)
+    b = torch.randn(n) if bias else None
+    torch.testing.assert_close(pointwise_conv(x, w, b), F.conv2d(x, w, b))
+
+
+@pytest.mark.parametrize("cls", [SharedMaskAttention, SharedMaskAttentionV2, FullMaskAttention])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_mask_fast_path_equals_reference_with_gradients(cls, kernel_size):
+    m = _randomize(cls(8, 3, kernel_size))
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    fast = m.mask(x)
+    ref = m.mask_reference(x)
+    torch.testing.assert_close(fast, ref)
+    g = torch.randn_like(fast)
+    gf = torch.autograd.grad(fast, [x, m.conv.weight, m.conv.bias], g)
+    gr = torch.autograd.grad(ref, [x, m.conv.weight, m.conv.bias], g)
+    for a, b in zip(gf, gr):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("attn", ["sma", "sma_v2"])
+@pytest.mark.parametrize("num_inputs", [1, 2, 5])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_shared_mask_aggregation_skips_concat_but_matches(attn, num_inputs, kernel_size):
+    inner = _randomize(create_attention(attn, 8 * num_inputs, num_masks=3, mask_kernel_size=kernel_size))
+    agg = create_aggregation(inner, num_inputs)
+    assert isinstance(agg, SharedMaskAggregation)
+    xs = [torch.randn(2, 8, 6, 6, requires_grad=True) for _ in range(num_inputs)]
+    fast, ref = agg(xs), agg.forward_reference(xs)
+    torch.testing.assert_close(fast, ref)
+    # and the generic definition: attention of the concatenation, averaged over the parts
+    generic = torch.stack(inner.forward(torch.cat(xs, 1)).chunk(num_inputs, 1)).mean(0)
+    torch.testing.assert_close(fast, generic)
+    g = torch.randn_like(fast)
+    for a, b in zip(torch.autograd.grad(fast, xs + [inner.conv.weight], g),
+                    torch.autograd.grad(ref, xs + [inner.conv.weight], g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_concat_is_not_built_for_shared_mask_aggregation(monkeypatch):
+    inner = create_attention("sma", 24, num_masks=3)
+    agg = create_aggregation(inner, 3)
+    calls = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: calls.append(1) or real_cat(*a, **k))
+    agg([torch.randn(2, 8, 4, 4) for _ in range(3)])
+    assert calls == []
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("mlan_resnet14_cifar10", {}),
+    ("mlan_v2_resnet14_cifar10", {}),
+    ("mlan_resnet14_cifar10", {"attn": "fma"}),
+    ("mlan_resnet14_cifar10", {"levels": "single"}),
+    ("mlan_resnet14_cifar100", {"fusion": "weighted"}),
+])
+def test_model_fast_equals_reference_forward_and_backward(name, kwargs):
+    # float64, so that the comparison checks the maths rather than float32 rounding through train-mode BN
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs).double()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    for train in (False, True):
+        model.train(train)
+        model.zero_grad()
+        out_fast = model(x)
+        out_fast.square().sum().backward()
+        g_fast = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        with reference_paths():
+            out_ref = model(x)
+            out_ref.square().sum().backward()
+        g_ref = [p.grad.clone() for p in model.parameters()]
+        torch.testing.assert_close(out_fast, out_ref)
+        for a, b in zip(g_fast, g_ref):
+            torch.testing.assert_close(a, b)
