@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--amp', default='none', choices=['none', 'bf16', 'fp16'], help='autocast dtype')
     g.add_argument('--channels-last', action='store_true')
     g.add_argument('--compile', action='store_true', help='torch.compile the model')
+    g.add_argument('--compile-mode', default=None,
+                   choices=['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'],
+                   help='torch.compile mode; reduce-overhead (CUDA graphs) suits these launch-bound small models')
     g.add_argument('--deterministic', action='store_true',
                    help='torch.use_deterministic_algorithms (CUDA needs CUBLAS_WORKSPACE_CONFIG=:4096:8)')
     g.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
@@ -333,7 +336,7 @@ def train(args) -> Dict[str, Any]:
         print(f"Resuming from {resume_from}: {start_epoch} epoch(s) done, continuing at epoch {start_epoch}",
               flush=True)
 
-    train_model = torch.compile(model) if args.compile else model
+    train_model = torch.compile(model, mode=args.compile_mode) if args.compile else model
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / 'log.jsonl'
     _truncate_log(log_path, start_epoch)
