@@ -155,6 +155,9 @@ def paper_grid() -> Dict[str, Dict[str, Any]]:
     return tables
 
 
+COMPILE_RATIO_MODELS = ("backbone", "mlan (sma)")
+
+
 def ratio_specs(ds: str = "cifar10", depth: int = 20) -> Dict[str, Spec]:
     """Models compared in the speed-ratio section."""
     return {
@@ -187,7 +190,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> int
 
 @dataclass
 class TimingConfig:
-    min_run_time: float = 0.5  # seconds per blocked_autorange call
+    min_run_time: float = 0.3  # seconds per blocked_autorange call
     warmup: int = 3
     batch: int = 128
     rounds: int = 5  # interleaved rounds in the ratio section
@@ -500,11 +503,11 @@ def render_ratios(ratios: Dict[str, Dict[str, Dict[str, float]]], specs: Dict[st
 # --------------------------------------------------------------------------------------------------------------
 def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depths=DEPTHS, datasets=DATASETS,
                      timed_depths=DEPTHS, cuda_variants=("eager", "channels_last", "compile"),
-                     ratio_cfg: Optional[TimingConfig] = None, log=print) -> Dict[str, Any]:
+                     ratio_cfg: Optional[TimingConfig] = None, log=print, ratio_only: bool = False) -> Dict[str, Any]:
     """Measure every model of the paper grids (timing only the Table 6/9 models) plus the ratio section."""
     cfg = cfg or TimingConfig()
     ratio_cfg = ratio_cfg or cfg
-    grid = {tid: t for tid, t in paper_grid().items() if t["dataset"] in datasets}
+    grid = {tid: t for tid, t in paper_grid().items() if t["dataset"] in datasets and not ratio_only}
     specs: List[Spec] = []
     timed: set = set()
     for t in grid.values():
@@ -523,8 +526,10 @@ def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depth
             for var in (cuda_variants if dev == "cuda" else ("eager",)):
                 label = dev if var == "eager" else f"{dev} {var}"
                 log(f"ratio section: {label}")
+                # torch.compile costs a compilation per model and mode: only backbone vs MLAN there
+                sub = {k: v for k, v in rspecs.items() if var != "compile" or k in COMPILE_RATIO_MODELS}
                 try:
-                    ratios[label] = time_interleaved(rspecs, dev, ratio_cfg, channels_last=(var == "channels_last"),
+                    ratios[label] = time_interleaved(sub, dev, ratio_cfg, channels_last=(var == "channels_last"),
                                                      compile=(var == "compile"))
                 except Exception as e:  # e.g. torch.compile unavailable
                     log(f"ratio section {label} failed: {type(e).__name__}: {e}")
@@ -601,6 +606,19 @@ def render_report(report: Dict[str, Any], root: str = ".") -> str:
         lines.append(render_ratios(report["ratios"], rspecs))
     else:
         lines += ["Ratio models not registered yet.", ""]
+    for fp in report.get("fast_paths", []):
+        lines += ["## Fast paths: before/after", "",
+                  "'reference' = the straightforward implementations kept next to the fast paths "
+                  "(`mask_reference`, `forward_reference`: `nn.Conv2d` 1x1 mask convs, concatenation in LA/BA); "
+                  "'fast' = the default code. Equal outputs: tests/test_fast_paths.py.", "",
+                  f"Command: `{fp.get('command')}`", "", f"Machine: {fp.get('machine')}", "",
+                  "| model | reference b128 ms | fast b128 ms | speed-up | reference train ms | fast train ms | "
+                  "speed-up |", "|---|---|---|---|---|---|---|"]
+        for key, r in fp.get("results", {}).items():
+            ri, fi = r["reference"]["infer_b128_ms"], r["fast"]["infer_b128_ms"]
+            rt, ft = r["reference"]["train_step_b128_ms"], r["fast"]["train_step_b128_ms"]
+            lines.append(f"| `{key}` | {ri:.2f} | {fi:.2f} | {ri / fi:.2f}x | {rt:.2f} | {ft:.2f} | {rt / ft:.2f}x |")
+        lines.append("")
     lines += ["## Paper grids", ""]
     for tid in report["grid_ids"]:
         tdevs = [d for d in devices]
@@ -634,7 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--quick", action="store_true", help="tiny repeat counts and batch 8 (for tests)")
     p.add_argument("--no-time", action="store_true", help="params and MACs only")
+    p.add_argument("--ratio-only", action="store_true", help="with --paper-tables: only the speed-ratio section")
     p.add_argument("--merge", action="append", default=[], help="report JSON(s) whose device timings to merge")
+    p.add_argument("--fast-path-json", action="append", default=[],
+                   help="benchmarks/fast_path_speedup.py --out JSON(s) to include as a before/after section")
     p.add_argument("--render-only", default=None, help="re-render Markdown from this JSON without measuring")
     p.add_argument("--md-out", default=None, help="Markdown output (paper tables default docs/benchmarks.md)")
     p.add_argument("--json-out", default=None, help="JSON output (paper tables default docs/benchmarks.json)")
@@ -669,7 +690,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timed_depths = tuple(int(d) for d in args.timed_depths.split(",")) if args.timed_depths else depths
         report = run_paper_tables(devices=[] if args.no_time else devices, cfg=cfg, depths=depths,
                                   datasets=tuple(args.datasets.split(",")), timed_depths=timed_depths,
-                                  cuda_variants=tuple(args.cuda_variants.split(",")), log=log)
+                                  cuda_variants=tuple(args.cuda_variants.split(",")), log=log,
+                                  ratio_only=args.ratio_only)
         if args.no_time:
             report["devices"] = []
     else:
@@ -686,6 +708,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path in args.merge:
         with open(path) as f:
             report = merge_reports(report, json.load(f))
+    for path in args.fast_path_json:
+        with open(path) as f:
+            fp = json.load(f)
+        report["fast_paths"] = [x for x in report.get("fast_paths", []) if x.get("machine") != fp.get("machine")
+                                or x.get("command") != fp.get("command")] + [fp]
 
     if paper or args.render_only:
         md = render_report(report, args.root)

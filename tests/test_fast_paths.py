@@ -130,3 +130,15 @@ def test_model_fast_equals_reference_forward_and_backward(name, kwargs):
         torch.testing.assert_close(out_fast, out_ref)
         for a, b in zip(g_fast, g_ref):
             torch.testing.assert_close(a, b)
+
+
+def test_plus_fusion_in_place_sum_matches_with_gradients():
+    from mlan_timm.layers import PlusFusion
+
+    xs = [torch.randn(2, 4, 5, 5, requires_grad=True) for _ in range(3)]
+    out = PlusFusion()(*xs)
+    torch.testing.assert_close(out, xs[0] + xs[1] + xs[2])
+    out.sum().backward()
+    for x in xs:
+        torch.testing.assert_close(x.grad, torch.ones_like(x))
+    assert all(x.grad is not None for x in xs) and xs[0].data_ptr() != out.data_ptr()

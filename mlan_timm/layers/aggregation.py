@@ -42,13 +42,15 @@ class SharedMaskAggregation(nn.Module):
         self.num_inputs = num_inputs
 
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
-        # fast path: the p*C-channel concatenation is not built either (SharedMaskAttention.mask_of_concat)
-        mean = xs[0]
+        # fast path: the p*C-channel concatenation is not built (SharedMaskAttention.mask_of_concat), and the
+        # 1/p of the mean is applied to the (B, 1, H, W) mask instead of the (B, C, H, W) sum
+        total = xs[0]
         for i in range(1, len(xs)):
-            mean = mean + xs[i]
+            total = total + xs[i]
+        mask = self.attn.mask_of_concat(xs, total)
         if len(xs) > 1:
-            mean = mean / len(xs)
-        return self.attn.mask_of_concat(xs, mean) * mean
+            mask = mask / len(xs)
+        return mask * total
 
     def forward_reference(self, xs: List[torch.Tensor]) -> torch.Tensor:
         """Straightforward version of :meth:`forward` (concatenate, mask, average the parts)."""

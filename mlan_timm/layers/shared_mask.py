@@ -17,9 +17,10 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     (the N = 3 mask convs) was measured ~20x slower than this matmul on CIFAR shapes; the function is the same
     (tests/test_fast_paths.py compares it with ``F.conv2d``).
     """
-    y = torch.matmul(weight.flatten(1), x.flatten(2))  # (B, N, H*W)
+    # bmm with the weight expanded over the batch reads x in place; torch.matmul(w, x) would copy x transposed
+    y = torch.bmm(weight.flatten(1).expand(x.shape[0], -1, -1), x.flatten(2))  # (B, N, H*W)
     if bias is not None:
-        y = y + bias.unsqueeze(1)
+        y = y + bias.view(1, -1, 1)
     return y.reshape(x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
 
 
@@ -58,23 +59,18 @@ class SharedMaskAttention(nn.Module):
         """Straightforward eqs. 1-2 (``nn.Conv2d``), the reference of the fast path in :meth:`mask`."""
         return self.conv(x).sigmoid().mean(1, keepdim=True)
 
-    def mask_of_concat(self, xs: List[torch.Tensor], mean: torch.Tensor) -> torch.Tensor:
-        """``self.mask(torch.cat(xs, 1))`` without building the concatenation; ``mean`` is the mean of ``xs``.
+    def mask_of_concat(self, xs: List[torch.Tensor], total: torch.Tensor) -> torch.Tensor:
+        """``self.mask(torch.cat(xs, 1))`` without building the concatenation; ``total`` is the sum of ``xs``.
 
         A 1x1 conv over a concatenation is the sum of the convs of its parts with the matching weight slices.
         """
         if not self.pointwise:
             return self.mask(torch.cat(xs, 1))
-        weight = self.conv.weight.flatten(1)
         c = xs[0].shape[1]
-        y = torch.matmul(weight[:, 0:c], xs[0].flatten(2))
+        y = pointwise_conv(xs[0], self.conv.weight[:, 0:c], self.conv.bias)
         for i in range(1, len(xs)):
-            y = y + torch.matmul(weight[:, i * c:(i + 1) * c], xs[i].flatten(2))
-        bias = self.conv.bias
-        if bias is not None:
-            y = y + bias.unsqueeze(1)
-        x0 = xs[0]
-        return y.sigmoid().mean(1, keepdim=True).reshape(x0.shape[0], 1, x0.shape[2], x0.shape[3])
+            y = y + pointwise_conv(xs[i], self.conv.weight[:, i * c:(i + 1) * c], None)
+        return y.sigmoid().mean(1, keepdim=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.mask(x)
@@ -88,7 +84,9 @@ class SharedMaskAttentionV2(SharedMaskAttention):
         self.channels = channels  # kept for repr/introspection; the convs see one channel
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.mean(1, keepdim=True)
+        return self.logits_of_channel_mean(x.mean(1, keepdim=True))
+
+    def logits_of_channel_mean(self, m: torch.Tensor) -> torch.Tensor:
         bias = self.conv.bias
         if self.pointwise and bias is not None:
             # a 1 -> N 1x1 conv is a per-mask affine map of the channel mean
@@ -98,9 +96,12 @@ class SharedMaskAttentionV2(SharedMaskAttention):
     def mask_reference(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.mean(1, keepdim=True)).sigmoid().mean(1, keepdim=True)
 
-    def mask_of_concat(self, xs: List[torch.Tensor], mean: torch.Tensor) -> torch.Tensor:
-        # the channel mean of cat(xs) is the channel mean of the parts' mean
-        return self.mask(mean)
+    def mask_of_concat(self, xs: List[torch.Tensor], total: torch.Tensor) -> torch.Tensor:
+        # the channel mean of cat(xs) is the channel mean of their sum, divided by the number of parts
+        m = total.mean(1, keepdim=True)
+        if len(xs) > 1:
+            m = m / len(xs)
+        return self.logits_of_channel_mean(m).sigmoid().mean(1, keepdim=True)
 
 
 class FullMaskAttention(nn.Module):
