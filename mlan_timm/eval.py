@@ -13,7 +13,7 @@ import torch
 
 from . import data as mdata
 from .pretrained import PretrainedWeightsError
-from .train import UsageError, create_model, evaluate, load_weights_into, parse_model_kwargs, resolve_device, \
+from .train import UsageError, create_model, evaluate, load_weights_into, parse_model_kwargs, resolve_run, \
     _norm_stats
 
 __all__ = ['build_parser', 'run_eval', 'main', 'format_table']
@@ -48,12 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_eval(args) -> Dict[str, Any]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    dataset = args.dataset or mdata.dataset_for_model(args.model)
-    if dataset is None:
-        raise UsageError(f"Cannot tell the dataset from model name {args.model!r}; pass --dataset cifar10|cifar100")
+    device, dataset = resolve_run(args)
     if not (args.pretrained or args.weights or args.checkpoint):
         raise UsageError("Give the weights to evaluate: --pretrained, --weights FILE or --checkpoint FILE")
     kwargs = parse_model_kwargs(args.model_kwargs)

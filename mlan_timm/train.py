@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -264,13 +264,19 @@ def load_weights_into(model: nn.Module, path: os.PathLike, model_name: str = '',
     load_state_dict_clearly(model, sd, model_name=model_name, path=path)
 
 
-def train(args) -> Dict[str, Any]:
+def resolve_run(args) -> Tuple[torch.device, str]:
+    """Thread count, device and dataset name of a train/eval run (shared by mlan-train and mlan-eval)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dataset = args.dataset or mdata.dataset_for_model(args.model)
     if dataset is None:
         raise UsageError(f"Cannot tell the dataset from model name {args.model!r}; pass --dataset cifar10|cifar100")
+    return device, dataset
+
+
+def train(args) -> Dict[str, Any]:
+    device, dataset = resolve_run(args)
     num_classes = mdata.num_classes_for(dataset)
     if args.data_dir is None and not args.download:
         raise UsageError("--data-dir is required (or --download with --data-dir to fetch CIFAR via torchvision)")
