@@ -146,3 +146,12 @@ def test_merge_reports_adds_cuda_timings():
     assert "cuda_compile" in m["results"]["m"]
     assert set(m["ratios"]) == {"cpu", "cuda"}
     assert m["machines"] == ["cpu box", "gpu box"]
+
+
+def test_profile_ops_lists_top_operators():
+    prof = B.profile_ops(B.Spec("tiny", factory=_tiny_conv_model), "cpu", batch=4, iters=1, top=3)
+    assert 1 <= len(prof["rows"]) <= 3
+    assert any("convolution" in r["op"] for r in prof["rows"])
+    assert all(0 <= r["share"] <= 1 and r["ms"] >= 0 for r in prof["rows"])
+    text = B.render_profiles(dict(command="mlan-bench --profile", machine="m", profiles=[prof]))
+    assert "## Where the time goes (torch.profiler)" in text and "| operator |" in text
