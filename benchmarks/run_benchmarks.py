@@ -5,7 +5,8 @@
     python benchmarks/run_benchmarks.py --render-only   # re-render docs from the saved JSONs, no measuring
 
 Raw results live in benchmarks/results/: ``cpu.json`` (mlan-bench --paper-tables on CPU), ``fast_path_cpu.json``
-(benchmarks/fast_path_speedup.py), and, when a GPU run was made, ``cuda.json``, ``cuda_compile.json`` and
+(benchmarks/fast_path_speedup.py), ``profile_cpu.json`` (mlan-bench --profile), ``cpu_compile.json``
+(``--cpu-compile``), and, when a GPU run was made, ``cuda.json``, ``cuda_compile.json`` and
 ``fast_path_cuda.json`` (copy them there from ``--out-dir``). The docs are always rendered by ``mlan-bench``
 from these files, so every number in docs/benchmarks.md has the command that measured it beside it.
 """
@@ -33,6 +34,8 @@ def main(argv=None):
     p.add_argument("--cuda", action="store_true", help="GPU run: write CUDA results into --out-dir")
     p.add_argument("--out-dir", default=RESULTS)
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--cpu-compile", action="store_true",
+                   help="also time the torch.compile'd backbone and MLAN on CPU (about 2 more minutes)")
     p.add_argument("--min-run-time", default=None, help="seconds per blocked_autorange (default per device)")
     args = p.parse_args(argv)
     out = args.out_dir
@@ -58,11 +61,15 @@ def main(argv=None):
         bench("--paper-tables", "--device", "cpu", "--min-run-time", mrt, "--json-out", cpu_json,
               "--md-out", os.path.join(RESULTS, "cpu.md"))
         bench("--profile", "--device", "cpu", "--json-out", os.path.join(RESULTS, "profile_cpu.json"))
+        if args.cpu_compile:
+            bench("--paper-tables", "--ratio-only", "--device", "cpu", "--cpu-variants", "compile", "--rounds", "3",
+                  "--json-out", os.path.join(RESULTS, "cpu_compile.json"),
+                  "--md-out", os.path.join(RESULTS, "cpu_compile.md"))
     render = ["--render-only", cpu_json, "--md-out", os.path.join("docs", "benchmarks.md"),
               "--json-out", os.path.join("docs", "benchmarks.json")]
     if os.path.isfile(os.path.join(ROOT, RESULTS, "profile_cpu.json")):
         render += ["--profile-json", os.path.join(RESULTS, "profile_cpu.json")]
-    for name in ("cuda.json", "cuda_compile.json"):
+    for name in ("cpu_compile.json", "cuda.json", "cuda_compile.json"):
         if os.path.isfile(os.path.join(ROOT, RESULTS, name)):
             render += ["--merge", os.path.join(RESULTS, name)]
     for name in ("fast_path_cpu.json", "fast_path_cuda.json"):

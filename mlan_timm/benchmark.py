@@ -515,11 +515,15 @@ TARGETS = (
 )
 
 
-def render_ratios(ratios: Dict[str, Dict[str, Dict[str, float]]], specs: Dict[str, Spec]) -> str:
+def render_ratios(ratios: Dict[str, Dict[str, Dict[str, float]]], specs: Dict[str, Spec],
+                  sources: Optional[Dict[str, str]] = None) -> str:
     """``ratios``: device/variant label -> model label -> timings (ms)."""
     out = []
     for dev, res in ratios.items():
-        out += [f"#### {dev}", "", "| model | spec | b128 inference ms | train step b128 ms | "
+        out += [f"#### {dev}", ""]
+        if sources and sources.get(dev):
+            out += [f"Measured by `{sources[dev]}`", ""]
+        out += ["| model | spec | b128 inference ms | train step b128 ms | "
                 "inference / backbone | train / backbone |", "|---|---|---|---|---|---|"]
         base = res.get("backbone", {})
         for name, t in res.items():
@@ -543,7 +547,8 @@ def render_ratios(ratios: Dict[str, Dict[str, Dict[str, float]]], specs: Dict[st
 # --------------------------------------------------------------------------------------------------------------
 def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depths=DEPTHS, datasets=DATASETS,
                      timed_depths=DEPTHS, cuda_variants=("eager", "channels_last", "compile"),
-                     ratio_cfg: Optional[TimingConfig] = None, log=print, ratio_only: bool = False) -> Dict[str, Any]:
+                     ratio_cfg: Optional[TimingConfig] = None, log=print, ratio_only: bool = False,
+                     cpu_variants=("eager",)) -> Dict[str, Any]:
     """Measure every model of the paper grids (timing only the Table 6/9 models) plus the ratio section."""
     cfg = cfg or TimingConfig()
     ratio_cfg = ratio_cfg or cfg
@@ -563,7 +568,7 @@ def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depth
     ratios: Dict[str, Dict[str, Dict[str, float]]] = {}
     if all(s.available() for s in rspecs.values()):
         for dev in devices:
-            for var in (cuda_variants if dev == "cuda" else ("eager",)):
+            for var in (cuda_variants if dev == "cuda" else cpu_variants):
                 label = dev if var == "eager" else f"{dev} {var}"
                 log(f"ratio section: {label}")
                 # torch.compile costs a compilation per model and mode: only backbone vs MLAN there
@@ -590,6 +595,7 @@ def merge_reports(base: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Any]
     for label, res in other.get("ratios", {}).items():
         if label.startswith("cuda") or label not in merged.get("ratios", {}):
             merged.setdefault("ratios", {})[label] = res
+            merged.setdefault("ratio_sources", {})[label] = other.get("command", "")
     devs = list(merged.get("devices", []))
     for d in other.get("devices", []):
         if d not in devs:
@@ -620,7 +626,7 @@ def render_report(report: Dict[str, Any], root: str = ".") -> str:
         f"Command: `{report['command']}`",
     ]
     for c in report.get("merged_commands", []):
-        lines.append(f"Merged device run command: `{c}`")
+        lines.append(f"Merged run command: `{c}`")
     lines += [""]
     for m in report.get("machines", [report.get("machine", "")]):
         lines.append(f"- Machine: {m}")
@@ -653,7 +659,11 @@ def render_report(report: Dict[str, Any], root: str = ".") -> str:
     ]
     rspecs = {k: parse_spec(v) for k, v in report.get("ratio_specs", {}).items()}
     if report.get("ratios"):
-        lines.append(render_ratios(report["ratios"], rspecs))
+        lines.append(render_ratios(report["ratios"], rspecs, report.get("ratio_sources")))
+        missing = [lab for lab in ("cpu compile", "cuda compile") if lab.split()[0] in report["ratios"]
+                   and lab not in report["ratios"]]
+        if missing:
+            lines += [f"Not measured in this report: {', '.join(missing)}.", ""]
     else:
         lines += ["Ratio models not registered yet.", ""]
     for fp in report.get("fast_paths", []):
@@ -696,6 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="comma list of devices (default: cpu, plus cuda if present)")
     p.add_argument("--cuda-variants", default="eager,channels_last,compile",
                    help="CUDA variants for the ratio section (eager, channels_last, compile)")
+    p.add_argument("--cpu-variants", default="eager",
+                   help="CPU variants for the ratio section (eager, compile; channels_last training on CPU crashes "
+                        "in torch 2.14.1: heap corruption in the backward of a 1x1 stride-2 conv)")
     p.add_argument("--depths", default=",".join(map(str, DEPTHS)))
     p.add_argument("--timed-depths", default=None, help="depths timed in Table 6/9 (default: all --depths)")
     p.add_argument("--datasets", default=",".join(DATASETS))
@@ -759,7 +772,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = run_paper_tables(devices=[] if args.no_time else devices, cfg=cfg, depths=depths,
                                   datasets=tuple(args.datasets.split(",")), timed_depths=timed_depths,
                                   cuda_variants=tuple(args.cuda_variants.split(",")), log=log,
-                                  ratio_only=args.ratio_only)
+                                  ratio_only=args.ratio_only, cpu_variants=tuple(args.cpu_variants.split(",")))
         if args.no_time:
             report["devices"] = []
     else:
