@@ -1,0 +1,68 @@
+"""The CUDA path: fp32 CUDA matches CPU, channels_last matches contiguous, bf16/fp16 autocast trains, and
+torch.compile (inductor, CUDA graphs) matches eager. Skipped where no CUDA device is present (CI)."""
+import pytest
+import timm
+import torch
+
+import mlan_timm  # noqa: F401
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+FAMILIES = ["resnet20_cifar10", "mlan_resnet20_cifar10", "mlan_v2_resnet20_cifar100", "se_resnet20_cifar10",
+            "cbam_resnet20_cifar10", "ta_resnet20_cifar10", "gc_resnet20_cifar10"]
+MLAN_VARIANTS = [dict(attn=a) for a in ("fma", "se", "cbam", "ta", "gc")] + \
+    [dict(fusion=f) for f in ("concat", "conv1x1", "weighted")] + [dict(levels="single"), dict(mask_kernel_size=3)]
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 comparisons against the CPU need true fp32 convs and matmuls (cuDNN uses TF32 by default)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _model(name, **kwargs):
+    torch.manual_seed(0)
+    return timm.create_model(name, **kwargs).eval()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@torch.no_grad()
+def test_cuda_fp32_matches_cpu_and_channels_last(name, no_tf32):
+    model = _model(name)
+    x = torch.randn(8, 3, 32, 32)
+    ref = model(x)
+    model = model.cuda()
+    torch.testing.assert_close(model(x.cuda()).cpu(), ref, rtol=1e-3, atol=1e-3)
+    model = model.to(memory_format=torch.channels_last)
+    out = model(x.cuda().contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs", MLAN_VARIANTS, ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_training_step(kwargs, dtype):
+    model = _model("mlan_resnet14_cifar10", **kwargs).cuda().train().to(memory_format=torch.channels_last)
+    x = torch.randn(16, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,), device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        out = model(x)
+        loss = torch.nn.functional.cross_entropy(out, y)
+    assert out.dtype == dtype
+    loss.backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+
+
+@pytest.mark.parametrize("name,mode", [("mlan_resnet20_cifar10", "reduce-overhead")])
+@torch.no_grad()
+def test_compile_matches_eager(name, mode, no_tf32):
+    model = _model(name).cuda()
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    ref = model(x)
+    compiled = torch.compile(model, mode=mode)
+    for _ in range(3):  # CUDA graphs record on a later call
+        out = compiled(x).clone()
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
