@@ -52,8 +52,12 @@ def main(argv=None):
         for variant in ("reference", "fast"):
             ctx = reference_paths() if variant == "reference" else contextlib.nullcontext()
             torch.manual_seed(0)
-            infer = B.make_infer_fn(spec.build(), cfg.batch, args.device)
-            train = B.make_train_fn(spec.build(), cfg.batch, args.device)
+            models = [spec.build(), spec.build()]
+            if variant == "reference":
+                for m in (mod for model in models for mod in model.modules() if hasattr(mod, "fused_sma")):
+                    m.fused_sma = False  # MLANBlock's fused layer+block attention fast path off
+            infer = B.make_infer_fn(models[0], cfg.batch, args.device)
+            train = B.make_train_fn(models[1], cfg.batch, args.device)
 
             def wrap(fn, ctx_factory=(reference_paths if variant == "reference" else contextlib.nullcontext)):
                 def run():

@@ -350,7 +350,8 @@ def load_eval_results(root: str = ".") -> Dict[str, Tuple[float, str]]:
     """Spec key -> (top-1 %, source file) from ``docs/results/**/*.json`` and ``hub/*/**/*eval*.json``.
 
     Each file holds one object or a list of objects with a model name (``model``/``model_name``/``arch``), optional
-    ``model_kwargs``/``kwargs`` and a top-1 value (``top1``/``test_top1``/``eval_top1``/``acc1``)."""
+    ``model_kwargs``/``kwargs`` and a top-1 value (``top1``/``test_top1``/``eval_top1``/``acc1``), e.g. the output of
+    ``mlan-eval --json > docs/results/<model>.json``; records whose ``split`` is not ``test`` are ignored."""
     found: Dict[str, Tuple[float, str]] = {}
     paths = sorted(glob.glob(os.path.join(root, "docs", "results", "**", "*.json"), recursive=True))
     paths += sorted(glob.glob(os.path.join(root, "hub", "*", "**", "*eval*.json"), recursive=True))
@@ -366,6 +367,8 @@ def load_eval_results(root: str = ".") -> Dict[str, Tuple[float, str]]:
             name = rec.get("model") or rec.get("model_name") or rec.get("arch")
             if name is None and os.path.basename(os.path.dirname(path)) and "hub" in path.split(os.sep):
                 name = os.path.basename(os.path.dirname(path))
+            if rec.get("split", "test") != "test":
+                continue  # only test-split accuracy belongs beside the paper's numbers
             top1 = next((rec[k] for k in _TOP1_KEYS if isinstance(rec.get(k), (int, float))), None)
             if not isinstance(name, str) or top1 is None:
                 continue
@@ -670,7 +673,8 @@ def render_report(report: Dict[str, Any], root: str = ".") -> str:
         dev = "cuda" if "GPU:" in str(fp.get("machine")) else "cpu"
         lines += [f"## Fast paths: before/after ({dev})", "",
                   "'reference' = the straightforward implementations kept next to the fast paths "
-                  "(`mask_reference`, `forward_reference`: `nn.Conv2d` 1x1 mask convs, concatenation in LA/BA); "
+                  "(`mask_reference`, `forward_reference`: `nn.Conv2d` 1x1 mask convs, concatenation in LA/BA; "
+                  "`MLANBlock.fused_sma` off: layer attentions materialised before LA); "
                   "'fast' = the default code. Equal outputs: tests/test_fast_paths.py.", "",
                   f"Command: `{fp.get('command')}`", "", f"Machine: {fp.get('machine')}", "",
                   "| model | reference b128 ms | fast b128 ms | speed-up | reference train ms | fast train ms | "

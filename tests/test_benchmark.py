@@ -127,10 +127,12 @@ def test_eval_results_fill_accuracy_column(tmp_path):
     (tmp_path / "docs" / "results").mkdir(parents=True)
     (tmp_path / "docs" / "results" / "eval.json").write_text(json.dumps(
         [{"model": "mlan_resnet20_cifar10", "top1": 91.234},
-         {"model": "mlan_resnet20_cifar10", "model_kwargs": {"attn": "cbam"}, "test_top1": 90.5}]))
+         {"model": "mlan_resnet20_cifar10", "model_kwargs": {"attn": "cbam"}, "test_top1": 90.5},
+         {"model": "resnet20_cifar10", "split": "train", "top1": 99.0}]))
     acc = B.load_eval_results(str(tmp_path))
     assert acc["mlan_resnet20_cifar10"][0] == pytest.approx(91.234)
     assert acc["mlan_resnet20_cifar10?attn=cbam"][0] == pytest.approx(90.5)
+    assert "resnet20_cifar10" not in acc  # train-split accuracy is not a test result
 
 
 def test_merge_reports_adds_cuda_timings():

@@ -106,3 +106,17 @@ def test_gradcam_reads_cifar_images_from_a_folder(tmp_path):
     imgs, labels, classes = gc.load_cifar10_test_images(str(tmp_path), 3)
     assert imgs.shape == (2, 32, 32, 3) and labels == [0, 1] and classes[0] == "airplane"
     assert gc.load_cifar10_test_images(str(tmp_path / "missing"), 3) is None
+
+
+@pytest.mark.slow
+def test_gradcam_on_real_cifar10_tarball(tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    data = os.path.join(ROOT, "..", "shared", "data", "cifar10")
+    if not os.path.isfile(os.path.join(data, "test.tar.gz")):
+        pytest.skip("offline CIFAR-10 tarball not present")
+    gc = _load("gradcam")
+    imgs, labels, classes = gc.load_cifar10_test_images(data, 3)
+    assert imgs.shape == (3, 32, 32, 3) and labels == [0, 1, 2]
+    out = tmp_path / "cam.png"
+    gc.main(["--data-dir", data, "--num-images", "3", "--out", str(out)])
+    assert _png_size(out) == gc.figure_size_px(3, 2)

@@ -47,6 +47,20 @@ def reference_paths():
             setattr(cls, name, fn)
 
 
+@contextlib.contextmanager
+def unfused(model):
+    """Turn the MLANBlock layer+block attention fast path off (instance flags, restored on exit)."""
+    blocks = [m for m in model.modules() if hasattr(m, "fused_sma")]
+    saved = [m.fused_sma for m in blocks]
+    for m in blocks:
+        m.fused_sma = False
+    try:
+        yield
+    finally:
+        for m, v in zip(blocks, saved):
+            m.fused_sma = v
+
+
 @pytest.mark.parametrize("shape,n", [((2, 16, 8, 8), 3), ((3, 5, 4, 6), 1), ((1, 24, 32, 32), 3)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -123,7 +137,7 @@ def test_model_fast_equals_reference_forward_and_backward(name, kwargs):
         out_fast.square().sum().backward()
         g_fast = [p.grad.clone() for p in model.parameters()]
         model.zero_grad()
-        with reference_paths():
+        with reference_paths(), unfused(model):
             out_ref = model(x)
             out_ref.square().sum().backward()
         g_ref = [p.grad.clone() for p in model.parameters()]
@@ -142,3 +156,43 @@ def test_plus_fusion_in_place_sum_matches_with_gradients():
     for x in xs:
         torch.testing.assert_close(x.grad, torch.ones_like(x))
     assert all(x.grad is not None for x in xs) and xs[0].data_ptr() != out.data_ptr()
+
+
+@pytest.mark.parametrize("num_masks", [1, 3])
+def test_fused_layer_block_attention_equals_la_of_smas(num_masks):
+    from mlan_timm.layers.aggregation import shared_mask_layer_block_attention
+
+    torch.manual_seed(0)
+    sma1, sma2 = _randomize(SharedMaskAttention(8, num_masks)), _randomize(SharedMaskAttention(8, num_masks))
+    la = create_aggregation(_randomize(SharedMaskAttention(16, num_masks)), 2)
+    out1 = torch.randn(3, 8, 6, 5, dtype=torch.float64, requires_grad=True)
+    out2 = torch.randn(3, 8, 6, 5, dtype=torch.float64, requires_grad=True)
+    for m in (sma1, sma2, la):
+        m.double()
+    fused = shared_mask_layer_block_attention(out1, out2, sma1.conv.weight, sma1.conv.bias, sma2.conv.weight,
+                                              sma2.conv.bias, la.attn.conv.weight, la.attn.conv.bias)
+    ref = la.forward_reference([sma1.forward(out1), sma2.forward(out2)])
+    torch.testing.assert_close(fused, ref)
+    params = [out1, out2] + [p for m in (sma1, sma2, la) for p in m.parameters()]
+    g = torch.randn_like(fused)
+    for a, b in zip(torch.autograd.grad(fused, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kwargs,fused", [({}, True), ({"attn": "sma_v2"}, False), ({"mask_kernel_size": 3}, False),
+                                          ({"attn": "cbam"}, False), ({"fusion": "concat"}, True)])
+def test_fused_path_is_used_only_where_it_applies(kwargs, fused):
+    model = timm.create_model("mlan_resnet14_cifar10", **kwargs)
+    flags = [m.fused_sma for m in model.modules() if hasattr(m, "fused_sma")]
+    assert flags and all(f == fused for f in flags)
+
+
+def test_fused_model_float32_matches_unfused():
+    torch.manual_seed(0)
+    model = timm.create_model("mlan_resnet20_cifar10").eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        fast = model(x)
+        with unfused(model):
+            ref = model(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)

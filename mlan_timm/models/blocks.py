@@ -15,7 +15,8 @@ from torch import nn
 from timm.layers import DropPath
 from timm.models._manipulate import checkpoint
 
-from ..layers import create_aggregation, create_fusion
+from ..layers import SharedMaskAttention, create_aggregation, create_fusion
+from ..layers.aggregation import shared_mask_layer_block_attention
 
 AttnFactory = Callable[[int], nn.Module]
 
@@ -82,16 +83,26 @@ class MLANBlock(BasicBlock):
     Returns ``(block output, block attention x_A)``; the group collects the attentions for BA.
     """
 
+    fused_sma: torch.jit.Final[bool]  # a TorchScript constant: the branch not taken is not compiled
+
     def __init__(self, in_chs: int, out_chs: int, stride: int, attn_layer: AttnFactory, fusion: str) -> None:
         super().__init__(in_chs, out_chs, stride)
         self.layer_attn = nn.ModuleList([attn_layer(out_chs), attn_layer(out_chs)])
         self.block_attn = create_aggregation(attn_layer(2 * out_chs), 2)
         self.fusion = create_fusion(fusion, out_chs)
+        # fast path for 1x1 SMA (not SMAv2): layer + block attention with fewer full-size passes (layers/aggregation)
+        self.fused_sma = all(type(m) is SharedMaskAttention and m.pointwise
+                             for m in (self.layer_attn[0], self.layer_attn[1], self.block_attn.attn))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         out1, out2 = self.conv_path(x)
-        layer_attns = [self.layer_attn[0](out1), self.layer_attn[1](out2)]
-        block_attn = self.block_attn(layer_attns)
+        if self.fused_sma:
+            sma1, sma2, la = self.layer_attn[0].conv, self.layer_attn[1].conv, self.block_attn.attn.conv
+            block_attn = shared_mask_layer_block_attention(out1, out2, sma1.weight, sma1.bias, sma2.weight,
+                                                           sma2.bias, la.weight, la.bias)
+        else:
+            layer_attns = [self.layer_attn[0](out1), self.layer_attn[1](out2)]
+            block_attn = self.block_attn(layer_attns)
         return self.act2(self.fusion(out2, block_attn, self.downsample(x))), block_attn
 
 
