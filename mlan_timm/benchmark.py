@@ -380,6 +380,21 @@ def load_eval_results(root: str = ".") -> Dict[str, Tuple[float, str]]:
 # --------------------------------------------------------------------------------------------------------------
 # Running a set of models
 # --------------------------------------------------------------------------------------------------------------
+def code_version() -> str:
+    """``git describe``-style id of the measured code (short commit, '+changes' when tracked files differ)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+changes" if dirty else "")) if head else "unknown"
+
+
 def machine_line(devices: Sequence[str] = ("cpu",)) -> str:
     import timm
 
@@ -605,8 +620,10 @@ def merge_reports(base: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Any]
             devs.append(d)
     merged["devices"] = devs
     merged.setdefault("machines", [merged.get("machine", "")])
+    merged.setdefault("codes", [merged.get("code", "unknown")])
     if other.get("machine") and other["machine"] not in merged["machines"]:
         merged["machines"].append(other["machine"])
+        merged["codes"].append(other.get("code", "unknown"))
     if other.get("command"):
         merged.setdefault("merged_commands", []).append(other["command"])
     return merged
@@ -631,8 +648,10 @@ def render_report(report: Dict[str, Any], root: str = ".") -> str:
     for c in report.get("merged_commands", []):
         lines.append(f"Merged run command: `{c}`")
     lines += [""]
-    for m in report.get("machines", [report.get("machine", "")]):
-        lines.append(f"- Machine: {m}")
+    codes = report.get("codes", [report.get("code", "unknown")])
+    for i, m in enumerate(report.get("machines", [report.get("machine", "")])):
+        code = codes[i] if i < len(codes) else "unknown"
+        lines.append(f"- Machine: {m} (code: git {code})")
     lines += [
         f"- Generated: {report.get('date', '')}",
         "",
@@ -759,7 +778,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dev = devices[-1]
         specs = [parse_spec(m) for m in args.models] or [ratio_specs()["backbone"], ratio_specs()["mlan (sma)"]]
         profs = [profile_ops(sp, dev, cfg.batch, train=t) for sp in specs for t in (False, True)]
-        report = dict(command=command, machine=machine_line([dev]), profiles=profs)
+        report = dict(command=command, machine=machine_line([dev]), code=code_version(), profiles=profs)
         text = render_profiles(report)
         if args.json_out:
             os.makedirs(os.path.dirname(args.json_out) or ".", exist_ok=True)
@@ -789,6 +808,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.render_only:
         report["command"] = command
         report["machine"] = machine_line(devices)
+        report["code"] = code_version()
         report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     for path in args.merge:
         with open(path) as f:
