@@ -16,24 +16,7 @@ import sys
 import torch
 
 from mlan_timm import benchmark as B
-from mlan_timm.layers import FullMaskAttention, SharedMaskAggregation, SharedMaskAttention, SharedMaskAttentionV2
-
-
-@contextlib.contextmanager
-def reference_paths():
-    saved = [(SharedMaskAttention, "mask", SharedMaskAttention.mask),
-             (SharedMaskAttentionV2, "mask", SharedMaskAttentionV2.mask),
-             (FullMaskAttention, "mask", FullMaskAttention.mask),
-             (SharedMaskAggregation, "forward", SharedMaskAggregation.forward)]
-    SharedMaskAttention.mask = SharedMaskAttention.mask_reference
-    SharedMaskAttentionV2.mask = SharedMaskAttentionV2.mask_reference
-    FullMaskAttention.mask = FullMaskAttention.mask_reference
-    SharedMaskAggregation.forward = SharedMaskAggregation.forward_reference
-    try:
-        yield
-    finally:
-        for cls, name, fn in saved:
-            setattr(cls, name, fn)
+from mlan_timm.layers.reference import reference_paths
 
 
 def main(argv=None):

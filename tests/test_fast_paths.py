@@ -18,6 +18,7 @@ from mlan_timm.layers import (
     FullMaskAttention, SharedMaskAggregation, SharedMaskAttention, SharedMaskAttentionV2, create_aggregation,
     create_attention,
 )
+from mlan_timm.layers.reference import reference_paths
 from mlan_timm.layers.shared_mask import pointwise_conv
 
 
@@ -27,24 +28,6 @@ def _randomize(module: nn.Module) -> nn.Module:
         for p in module.parameters():
             p.normal_(0, 0.5)
     return module
-
-
-@contextlib.contextmanager
-def reference_paths():
-    """Swap every fast path for its reference implementation (class-level, restored on exit)."""
-    saved = [(SharedMaskAttention, "mask", SharedMaskAttention.mask),
-             (SharedMaskAttentionV2, "mask", SharedMaskAttentionV2.mask),
-             (FullMaskAttention, "mask", FullMaskAttention.mask),
-             (SharedMaskAggregation, "forward", SharedMaskAggregation.forward)]
-    SharedMaskAttention.mask = SharedMaskAttention.mask_reference
-    SharedMaskAttentionV2.mask = SharedMaskAttentionV2.mask_reference
-    FullMaskAttention.mask = FullMaskAttention.mask_reference
-    SharedMaskAggregation.forward = SharedMaskAggregation.forward_reference
-    try:
-        yield
-    finally:
-        for cls, name, fn in saved:
-            setattr(cls, name, fn)
 
 
 @contextlib.contextmanager
