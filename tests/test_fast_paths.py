@@ -179,3 +179,12 @@ def test_fused_model_float32_matches_unfused():
         with unfused(model):
             ref = model(x)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_reference_paths_restores_the_fast_methods():
+    before = {cls: dict(vars(cls)) for cls in (SharedMaskAttention, SharedMaskAttentionV2, FullMaskAttention,
+                                               SharedMaskAggregation)}
+    with reference_paths():
+        assert SharedMaskAttentionV2.mask is SharedMaskAttentionV2.mask_reference
+        assert SharedMaskAggregation.forward is SharedMaskAggregation.forward_reference
+    assert {cls: dict(vars(cls)) for cls in before} == before

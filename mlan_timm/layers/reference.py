@@ -20,11 +20,14 @@ _SWAPS = (
 @contextlib.contextmanager
 def reference_paths() -> Iterator[None]:
     """Within the block, every mask/aggregation fast path runs its reference method (class-level, restored)."""
-    saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in _SWAPS]
+    saved = [(cls, name, cls.__dict__.get(name)) for cls, name, _ in _SWAPS]  # None: inherited, not own
     for cls, name, ref in _SWAPS:
         setattr(cls, name, getattr(cls, ref))
     try:
         yield
     finally:
-        for cls, name, fn in saved:
-            setattr(cls, name, fn)
+        for cls, name, own in saved:
+            if own is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, own)
