@@ -27,6 +27,10 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return y.reshape(x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
 
 
+# fx traces pointwise_conv as one call: its device branch is decided when the traced graph runs
+torch.fx.wrap("pointwise_conv")
+
+
 def _check_mask_args(num_masks: int, kernel_size: int) -> None:
     if not isinstance(num_masks, int) or num_masks < 1:
         raise ValueError(f"num_masks must be an integer >= 1, got {num_masks!r}")
