@@ -105,12 +105,13 @@ def render_model_card(info: Dict[str, Any]) -> str:
         lines += ['## Training', '',
                   f"- **Epochs run:** {len(log)} (last logged epoch index {last.get('epoch')})",
                   f"- **Final-epoch test top-1 / top-5 (%):** {_fmt(last.get('test_top1'))} / "
-                  f"{_fmt(last.get('test_top5'))}",
+                  f"{_fmt(last.get('test_top5'))}"
+                  + (f" (on a {rec['test_subset']}-image subset of the test split)" if rec.get('test_subset') else ""),
                   f"- **Final-epoch train loss:** {_fmt(last.get('train_loss'), 4)}",
                   f"- **Total training time (s):** {_fmt(sum(r.get('time', 0.0) for r in log), 0)}"]
         if rec:
             keys = ['epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'sched', 'decay_milestones',
-                    'decay_rate', 'warmup_epochs', 'smoothing', 'model_ema', 'seed', 'subset', 'amp']
+                    'decay_rate', 'warmup_epochs', 'smoothing', 'model_ema', 'seed', 'subset', 'test_subset', 'amp']
             lines += ['- **Recipe (mlan-train arguments):** ' + ', '.join(
                 f"{k}={rec[k]}" for k in keys if k in rec and rec[k] not in (None, False))]
         lines += ['- Recipe: RandomCrop(32, padding=4) + horizontal flip, per-channel CIFAR normalisation; '

@@ -62,6 +62,19 @@ def test_export_folder_round_trips_through_timm(weights, tmp_path, capsys):
     assert f"{mexport.count_macs(model) / 1e6:.2f}" in card
 
 
+def test_card_says_when_final_epoch_numbers_come_from_a_test_subset(weights, tmp_path):
+    model, path = weights
+    log = _log(tmp_path)
+    args = json.loads((log.parent / 'args.json').read_text())
+    (log.parent / 'args.json').write_text(json.dumps(dict(args, test_subset=1000)))
+    rc = mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(tmp_path / 'hub'),
+                       '--train-log', str(log)])
+    assert rc == 0
+    card = (tmp_path / 'hub' / TINY_MODEL / 'README.md').read_text()
+    assert '42.50 / 88.75 (on a 1000-image subset of the test split)' in card
+    assert 'test_subset=1000' in card
+
+
 def test_paper_column_defaults_to_not_available(weights, tmp_path):
     model, path = weights
     out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
