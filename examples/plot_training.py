@@ -70,6 +70,7 @@ def plot(paths: Sequence[str], out: str, key: str = "test_top1", labels: Optiona
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
     plotted = 0
@@ -87,6 +88,7 @@ def plot(paths: Sequence[str], out: str, key: str = "test_top1", labels: Optiona
         plt.close(fig)
         raise ValueError(f"none of the logs has '{key}' values")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_ylabel({"test_top1": "test top-1 accuracy (%)", "test_top5": "test top-5 accuracy (%)"}.get(key, key))
     ax.set_title(title or f"{key} vs epoch")
     ax.grid(True, alpha=0.3)
