@@ -33,23 +33,19 @@ def main(argv=None):
     for name in args.models.split(","):
         spec = B.parse_spec(name)
         for variant in ("reference", "fast"):
-            ctx = reference_paths() if variant == "reference" else contextlib.nullcontext()
             torch.manual_seed(0)
             models = [spec.build(), spec.build()]
-            if variant == "reference":
-                for m in (mod for model in models for mod in model.modules() if hasattr(mod, "fused_sma")):
-                    m.fused_sma = False  # MLANBlock's fused layer+block attention fast path off
             infer = B.make_infer_fn(models[0], cfg.batch, args.device)
             train = B.make_train_fn(models[1], cfg.batch, args.device)
 
-            def wrap(fn, ctx_factory=(reference_paths if variant == "reference" else contextlib.nullcontext)):
+            def wrap(fn, ctx_factory=((lambda ms=tuple(models): reference_paths(*ms)) if variant == "reference"
+                                      else contextlib.nullcontext)):
                 def run():
                     with ctx_factory():
                         return fn()
                 return run
             fns[spec.key, variant, "infer_b128_ms"] = wrap(infer)
             fns[spec.key, variant, "train_step_b128_ms"] = wrap(train)
-            del ctx
     samples = {k: [] for k in fns}
     for _ in range(args.rounds):
         for k, fn in fns.items():

@@ -14,15 +14,14 @@ import torch
 
 import mlan_timm  # noqa: F401
 from mlan_timm import benchmark as B
+from mlan_timm.layers.reference import set_fused_block_attention
 
 
 def build(name, fused=None):
     torch.manual_seed(0)
     model = timm.create_model(name)
     if fused is not None:
-        for m in model.modules():
-            if hasattr(m, "fused_sma"):
-                m.fused_sma = fused
+        set_fused_block_attention(model, fused)
     return model
 
 

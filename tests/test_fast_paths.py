@@ -5,7 +5,6 @@ Fast paths (see docs/benchmarks.md for the measured effect):
 * SMAv2's 1 -> N 1x1 conv as an affine map;
 * LA/BA with a shared mask: no p*C concatenation (the conv splits over the parts, the mean is a running sum).
 """
-import contextlib
 
 import pytest
 import timm
@@ -18,7 +17,7 @@ from mlan_timm.layers import (
     FullMaskAttention, SharedMaskAggregation, SharedMaskAttention, SharedMaskAttentionV2, create_aggregation,
     create_attention,
 )
-from mlan_timm.layers.reference import reference_paths
+from mlan_timm.layers.reference import fused_block_attention, reference_paths
 from mlan_timm.layers.shared_mask import pointwise_conv
 
 
@@ -28,20 +27,6 @@ def _randomize(module: nn.Module) -> nn.Module:
         for p in module.parameters():
             p.normal_(0, 0.5)
     return module
-
-
-@contextlib.contextmanager
-def unfused(model):
-    """Turn the MLANBlock layer+block attention fast path off (instance flags, restored on exit)."""
-    blocks = [m for m in model.modules() if hasattr(m, "fused_sma")]
-    saved = [m.fused_sma for m in blocks]
-    for m in blocks:
-        m.fused_sma = False
-    try:
-        yield
-    finally:
-        for m, v in zip(blocks, saved):
-            m.fused_sma = v
 
 
 @pytest.mark.parametrize("shape,n", [((2, 16, 8, 8), 3), ((3, 5, 4, 6), 1), ((1, 24, 32, 32), 3)])
@@ -120,7 +105,7 @@ def test_model_fast_equals_reference_forward_and_backward(name, kwargs):
         out_fast.square().sum().backward()
         g_fast = [p.grad.clone() for p in model.parameters()]
         model.zero_grad()
-        with reference_paths(), unfused(model):
+        with reference_paths(model):
             out_ref = model(x)
             out_ref.square().sum().backward()
         g_ref = [p.grad.clone() for p in model.parameters()]
@@ -176,7 +161,7 @@ def test_fused_model_float32_matches_unfused():
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         fast = model(x)
-        with unfused(model):
+        with fused_block_attention(model, enabled=False):
             ref = model(x)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
 
@@ -188,3 +173,15 @@ def test_reference_paths_restores_the_fast_methods():
         assert SharedMaskAttentionV2.mask is SharedMaskAttentionV2.mask_reference
         assert SharedMaskAggregation.forward is SharedMaskAggregation.forward_reference
     assert {cls: dict(vars(cls)) for cls in before} == before
+
+
+def test_reference_paths_also_unfuses_the_given_models_block_attention():
+    model = timm.create_model("mlan_resnet14_cifar10")
+    v2 = timm.create_model("mlan_v2_resnet14_cifar10")
+    flags = lambda m: {b.fused_sma for b in m.modules() if hasattr(b, "fused_sma")}  # noqa: E731
+    assert flags(model) == {True} and flags(v2) == {False}
+    with reference_paths(model, v2):
+        assert flags(model) == {False} and flags(v2) == {False}
+    assert flags(model) == {True} and flags(v2) == {False}
+    with fused_block_attention(v2, enabled=True):  # SMAv2 blocks cannot use the 1x1-SMA fusion
+        assert flags(v2) == {False}

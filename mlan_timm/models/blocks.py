@@ -91,8 +91,12 @@ class MLANBlock(BasicBlock):
         self.block_attn = create_aggregation(attn_layer(2 * out_chs), 2)
         self.fusion = create_fusion(fusion, out_chs)
         # fast path for 1x1 SMA (not SMAv2): layer + block attention with fewer full-size passes (layers/aggregation)
-        self.fused_sma = all(type(m) is SharedMaskAttention and m.pointwise
-                             for m in (self.layer_attn[0], self.layer_attn[1], self.block_attn.attn))
+        self.fused_sma = self.fused_sma_allowed()
+
+    def fused_sma_allowed(self) -> bool:
+        """The fused layer+block attention applies when all three attentions are 1x1 SMAs (not SMAv2)."""
+        return all(type(m) is SharedMaskAttention and m.pointwise
+                   for m in (self.layer_attn[0], self.layer_attn[1], self.block_attn.attn))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         out1, out2 = self.conv_path(x)
