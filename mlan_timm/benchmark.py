@@ -58,7 +58,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 import torch.nn as nn
 from torch.utils.benchmark import Timer
-from torch.utils.flop_counter import FlopCounterMode
+
+from .complexity import count_macs, count_params  # noqa: F401  (re-exported)
 
 DEPTHS = (14, 20, 26, 32)
 DATASETS = ("cifar10", "cifar100")
@@ -173,19 +174,7 @@ def ratio_specs(ds: str = "cifar10", depth: int = 20) -> Dict[str, Spec]:
 # --------------------------------------------------------------------------------------------------------------
 # Measurements
 # --------------------------------------------------------------------------------------------------------------
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> int:
-    """MACs for one image (FlopCounterMode FLOPs / 2, eval mode, batch 1)."""
-    was_training = model.training
-    model.eval()
-    x = torch.randn(1, *input_size, device=next(model.parameters()).device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was_training)
-    return counter.get_total_flops() // 2
+# count_params / count_macs live in mlan_timm.complexity (one definition for benchmarks, tables, exports)
 
 
 @dataclass
@@ -343,6 +332,7 @@ def render_profiles(prof: Dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Accuracy from evaluation JSON files (written by the training tooling)
 # --------------------------------------------------------------------------------------------------------------
+CIFAR_TEST_IMAGES = 10_000  # size of the CIFAR-10 / CIFAR-100 test split
 _TOP1_KEYS = ("top1", "test_top1", "eval_top1", "acc1", "accuracy")
 
 
@@ -351,7 +341,9 @@ def load_eval_results(root: str = ".") -> Dict[str, Tuple[float, str]]:
 
     Each file holds one object or a list of objects with a model name (``model``/``model_name``/``arch``), optional
     ``model_kwargs``/``kwargs`` and a top-1 value (``top1``/``test_top1``/``eval_top1``/``acc1``), e.g. the output of
-    ``mlan-eval --json > docs/results/<model>.json``; records whose ``split`` is not ``test`` are ignored."""
+    ``mlan-eval --json > docs/results/<model>.json``; records whose ``split`` is not ``test``, or that were evaluated
+    on fewer than the full 10,000 test images (``subset``/``test_subset`` set, or ``images`` < 10,000), are ignored.
+    A record is filed only under the key of its exact model name and kwargs."""
     found: Dict[str, Tuple[float, str]] = {}
     paths = sorted(glob.glob(os.path.join(root, "docs", "results", "**", "*.json"), recursive=True))
     paths += sorted(glob.glob(os.path.join(root, "hub", "*", "**", "*eval*.json"), recursive=True))
@@ -372,8 +364,17 @@ def load_eval_results(root: str = ".") -> Dict[str, Tuple[float, str]]:
             top1 = next((rec[k] for k in _TOP1_KEYS if isinstance(rec.get(k), (int, float))), None)
             if not isinstance(name, str) or top1 is None:
                 continue
-            kwargs = rec.get("model_kwargs") or rec.get("kwargs") or {}
-            found[Spec(name, dict(kwargs)).key] = (float(top1), os.path.relpath(path, root))
+            if rec.get("subset") or rec.get("test_subset"):
+                continue  # evaluated on a subset: not comparable with the paper's full-test-set accuracy
+            if isinstance(rec.get("images"), int) and rec["images"] < CIFAR_TEST_IMAGES:
+                continue  # fewer than the full 10,000 CIFAR test images (a subset or a truncated run)
+            if "weights" in rec and "model_kwargs" not in rec and "kwargs" not in rec:
+                continue  # mlan-eval output from before it recorded model_kwargs: the architecture is unknown
+            kwargs = rec.get("model_kwargs") if "model_kwargs" in rec else rec.get("kwargs")
+            kwargs = dict(kwargs or {})
+            kwargs.pop("num_classes", None)  # implied by the model name's dataset (mlan-eval refuses a clash)
+            # filed only under the row with this exact model name and these exact kwargs (the Spec key)
+            found[Spec(name, kwargs).key] = (float(top1), os.path.relpath(path, root))
     return found
 
 

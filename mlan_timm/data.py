@@ -27,16 +27,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .io import atomic_torch_save
+
 __all__ = [
     'CIFAR_STATS', 'DatasetNotFoundError', 'dataset_for_model', 'num_classes_for', 'build_transforms',
     'build_dataset', 'load_uint8', 'DeviceLoader', 'build_loader', 'subset_indices',
 ]
 
+# one source of truth for the normalisation constants: the models' pretrained_cfg uses the same values
+from .models.cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
+
 CIFAR_STATS = {
-    'cifar10': dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), num_classes=10,
-                    tv_folder='cifar-10-batches-py'),
-    'cifar100': dict(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), num_classes=100,
-                     tv_folder='cifar-100-python'),
+    'cifar10': dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10, tv_folder='cifar-10-batches-py'),
+    'cifar100': dict(mean=CIFAR100_MEAN, std=CIFAR100_STD, num_classes=100, tv_folder='cifar-100-python'),
 }
 
 PathLike = Union[str, os.PathLike]
@@ -247,7 +250,12 @@ def _load_folder_uint8(name: str, root: Path, cache_dir: Optional[PathLike]):
     from torchvision.datasets import ImageFolder
     folder = ImageFolder(str(root))
     _check_classes(folder.classes, name, root)
-    key = hashlib.sha256(repr([(p, c) for p, c in folder.samples]).encode()).hexdigest()[:16]
+    # the key covers each file's path, class, size and mtime: replacing or editing an image rebuilds the cache
+    stats = []
+    for p, c in folder.samples:
+        st = os.stat(p)
+        stats.append((p, c, st.st_size, st.st_mtime_ns))
+    key = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
     cache = Path(cache_dir) if cache_dir else _default_cache_dir()
     cache_file = cache / f'{name}-{root.name}-{key}.pt'
     if cache_file.is_file():
@@ -266,11 +274,7 @@ def _load_folder_uint8(name: str, root: Path, cache_dir: Optional[PathLike]):
     x = torch.from_numpy(xs).permute(0, 3, 1, 2).contiguous()
     y = torch.as_tensor([c for _, c in folder.samples], dtype=torch.int64)
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pt', dir=cache)
-        os.close(fd)
-        torch.save({'x': x, 'y': y}, tmp)
-        os.replace(tmp, cache_file)
+        atomic_torch_save({'x': x, 'y': y}, cache_file)
     except OSError:
         pass  # caching is an optimisation only
     return x, y

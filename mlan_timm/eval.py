@@ -12,9 +12,10 @@ from typing import Any, Dict, Optional
 import torch
 
 from . import data as mdata
+from .complexity import count_params
 from .pretrained import PretrainedWeightsError
-from .train import UsageError, create_model, evaluate, load_weights_into, parse_model_kwargs, resolve_run, \
-    _norm_stats
+from .train import UsageError, create_model, evaluate, load_weights_into, model_kwargs_for_dataset, \
+    parse_model_kwargs, resolve_run, _norm_stats
 
 __all__ = ['build_parser', 'run_eval', 'main', 'format_table']
 
@@ -51,8 +52,11 @@ def run_eval(args) -> Dict[str, Any]:
     device, dataset = resolve_run(args)
     if not (args.pretrained or args.weights or args.checkpoint):
         raise UsageError("Give the weights to evaluate: --pretrained, --weights FILE or --checkpoint FILE")
+    if args.ema and not args.checkpoint:
+        raise UsageError("--ema picks the EMA weights of an mlan-train checkpoint: it needs --checkpoint FILE "
+                         f"(not {'--pretrained' if args.pretrained else '--weights'})")
     kwargs = parse_model_kwargs(args.model_kwargs)
-    model = create_model(args.model, pretrained=args.pretrained, num_classes=mdata.num_classes_for(dataset), **kwargs)
+    model = create_model(args.model, pretrained=args.pretrained, **model_kwargs_for_dataset(kwargs, dataset))
     source = 'pretrained' if args.pretrained else str(args.weights or args.checkpoint)
     if args.weights or args.checkpoint:
         load_weights_into(model, args.weights or args.checkpoint, args.model, use_ema=args.ema)
@@ -67,7 +71,7 @@ def run_eval(args) -> Dict[str, Any]:
     return dict(model=args.model, weights=source + (' (ema)' if args.ema else ''), dataset=dataset,
                 split=args.split, images=res['images'], top1=res['top1'], top5=res['top5'], loss=res['loss'],
                 img_per_s=res['img_per_s'], device=str(device), amp=args.amp,
-                params=sum(p.numel() for p in model.parameters()))
+                params=count_params(model), model_kwargs={k: v for k, v in kwargs.items() if k != 'num_classes'}, subset=args.subset)
 
 
 def format_table(r: Dict[str, Any]) -> str:

@@ -21,7 +21,8 @@ import torch
 
 from . import data as mdata
 from .pretrained import PretrainedWeightsError
-from .train import UsageError, create_model, load_weights_into, parse_model_kwargs
+from .complexity import count_macs, count_params
+from .train import UsageError, create_model, load_weights_into, model_kwargs_for_dataset, parse_model_kwargs
 
 __all__ = ['count_macs', 'export_model', 'render_model_card', 'push_folder', 'main', 'push_main']
 
@@ -33,20 +34,6 @@ CITATION = """@article{mlan2022,
   year    = {2022},
   doi     = {10.1109/ACCESS.2022.3210711},
 }"""
-
-
-def count_macs(model: torch.nn.Module, input_size=(3, 32, 32)) -> int:
-    """Multiply-accumulates for one image, from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    was_training = model.training
-    model.eval()
-    p = next(model.parameters())
-    x = torch.zeros(1, *input_size, device=p.device, dtype=p.dtype)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(x)
-    model.train(was_training)
-    return int(counter.get_total_flops()) // 2
 
 
 def _read_jsonl(path: Path) -> List[Dict[str, Any]]:
@@ -152,11 +139,14 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
     from timm.models import save_for_hf
     base = model_name.split('.')[0]
     model_kwargs = dict(model_kwargs or {})
+    if use_ema and not checkpoint:
+        raise UsageError("--ema picks the EMA weights of an mlan-train checkpoint: it needs --checkpoint FILE, "
+                         "not --weights")
     dataset = mdata.dataset_for_model(base)
     if model is None:
         if dataset is None:
             raise UsageError(f"Cannot tell the dataset from model name {model_name!r}")
-        model = create_model(model_name, num_classes=mdata.num_classes_for(dataset), **model_kwargs)
+        model = create_model(model_name, **model_kwargs_for_dataset(model_kwargs, dataset))
         if weights or checkpoint:
             load_weights_into(model, weights or checkpoint, model_name, use_ema=use_ema)
         else:
@@ -188,7 +178,7 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
                     safe_serialization=True)
         cfg = json.loads((tmp / 'config.json').read_text(encoding='utf-8'))
         info = dict(model_name=base, dataset=dataset, num_classes=model.num_classes,
-                    architecture=cfg.get('architecture', base), params=sum(p.numel() for p in model.parameters()),
+                    architecture=cfg.get('architecture', base), params=count_params(model),
                     macs=count_macs(model, tuple(pcfg.get('input_size', (3, 32, 32)))),
                     model_args=cfg.get('model_args'), license=pcfg.get('license', 'apache-2.0'),
                     paper_name=pcfg.get('paper_name') or 'Multi-Level Attention Network',
@@ -196,17 +186,32 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
                     date=datetime.date.today().isoformat())
         (tmp / 'README.md').write_text(render_model_card(info), encoding='utf-8')
         os.chmod(tmp, 0o755)
-        backup = None
-        if target.exists():
-            backup = hub_root / f'.{base}.old-{os.getpid()}'
-            os.replace(target, backup)
-        os.replace(tmp, target)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+        _swap_in(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _swap_in(new: Path, target: Path):
+    """Move folder ``new`` onto ``target``: old -> backup, new -> target, backup back on failure.
+
+    The backup is deleted only once the new folder is in place, so a failure at any step leaves the previous
+    export where it was."""
+    backup = None
+    if target.exists():
+        backup = target.parent / f'.{target.name}.old-{os.getpid()}'
+        if backup.exists():
+            shutil.rmtree(backup)
+        os.replace(target, backup)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, target)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -176,6 +176,9 @@ def read_state_dict(path: os.PathLike, model_name: str = '', use_ema: bool = Fal
     label = f" for {model_name!r}" if model_name else ''
     if not path.is_file():
         raise PretrainedWeightsError(f"Weights file{label} not found: {path}")
+    if use_ema and path.suffix == '.safetensors':
+        raise PretrainedWeightsError(f"EMA weights were requested{label} but {path} is a safetensors file, not an "
+                                     "mlan-train checkpoint (last.pth) holding EMA weights")
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
         try:
@@ -193,6 +196,9 @@ def read_state_dict(path: os.PathLike, model_name: str = '', use_ema: bool = Fal
                 raise PretrainedWeightsError(f"Checkpoint{label} {path} has no EMA weights (trained without --model-ema)")
             return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ema.items()}
         return blob['model']
+    if use_ema:
+        raise PretrainedWeightsError(f"EMA weights were requested{label} but {path} is not an mlan-train checkpoint "
+                                     "(no 'model'/'ema' entries)")
     if isinstance(blob, dict) and 'state_dict' in blob:
         return blob['state_dict']
     if isinstance(blob, dict) and all(isinstance(v, torch.Tensor) for v in blob.values()):

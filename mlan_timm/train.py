@@ -17,7 +17,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -27,6 +26,8 @@ import torch
 import torch.nn as nn
 
 from . import data as mdata
+from .io import atomic_save_file, atomic_torch_save, atomic_write_text  # noqa: F401  (re-exported)
+from .pretrained import PretrainedWeightsError
 
 __all__ = ['build_parser', 'main', 'train', 'create_model', 'evaluate', 'parse_model_kwargs', 'atomic_torch_save']
 
@@ -37,6 +38,32 @@ __all__ = ['build_parser', 'main', 'train', 'create_model', 'evaluate', 'parse_m
 
 class UsageError(Exception):
     """A problem with the command line or inputs; the CLI prints the message and exits with status 2."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf; the CLI prints the message and exits with status 1."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def model_kwargs_for_dataset(kwargs: Dict[str, Any], dataset: str) -> Dict[str, Any]:
+    """``kwargs`` plus ``num_classes`` of ``dataset``; a conflicting ``num_classes`` kwarg is a UsageError."""
+    kwargs = dict(kwargs)
+    n = mdata.num_classes_for(dataset)
+    if 'num_classes' in kwargs and kwargs['num_classes'] != n:
+        raise UsageError(f"--model-kwargs num_classes={kwargs['num_classes']} clashes with dataset {dataset} "
+                         f"({n} classes); drop it or pick the matching --dataset")
+    kwargs['num_classes'] = n
+    return kwargs
 
 
 def parse_model_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
@@ -71,33 +98,8 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:
         raise UsageError(f"Model {name!r} does not accept these arguments {sorted(kwargs)}: {e}") from e
-
-
-def atomic_torch_save(obj: Any, path: os.PathLike):
-    """``torch.save`` to a temp file in the same directory, then ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: os.PathLike, text: str):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except ValueError as e:  # e.g. an unknown attn=... value: the model's own message names the problem
+        raise UsageError(f"Model {name!r} with arguments {kwargs}: {e}") from e
 
 
 def resolve_device(device: str) -> torch.device:
@@ -235,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('output')
     g.add_argument('--output', '-o', default=None, help='run directory (default runs/<model>-<time>)')
     g.add_argument('--resume', nargs='?', const='auto', default=None,
-                   help='resume from a checkpoint (default: <output>/last.pth)')
+                   help='resume from a checkpoint: plain --resume needs -o RUN_DIR and uses RUN_DIR/last.pth; '
+                        '--resume PATH without -o continues in the folder of PATH')
     g.add_argument('--no-progress', action='store_true', help='no tqdm bars')
-    g.add_argument('--eval-every', type=int, default=1, help='evaluate every N epochs (and always the last)')
+    g.add_argument('--eval-every', type=positive_int, default=1, help='evaluate every N epochs (and always the last)')
     return p
 
 
@@ -250,6 +253,11 @@ def _scheduler(args, optimizer, updates_per_epoch):
         decay_milestones=milestones, cooldown_epochs=0, min_lr=args.min_lr, decay_rate=args.decay_rate,
         warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, warmup_prefix=False,
         step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
+    if args.sched_on_updates and args.sched == 'multistep':
+        # Per-update stepping: the lr of update k (0-based, set by step_update(k)) is decayed once
+        # bisect_right(decay_t, k + 1) counts the milestone, i.e. k >= decay_t - 1. create_scheduler_v2 would use
+        # (m + 1) * U, decaying at the *last* update of epoch m; we want the first update of epoch m: k = m * U.
+        sched.decay_t = sorted(m * updates_per_epoch + 1 for m in args.decay_milestones)
     return sched, num_epochs
 
 
@@ -281,15 +289,28 @@ def train(args) -> Dict[str, Any]:
     if args.data_dir is None and not args.download:
         raise UsageError("--data-dir is required (or --download with --data-dir to fetch CIFAR via torchvision)")
 
-    out_dir = Path(args.output or f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    ckpt_path = out_dir / 'last.pth'
     resume_from = None
     if args.resume:
-        resume_from = ckpt_path if args.resume == 'auto' else Path(args.resume)
-        if resume_from.is_dir():
-            resume_from = resume_from / 'last.pth'
+        if args.resume == 'auto':
+            if not args.output:
+                raise UsageError("--resume without a path needs -o/--output RUN_DIR (the default run folder is "
+                                 "timestamped, so it cannot be found again); or pass --resume RUN_DIR/last.pth")
+            resume_from = Path(args.output) / 'last.pth'
+        else:
+            resume_from = Path(args.resume)
+            if resume_from.is_dir():
+                resume_from = resume_from / 'last.pth'
         if not resume_from.is_file():
             raise UsageError(f"--resume: no checkpoint at {resume_from}")
+    if args.output:
+        out_dir = Path(args.output)
+    elif resume_from is not None:
+        out_dir = resume_from.parent  # --resume PATH: continue the run in its own folder
+    else:
+        out_dir = Path(f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    ckpt_path = out_dir / 'last.pth'
+    if args.initial_weights and not Path(args.initial_weights).is_file():
+        raise UsageError(f"--initial-weights: file not found: {args.initial_weights}")
 
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -299,7 +320,9 @@ def train(args) -> Dict[str, Any]:
     seed_everything(args.seed)
 
     model_kwargs = parse_model_kwargs(args.model_kwargs)
-    model = create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **model_kwargs)
+    if model_kwargs.get('num_classes') == num_classes:
+        del model_kwargs['num_classes']  # redundant: the dataset's class count is used anyway
+    model = create_model(args.model, pretrained=args.pretrained, **model_kwargs_for_dataset(model_kwargs, dataset))
     if args.initial_weights:
         load_weights_into(model, args.initial_weights, args.model)
     model.to(device)
@@ -320,7 +343,6 @@ def train(args) -> Dict[str, Any]:
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum, filter_bias_and_bn=args.no_wd_norm_bias)
     scheduler, num_epochs = _scheduler(args, optimizer, steps_per_epoch)
-    ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
     scaler = torch.amp.GradScaler(device.type) if args.amp == 'fp16' and device.type == 'cuda' else None
     criterion = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
 
@@ -330,9 +352,18 @@ def train(args) -> Dict[str, Any]:
         if ckpt.get('args', {}).get('model') != args.model:
             raise UsageError(f"--resume: checkpoint {resume_from} is for model {ckpt.get('args', {}).get('model')!r}, "
                              f"not {args.model!r}")
+        ckpt_kwargs = dict(ckpt.get('model_kwargs') or {})
+        if ckpt_kwargs.get('num_classes') == num_classes:
+            del ckpt_kwargs['num_classes']
+        if ckpt_kwargs != model_kwargs:
+            raise UsageError(f"--resume: checkpoint {resume_from} was trained with --model-kwargs {ckpt_kwargs}, "
+                             f"but this run has {model_kwargs}; pass the same --model-kwargs")
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         scheduler.load_state_dict(ckpt['scheduler'])
+    # created after a resume's model weights are loaded: a checkpoint without EMA starts the EMA from them
+    ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+    if resume_from is not None:
         if ema is not None and ckpt.get('ema') is not None:
             ema.load_state_dict(ckpt['ema'])
         if scaler is not None and ckpt.get('scaler') is not None:
@@ -361,6 +392,7 @@ def train(args) -> Dict[str, Any]:
         lr = optimizer.param_groups[0]['lr']
         train_model.train()
         loss_sum = torch.zeros((), device=device)
+        nonfinite = torch.zeros((), device=device, dtype=torch.bool)  # checked only when the bar is refreshed
         correct = torch.zeros((), device=device, dtype=torch.long)
         t0 = time.perf_counter()
         n_img = 0
@@ -376,8 +408,7 @@ def train(args) -> Dict[str, Any]:
             with amp_context(device, args.amp):
                 out = train_model(x)
                 loss = criterion(out, y)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"non-finite loss {loss.item()} at epoch {epoch} step {step}; lower --lr?")
+            nonfinite |= ~torch.isfinite(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -401,6 +432,11 @@ def train(args) -> Dict[str, Any]:
             loss_sum += loss.detach().float() * b
             correct += (out.detach().argmax(-1) == y).sum()
             if step % 10 == 0 or step == steps_per_epoch - 1:
+                if nonfinite.item():
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"non-finite training loss in epoch {epoch} (by step {step}, checked every 10 steps); "
+                        f"lower --lr or use --clip-grad?")
                 bar.set_postfix(loss=f'{loss_sum.item() / n_img:.3f}', acc=f'{100 * correct.item() / n_img:.1f}',
                                 img_s=f'{n_img / max(time.perf_counter() - t0, 1e-9):.0f}')
             bar.update(1)
@@ -461,28 +497,23 @@ def _truncate_log(log_path: Path, start_epoch: int):
 
 
 def _save_final(model, ema, out_dir: Path):
-    from safetensors.torch import save_file
     for name, m in (('model.safetensors', _unwrap(model)), ('model_ema.safetensors', ema.module if ema else None)):
         if m is None:
             continue
         sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=out_dir)
-        os.close(fd)
-        try:
-            save_file(sd, tmp)
-            os.replace(tmp, out_dir / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_save_file(sd, out_dir / name)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = train(args)
-    except (UsageError, mdata.DatasetNotFoundError) as e:
+    except (UsageError, mdata.DatasetNotFoundError, PretrainedWeightsError) as e:
         print(f"mlan-train: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        print(f"mlan-train: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mlan-train: interrupted; resume with --resume", file=sys.stderr)
         return 130

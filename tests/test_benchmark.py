@@ -1,5 +1,6 @@
 """Behaviour of mlan_timm.benchmark in quick mode (tiny models, tiny repeat counts; no timing asserts)."""
 import json
+import os
 import math
 
 import pytest
@@ -157,3 +158,16 @@ def test_profile_ops_lists_top_operators():
     assert all(0 <= r["share"] <= 1 and r["ms"] >= 0 for r in prof["rows"])
     text = B.render_profiles(dict(command="mlan-bench --profile", machine="m", profiles=[prof]))
     assert "## Where the time goes (torch.profiler)" in text and "| operator |" in text
+
+
+def test_eval_results_need_matching_kwargs_and_the_full_test_set(tmp_path):
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    base = dict(model="mlan_resnet20_cifar10", weights="w.safetensors", split="test", images=10000)
+    (tmp_path / "docs" / "results" / "eval.json").write_text(json.dumps([
+        dict(base, top1=80.0, model_kwargs={"attn": "cbam"}, subset=None),  # mlan-eval --json with kwargs
+        dict(base, model="resnet20_cifar10", top1=70.0),  # old mlan-eval output: kwargs unknown
+        dict(base, model="se_resnet20_cifar10", top1=60.0, model_kwargs={}, subset=500, images=500),
+        dict(base, model="cbam_resnet20_cifar10", top1=50.0, model_kwargs={}, images=2000),
+    ]))
+    acc = B.load_eval_results(str(tmp_path))
+    assert acc == {"mlan_resnet20_cifar10?attn=cbam": (80.0, os.path.join("docs", "results", "eval.json"))}

@@ -116,3 +116,27 @@ def test_device_loader_augmentation_is_a_padded_crop_or_flip(folder):
                     if torch.equal(crop, img) or torch.equal(crop.flip(2), img):
                         found = True
         assert found
+
+
+def test_normalisation_constants_are_the_models_own():
+    from mlan_timm.models import cifar_resnet as cr
+    assert mdata.CIFAR_STATS['cifar100']['mean'] == cr.CIFAR100_MEAN == (0.5071, 0.4866, 0.4409)
+    assert mdata.CIFAR_STATS['cifar100']['std'] == cr.CIFAR100_STD
+    assert mdata.CIFAR_STATS['cifar10']['mean'] == cr.CIFAR10_MEAN and mdata.CIFAR_STATS['cifar10']['std'] == cr.CIFAR10_STD
+
+
+def test_image_folder_cache_is_rebuilt_when_an_image_changes(tmp_path):
+    import os
+    from PIL import Image
+    root = make_image_folder(tmp_path / 'f', train_per_class=1, test_per_class=1)
+    cache = tmp_path / 'cache'
+    x0, _ = mdata.load_uint8('cifar10', root, 'test', cache_dir=cache)
+    cached = sorted(p.name for p in cache.iterdir())
+    assert len(cached) == 1 and (cache / cached[0]).stat().st_mode & 0o777 != 0o600
+    img = sorted((root / 'test' / 'airplane').iterdir())[0]
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(img)  # same path, new pixels
+    st = img.stat()
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    x1, _ = mdata.load_uint8('cifar10', root, 'test', cache_dir=cache)
+    assert not torch.equal(x0, x1)
+    assert (x1[0] == 7).all()  # airplane is class 0, its only test image comes first

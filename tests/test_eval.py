@@ -76,3 +76,20 @@ def test_corrupt_and_missing_weights(data_dir, tmp_path, capsys):
 def test_eval_needs_a_weights_source(data_dir, capsys):
     assert meval.main(_args(data_dir)) == 2
     assert '--pretrained, --weights FILE or --checkpoint FILE' in capsys.readouterr().err
+
+
+def test_ema_needs_a_checkpoint(data_dir, weights, capsys):
+    _, path = weights
+    assert meval.main(_args(data_dir, '--weights', str(path), '--ema')) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-eval: error: --ema') and '--checkpoint' in err
+    assert meval.main(_args(data_dir, '--pretrained', '--ema')) == 2
+    assert '--ema picks the EMA weights' in capsys.readouterr().err
+
+
+def test_eval_json_records_model_kwargs_and_subset(data_dir, weights, capsys):
+    _, path = weights
+    assert meval.main(_args(data_dir, '--weights', str(path), '--json', '--subset', '5',
+                            '--model-kwargs', 'num_classes=10')) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res['model_kwargs'] == {} and res['subset'] == 5 and res['images'] == 5

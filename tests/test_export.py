@@ -133,3 +133,37 @@ def test_push_without_token_or_folder_is_refused(weights, tmp_path, monkeypatch,
     api.upload_folder.assert_not_called()
     assert mexport.push_main(['--model', TINY_MODEL, '--hub-dir', str(tmp_path / 'hub')]) == 2
     assert 'No Hugging Face token' in capsys.readouterr().err
+
+
+def test_ema_export_needs_a_checkpoint(weights, tmp_path, capsys):
+    _, path = weights
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--ema', '--hub-dir', str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith('mlan-export: error: --ema picks the EMA weights')
+    assert not (tmp_path / TINY_MODEL).exists()
+
+
+def test_failed_folder_swap_rolls_back_to_previous_export(weights, tmp_path, monkeypatch):
+    """The new folder cannot be renamed into place: the old export is restored, no backup or temp is left."""
+    import os
+    model, path = weights
+    out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if os.path.basename(str(src)).startswith(f'.{TINY_MODEL}.') and '.old-' not in str(src):
+            raise OSError('disk full')
+        return real_replace(src, dst)
+    monkeypatch.setattr(mexport.os, 'replace', failing_replace)
+    with pytest.raises(OSError, match='disk full'):
+        mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in (tmp_path / 'hub').iterdir()] == [TINY_MODEL]
+
+
+def test_export_uses_the_shared_complexity_counters():
+    from mlan_timm import benchmark, complexity
+    assert mexport.count_macs is complexity.count_macs is benchmark.count_macs
+    assert mexport.count_params is complexity.count_params is benchmark.count_params
+    lin = torch.nn.Linear(3, 2)
+    assert complexity.count_params(lin) == 8 and complexity.count_macs(lin, (3,)) == 6

@@ -93,3 +93,15 @@ def test_shipped_manifest_lists_only_existing_verified_files(monkeypatch):
         path = mp.weights_dir() / entry['file']
         assert path.is_file() and mp.sha256_file(path) == entry['sha256']
     assert (mp.weights_dir() / 'MANIFEST.json').is_file()
+
+
+def test_ema_from_a_safetensors_or_plain_state_dict_is_refused(tmp_path):
+    model = timm.create_model(NAME)
+    path = _write_weights(tmp_path, NAME, model)
+    with pytest.raises(mp.PretrainedWeightsError, match='EMA weights were requested.*safetensors'):
+        mp.read_state_dict(path, NAME, use_ema=True)
+    pth = tmp_path / 'plain.pth'
+    torch.save(model.state_dict(), pth)
+    with pytest.raises(mp.PretrainedWeightsError, match='not an mlan-train checkpoint'):
+        mp.read_state_dict(pth, NAME, use_ema=True)
+    assert mp.read_state_dict(pth, NAME).keys() == model.state_dict().keys()

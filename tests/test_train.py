@@ -153,3 +153,96 @@ def test_model_kwargs_parsing():
         dict(attn='cbam', drop_rate=0.1, flag=True)
     with pytest.raises(mtrain.UsageError, match='key=value'):
         mtrain.parse_model_kwargs(['cbam'])
+
+
+def test_sched_on_updates_decays_at_first_update_of_milestone_epoch():
+    """--sched-on-updates: with milestone 2 and U updates per epoch, update 2*U (first of epoch 2) is decayed."""
+    U = 5
+    args = mtrain.build_parser().parse_args(['--epochs', '4', '--decay-milestones', '2', '--sched-on-updates'])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
+    sched, n = mtrain._scheduler(args, opt, updates_per_epoch=U)
+    lrs, num_updates = [], 0
+    for e in range(n):  # the same calls as mlan-train's loop
+        sched.step(e)
+        for _ in range(U):
+            lrs.append(opt.param_groups[0]['lr'])  # lr used by this update
+            num_updates += 1
+            sched.step_update(num_updates)
+    assert lrs[2 * U - 1] == pytest.approx(0.1)  # last update of epoch 1
+    assert lrs[2 * U] == pytest.approx(0.01)  # first update of epoch 2
+    assert lrs[0] == pytest.approx(0.1)
+
+
+def test_non_finite_loss_is_a_clear_error_naming_the_epoch(data_dir, tmp_path, capsys):
+    rc = mtrain.main(train_args(data_dir, tmp_path / 'nan', epochs=1, extra=['--lr', '1e38']))
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-train: error: non-finite training loss in epoch 0') and 'Traceback' not in err
+    assert not (tmp_path / 'nan' / 'last.pth').exists()
+
+
+@pytest.mark.parametrize('extra, needle', [
+    (['--model-kwargs', 'attn=foo'], "Model 'resnet14_cifar10'"),
+    (['--initial-weights', 'nowhere.safetensors'], '--initial-weights: file not found: nowhere.safetensors'),
+    (['--model-kwargs', 'num_classes=100'], 'num_classes=100 clashes with dataset cifar10 (10 classes)'),
+])
+def test_bad_model_arguments_exit_2_with_one_line(data_dir, tmp_path, capsys, extra, needle):
+    rc = mtrain.main(train_args(data_dir, tmp_path / 'x', epochs=1, extra=extra))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-train: error: ') and needle in err and err.count('\n') == 1, err
+
+
+def test_bad_weights_file_and_offline_pretrained_exit_2(data_dir, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / 'bad.safetensors'
+    bad.write_bytes(b'not safetensors' * 4)
+    assert mtrain.main(train_args(data_dir, tmp_path / 'x', epochs=1, extra=['--initial-weights', str(bad)])) == 2
+    assert 'mlan-train: error: Weights file' in capsys.readouterr().err
+    import huggingface_hub.constants as hc
+    monkeypatch.setattr(hc, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setenv('MLAN_TIMM_WEIGHTS_DIR', str(tmp_path / 'no_weights'))
+    assert mtrain.main(train_args(data_dir, tmp_path / 'y', epochs=1, extra=['--pretrained'])) == 2
+    assert 'mlan-train: error: No pretrained weights available' in capsys.readouterr().err
+
+
+def test_matching_num_classes_kwarg_is_accepted(data_dir, tmp_path):
+    assert mtrain.main(train_args(data_dir, tmp_path / 'x', epochs=1,
+                                  extra=['--model-kwargs', 'num_classes=10', '--max-steps', '1'])) == 0
+
+
+def test_eval_every_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as e:
+        mtrain.build_parser().parse_args(['--eval-every', '0'])
+    assert e.value.code == 2
+    assert 'argument --eval-every: expected an integer >= 1, got 0' in capsys.readouterr().err
+
+
+def test_plain_resume_needs_output_dir(data_dir, tmp_path, capsys):
+    argv = train_args(data_dir, tmp_path / 'x', epochs=1, extra=['--resume'])
+    i = argv.index('-o')
+    del argv[i:i + 2]
+    assert mtrain.main(argv) == 2
+    assert 'mlan-train: error: --resume without a path needs -o/--output RUN_DIR' in capsys.readouterr().err
+
+
+def test_resume_checks_model_kwargs_and_starts_ema_from_resumed_weights(data_dir, tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert mtrain.main(train_args(data_dir, out, epochs=1, extra=['--max-steps', '2'])) == 0
+    # different kwargs: a clear error naming both
+    assert mtrain.main(train_args(data_dir, out, epochs=2, extra=['--resume', '--model-kwargs', 'drop_rate=0.5'])) == 2
+    err = capsys.readouterr().err
+    assert "--model-kwargs {}" in err and "{'drop_rate': 0.5}" in err
+    # --resume PATH without -o continues in that run folder; --model-ema on a checkpoint without EMA
+    argv = train_args(data_dir, out, epochs=1, extra=['--resume', str(out / 'last.pth'), '--model-ema'])
+    i = argv.index('-o')
+    del argv[i:i + 2]
+    assert mtrain.main(argv) == 0
+    a, b = load_file(out / 'model.safetensors'), load_file(out / 'model_ema.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # not a fresh random init
+
+
+def test_checkpoints_and_weights_are_not_private_files(data_dir, tmp_path):
+    out = tmp_path / 'mode'
+    assert mtrain.main(train_args(data_dir, out, epochs=1, extra=['--max-steps', '1'])) == 0
+    for name in ('last.pth', 'model.safetensors', 'args.json'):
+        assert (out / name).stat().st_mode & 0o777 != 0o600, name

@@ -1,0 +1,58 @@
+"""Atomic file writes: write to a temp file in the target's directory, then ``os.replace`` it into place.
+
+A reader never sees a half-written file, and a crash leaves either the old file or the new one. The temp file
+from ``tempfile.mkstemp`` is created with mode 0600; it is chmod-ed to ``0o666 & ~umask`` (what ``open()``
+would give) before the rename, so saved checkpoints, logs and weights are readable like any other file.
+"""
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+__all__ = ['atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_torch_save', 'atomic_save_file',
+           'default_file_mode']
+
+
+def default_file_mode() -> int:
+    """``0o666 & ~umask``: the mode ``open(path, 'w')`` gives a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: os.PathLike, writer: Callable[[str], None]) -> Path:
+    """Call ``writer(tmp_path)`` on a temp file next to ``path``, then move it onto ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_bytes(path: os.PathLike, data: bytes) -> Path:
+    def _w(tmp):
+        with open(tmp, 'wb') as f:
+            f.write(data)
+    return atomic_write(path, _w)
+
+
+def atomic_write_text(path: os.PathLike, text: str, encoding: str = 'utf-8') -> Path:
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_torch_save(obj: Any, path: os.PathLike) -> Path:
+    import torch
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_file(tensors: Dict[str, Any], path: os.PathLike, metadata=None) -> Path:
+    """``safetensors.torch.save_file`` written atomically."""
+    from safetensors.torch import save_file
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
