@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import timm
 import torch
 
+from .complexity import count_params
 from .models.cifar_resnet import DEPTHS
 from .paper_tables import NOT_TRANSCRIBED, paper_value
 
@@ -58,11 +59,6 @@ VARIANTS: Tuple[Variant, ...] = (
     Variant("classic TA-ResNet", "ta_", "classic"),
     Variant("classic GC-ResNet", "gc_", "classic"),
 )
-
-
-def count_params(model: torch.nn.Module) -> int:
-    """Number of parameters (trainable and frozen; BN running statistics are buffers and not counted)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def variant_params(variant: Variant, depth: int, dataset: str) -> int:
