@@ -27,7 +27,7 @@ class AttentionAggregation(nn.Module):
         return y.unflatten(1, (self.num_inputs, -1)).mean(1)
 
 
-class SharedMaskAggregation(nn.Module):
+class SharedMaskAggregation(AttentionAggregation):
     """LA/BA with a shared-mask attention (SMA, SMAv2): same result as :class:`AttentionAggregation`.
 
     A shared mask over a concatenation multiplies every part alike, so the mean of the masked parts is the mask
@@ -35,11 +35,7 @@ class SharedMaskAggregation(nn.Module):
     """
 
     def __init__(self, attn: SharedMaskAttention, num_inputs: int) -> None:
-        super().__init__()
-        if num_inputs < 1:
-            raise ValueError(f"num_inputs must be >= 1, got {num_inputs}")
-        self.attn = attn
-        self.num_inputs = num_inputs
+        super().__init__(attn, num_inputs)
 
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
         # fast path: the p*C-channel concatenation is not built (SharedMaskAttention.mask_of_concat), and the
