@@ -302,6 +302,17 @@ def test_features_only(name):
     assert neg.feature_info.channels() == [widths[2]]
 
 
+def _assert_same_features(net_a, net_b):
+    """Both feature extractors return the same 4 feature maps for the same input."""
+    x = _x(2)
+    with torch.no_grad():
+        a, b = net_a(x), net_b(x)
+    assert len(a) == len(b) == 4
+    for p, q in zip(a, b):
+        assert p.shape == q.shape
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", [MLAN_BASE, "mlan_v2_resnet14_cifar10", "cbam_resnet14_cifar10", "resnet14_cifar10"])
 def test_features_only_getter_matches_hooks(name):
     """timm's test_model_forward_intermediates_features: feature_cls='getter' goes through forward_intermediates."""
@@ -310,13 +321,7 @@ def test_features_only_getter_matches_hooks(name):
     assert sorted(v.sum().item() for v in getter.state_dict().values()) == pytest.approx(
         sorted(v.sum().item() for v in hooks.state_dict().values()))
     assert getter.feature_info.channels() == hooks.feature_info.channels()
-    x = _x(2)
-    with torch.no_grad():
-        a, b = hooks(x), getter(x)
-    assert len(a) == len(b) == 4
-    for p, q in zip(a, b):
-        assert p.shape == q.shape
-        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+    _assert_same_features(hooks, getter)
 
 
 @pytest.mark.parametrize("name", FEATURE_MODELS)
@@ -717,13 +722,7 @@ def test_fx_forward_backward_timm_style(name):
 def test_features_only_fx_feature_cls():
     hooks = _create(MLAN_BASE, features_only=True).eval()
     fx = _create(MLAN_BASE, features_only=True, feature_cls="fx").eval()  # same seed -> same weights
-    x = _x(2)
-    with torch.no_grad():
-        a, b = hooks(x), fx(x)
-    assert len(a) == len(b) == 4
-    for p, q in zip(a, b):
-        assert p.shape == q.shape
-        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+    _assert_same_features(hooks, fx)
 
 
 # ---------------------------------------------------------------------------------------------------------------
