@@ -31,7 +31,8 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 torch.fx.wrap("pointwise_conv")
 
 
-def _check_mask_args(num_masks: int, kernel_size: int) -> None:
+def check_mask_args(num_masks: int, kernel_size: int) -> None:
+    """ValueError unless ``num_masks`` is an int >= 1 and ``kernel_size`` an odd int >= 1."""
     if not isinstance(num_masks, int) or num_masks < 1:
         raise ValueError(f"num_masks must be an integer >= 1, got {num_masks!r}")
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
@@ -46,7 +47,7 @@ class SharedMaskAttention(nn.Module):
 
     def __init__(self, channels: int, num_masks: int = 3, kernel_size: int = 1) -> None:
         super().__init__()
-        _check_mask_args(num_masks, kernel_size)
+        check_mask_args(num_masks, kernel_size)
         self.channels = channels
         self.num_masks = num_masks
         self.conv = nn.Conv2d(channels, num_masks, kernel_size, padding=kernel_size // 2, bias=True)
@@ -116,7 +117,7 @@ class FullMaskAttention(nn.Module):
 
     def __init__(self, channels: int, num_masks: int = 3, kernel_size: int = 1) -> None:
         super().__init__()
-        _check_mask_args(num_masks, kernel_size)
+        check_mask_args(num_masks, kernel_size)
         self.channels = channels
         self.num_masks = num_masks
         self.conv = nn.Conv2d(channels, num_masks * channels, kernel_size, padding=kernel_size // 2, bias=True)

@@ -17,7 +17,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from ..layers import FUSION_TYPES, create_attention
 from ..layers.factory import check_attn_type
-from ..layers.shared_mask import _check_mask_args as check_mask_args
+from ..layers.shared_mask import check_mask_args
 from ..pretrained import load_errors_as_clear_messages, pretrained_cfg_overlay
 from .blocks import BasicBlock, MLANGroup, SingleLevelBlock
 
