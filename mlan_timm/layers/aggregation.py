@@ -9,7 +9,9 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .shared_mask import SharedMaskAttention
+from .shared_mask import SharedMaskAttention, pointwise_conv
+
+torch.fx.wrap("pointwise_conv")  # a leaf call under fx, as in shared_mask.py
 
 
 class AttentionAggregation(nn.Module):
@@ -85,8 +87,9 @@ def shared_mask_layer_block_attention(
     b, c, h, w = out1.shape[0], out1.shape[1], out1.shape[2], out1.shape[3]
     n1, n2 = w1.shape[0], w2.shape[0]
     w_la = w_la.flatten(1)
-    y1 = torch.bmm(torch.cat([w1.flatten(1), w_la[:, 0:c]], 0).expand(b, -1, -1), out1.flatten(2))
-    y2 = torch.bmm(torch.cat([w2.flatten(1), w_la[:, c:2 * c]], 0).expand(b, -1, -1), out2.flatten(2))
+    # through pointwise_conv, so the device choice (bmm on CPU, cuDNN on CUDA) is made in one place
+    y1 = pointwise_conv(out1, torch.cat([w1.flatten(1), w_la[:, 0:c]], 0)[:, :, None, None], None).flatten(2)
+    y2 = pointwise_conv(out2, torch.cat([w2.flatten(1), w_la[:, c:2 * c]], 0)[:, :, None, None], None).flatten(2)
     l1, l2, logits = y1[:, 0:n1], y2[:, 0:n2], None
     if b1 is not None:
         l1 = l1 + b1.view(1, -1, 1)
