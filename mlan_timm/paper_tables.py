@@ -1,24 +1,327 @@
-"""Numbers reported in the MLAN paper (Qin et al., IEEE Access 2022, doi 10.1109/ACCESS.2022.3210711).
+"""Every number of the MLAN paper's Tables 2-14, transcribed (Wang, Qin et al., IEEE Access 2022).
 
-Only values transcribed from the paper's tables belong here; every entry names its table. The full text of the
-paper could not be consulted while this package was written (no offline copy), so the tables are still empty and
-every comparison renders the paper column as "not transcribed". Add values as
-``PAPER[("table4", "<row key>")] = "<value as printed>"`` with the table number in the key; never estimate.
+Source: ``shared/paper/tables.tsv`` (checked twice against the paper's text), one record per printed number:
+``(table, dataset, variant, depth, metric, value)`` with ``metric`` one of ``top1`` (test top-1 in %, the best
+epoch of 200, per the authors' protocol), ``params_M`` (parameters in millions, **truncated** to two decimals,
+not rounded: 278,324 prints as 0.27) and ``gpu_ms`` (the paper's GPU inference time, batch size not stated).
+``variant`` keys are :data:`mlan_timm.zoo.PAPER_VARIANTS`. Table 1 (CIFAR-10 widths) and Table 8's layout are
+encoded in :data:`mlan_timm.zoo.DATASETS`. Nothing here is estimated; ``tests/test_paper_tables.py`` checks the
+records against the shared TSV when it is present.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
-#: (table id, row key) -> value exactly as printed in the paper (string, unit included, e.g. "0.27M").
-PAPER: Dict[Tuple[str, str], str] = {}
+__all__ = ["PaperRecord", "RECORDS", "METRICS", "records", "paper_value", "params_interval"]
 
-NOT_TRANSCRIBED = "not transcribed"
-
-
-def paper_value(table: str, key: str) -> Optional[str]:
-    """The paper's printed value for ``key`` in ``table``, or ``None`` when it has not been transcribed."""
-    return PAPER.get((table, key))
+METRICS = ("top1", "params_M", "gpu_ms")
 
 
-def paper_cell(table: str, key: str) -> str:
-    """Markdown cell text for the paper column: the printed value or :data:`NOT_TRANSCRIBED`."""
-    value = paper_value(table, key)
-    return NOT_TRANSCRIBED if value is None else value
+class PaperRecord(NamedTuple):
+    table: str
+    dataset: str
+    variant: str
+    depth: int
+    metric: str
+    value: float
+
+
+_RAW: Tuple[Tuple[str, str, str, int, str, float], ...] = (
+    ("T2", "cifar10", "backbone", 14, "top1", 87.58),
+    ("T2", "cifar10", "backbone", 20, "top1", 89.0),
+    ("T2", "cifar10", "backbone", 26, "top1", 90.02),
+    ("T2", "cifar10", "backbone", 32, "top1", 90.34),
+    ("T2", "cifar10", "mlan_sma_plus", 14, "top1", 88.37),
+    ("T2", "cifar10", "mlan_sma_plus", 20, "top1", 90.23),
+    ("T2", "cifar10", "mlan_sma_plus", 26, "top1", 90.94),
+    ("T2", "cifar10", "mlan_sma_plus", 32, "top1", 90.84),
+    ("T10", "cifar100", "backbone", 14, "top1", 67.08),
+    ("T10", "cifar100", "backbone", 20, "top1", 68.78),
+    ("T10", "cifar100", "backbone", 26, "top1", 70.17),
+    ("T10", "cifar100", "backbone", 32, "top1", 71.01),
+    ("T10", "cifar100", "mlan_sma_plus", 14, "top1", 68.91),
+    ("T10", "cifar100", "mlan_sma_plus", 20, "top1", 70.51),
+    ("T10", "cifar100", "mlan_sma_plus", 26, "top1", 70.64),
+    ("T10", "cifar100", "mlan_sma_plus", 32, "top1", 71.78),
+    ("T3", "cifar10", "single_level", 14, "top1", 87.74),
+    ("T3", "cifar10", "single_level", 20, "top1", 88.84),
+    ("T3", "cifar10", "single_level", 26, "top1", 89.33),
+    ("T3", "cifar10", "single_level", 32, "top1", 89.94),
+    ("T3", "cifar10", "multi_level", 14, "top1", 88.37),
+    ("T3", "cifar10", "multi_level", 20, "top1", 90.23),
+    ("T3", "cifar10", "multi_level", 26, "top1", 90.94),
+    ("T3", "cifar10", "multi_level", 32, "top1", 90.84),
+    ("T11", "cifar100", "single_level", 14, "top1", 67.06),
+    ("T11", "cifar100", "single_level", 20, "top1", 69.39),
+    ("T11", "cifar100", "single_level", 26, "top1", 70.1),
+    ("T11", "cifar100", "single_level", 32, "top1", 70.67),
+    ("T11", "cifar100", "multi_level", 14, "top1", 68.91),
+    ("T11", "cifar100", "multi_level", 20, "top1", 70.51),
+    ("T11", "cifar100", "multi_level", 26, "top1", 70.64),
+    ("T11", "cifar100", "multi_level", 32, "top1", 71.78),
+    ("T4", "cifar10", "fma", 14, "top1", 89.18),
+    ("T4", "cifar10", "fma", 20, "top1", 90.21),
+    ("T4", "cifar10", "fma", 26, "top1", 90.86),
+    ("T4", "cifar10", "fma", 32, "top1", 90.83),
+    ("T4", "cifar10", "sma", 14, "top1", 88.37),
+    ("T4", "cifar10", "sma", 20, "top1", 90.23),
+    ("T4", "cifar10", "sma", 26, "top1", 90.94),
+    ("T4", "cifar10", "sma", 32, "top1", 90.84),
+    ("T4", "cifar10", "fma", 14, "params_M", 0.39),
+    ("T4", "cifar10", "fma", 20, "params_M", 1.04),
+    ("T4", "cifar10", "fma", 26, "params_M", 1.98),
+    ("T4", "cifar10", "fma", 32, "params_M", 3.21),
+    ("T4", "cifar10", "sma", 14, "params_M", 0.06),
+    ("T4", "cifar10", "sma", 20, "params_M", 0.1),
+    ("T4", "cifar10", "sma", 26, "params_M", 0.14),
+    ("T4", "cifar10", "sma", 32, "params_M", 0.18),
+    ("T12", "cifar100", "fma", 14, "top1", 70.0),
+    ("T12", "cifar100", "fma", 20, "top1", 70.39),
+    ("T12", "cifar100", "fma", 26, "top1", 71.24),
+    ("T12", "cifar100", "fma", 32, "top1", 72.11),
+    ("T12", "cifar100", "sma", 14, "top1", 68.91),
+    ("T12", "cifar100", "sma", 20, "top1", 70.51),
+    ("T12", "cifar100", "sma", 26, "top1", 70.64),
+    ("T12", "cifar100", "sma", 32, "top1", 71.78),
+    ("T12", "cifar100", "fma", 14, "params_M", 1.58),
+    ("T12", "cifar100", "fma", 20, "params_M", 4.17),
+    ("T12", "cifar100", "fma", 26, "params_M", 7.93),
+    ("T12", "cifar100", "fma", 32, "params_M", 12.84),
+    ("T12", "cifar100", "sma", 14, "params_M", 0.22),
+    ("T12", "cifar100", "sma", 20, "params_M", 0.36),
+    ("T12", "cifar100", "sma", 26, "params_M", 0.5),
+    ("T12", "cifar100", "sma", 32, "params_M", 0.63),
+    ("T5", "cifar10", "fusion_plus", 20, "top1", 90.23),
+    ("T5", "cifar10", "fusion_plus", 20, "params_M", 0.1),
+    ("T5", "cifar10", "fusion_concat", 20, "top1", 91.0),
+    ("T5", "cifar10", "fusion_concat", 20, "params_M", 0.21),
+    ("T5", "cifar10", "fusion_conv1x1", 20, "top1", 90.72),
+    ("T5", "cifar10", "fusion_conv1x1", 20, "params_M", 0.11),
+    ("T5", "cifar10", "fusion_weighted", 20, "top1", 90.11),
+    ("T5", "cifar10", "fusion_weighted", 20, "params_M", 0.1),
+    ("T13", "cifar100", "fusion_plus", 20, "top1", 70.51),
+    ("T13", "cifar100", "fusion_plus", 20, "params_M", 0.36),
+    ("T13", "cifar100", "fusion_concat", 20, "top1", 72.31),
+    ("T13", "cifar100", "fusion_concat", 20, "params_M", 0.81),
+    ("T13", "cifar100", "fusion_conv1x1", 20, "top1", 71.31),
+    ("T13", "cifar100", "fusion_conv1x1", 20, "params_M", 0.41),
+    ("T13", "cifar100", "fusion_weighted", 20, "top1", 70.74),
+    ("T13", "cifar100", "fusion_weighted", 20, "params_M", 0.36),
+    ("T6", "cifar10", "multilevel_sma", 14, "params_M", 0.06),
+    ("T6", "cifar10", "multilevel_sma", 20, "params_M", 0.1),
+    ("T6", "cifar10", "multilevel_sma", 26, "params_M", 0.14),
+    ("T6", "cifar10", "multilevel_sma", 32, "params_M", 0.18),
+    ("T6", "cifar10", "multilevel_sma", 14, "gpu_ms", 18.12),
+    ("T6", "cifar10", "multilevel_sma", 20, "gpu_ms", 29.84),
+    ("T6", "cifar10", "multilevel_sma", 26, "gpu_ms", 43.61),
+    ("T6", "cifar10", "multilevel_sma", 32, "gpu_ms", 51.54),
+    ("T6", "cifar10", "multilevel_sma", 14, "top1", 88.37),
+    ("T6", "cifar10", "multilevel_sma", 20, "top1", 90.23),
+    ("T6", "cifar10", "multilevel_sma", 26, "top1", 90.94),
+    ("T6", "cifar10", "multilevel_sma", 32, "top1", 90.84),
+    ("T6", "cifar10", "multilevel_sma_v2", 14, "params_M", 0.05),
+    ("T6", "cifar10", "multilevel_sma_v2", 20, "params_M", 0.08),
+    ("T6", "cifar10", "multilevel_sma_v2", 26, "params_M", 0.11),
+    ("T6", "cifar10", "multilevel_sma_v2", 32, "params_M", 0.14),
+    ("T6", "cifar10", "multilevel_sma_v2", 14, "gpu_ms", 14.12),
+    ("T6", "cifar10", "multilevel_sma_v2", 20, "gpu_ms", 21.28),
+    ("T6", "cifar10", "multilevel_sma_v2", 26, "gpu_ms", 27.43),
+    ("T6", "cifar10", "multilevel_sma_v2", 32, "gpu_ms", 35.67),
+    ("T6", "cifar10", "multilevel_sma_v2", 14, "top1", 88.61),
+    ("T6", "cifar10", "multilevel_sma_v2", 20, "top1", 89.67),
+    ("T6", "cifar10", "multilevel_sma_v2", 26, "top1", 90.36),
+    ("T6", "cifar10", "multilevel_sma_v2", 32, "top1", 90.84),
+    ("T6", "cifar10", "multilevel_cbam", 14, "params_M", 0.07),
+    ("T6", "cifar10", "multilevel_cbam", 20, "params_M", 0.14),
+    ("T6", "cifar10", "multilevel_cbam", 26, "params_M", 0.22),
+    ("T6", "cifar10", "multilevel_cbam", 32, "params_M", 0.32),
+    ("T6", "cifar10", "multilevel_cbam", 14, "gpu_ms", 43.85),
+    ("T6", "cifar10", "multilevel_cbam", 20, "gpu_ms", 65.15),
+    ("T6", "cifar10", "multilevel_cbam", 26, "gpu_ms", 89.42),
+    ("T6", "cifar10", "multilevel_cbam", 32, "gpu_ms", 117.55),
+    ("T6", "cifar10", "multilevel_cbam", 14, "top1", 88.37),
+    ("T6", "cifar10", "multilevel_cbam", 20, "top1", 87.88),
+    ("T6", "cifar10", "multilevel_cbam", 26, "top1", 89.5),
+    ("T6", "cifar10", "multilevel_cbam", 32, "top1", 89.04),
+    ("T6", "cifar10", "multilevel_ta", 14, "params_M", 0.06),
+    ("T6", "cifar10", "multilevel_ta", 20, "params_M", 0.1),
+    ("T6", "cifar10", "multilevel_ta", 26, "params_M", 0.13),
+    ("T6", "cifar10", "multilevel_ta", 32, "params_M", 0.16),
+    ("T6", "cifar10", "multilevel_ta", 14, "gpu_ms", 72.01),
+    ("T6", "cifar10", "multilevel_ta", 20, "gpu_ms", 106.74),
+    ("T6", "cifar10", "multilevel_ta", 26, "gpu_ms", 141.24),
+    ("T6", "cifar10", "multilevel_ta", 32, "gpu_ms", 172.72),
+    ("T6", "cifar10", "multilevel_ta", 14, "top1", 88.41),
+    ("T6", "cifar10", "multilevel_ta", 20, "top1", 89.31),
+    ("T6", "cifar10", "multilevel_ta", 26, "top1", 90.24),
+    ("T6", "cifar10", "multilevel_ta", 32, "top1", 89.96),
+    ("T6", "cifar10", "multilevel_se", 14, "params_M", 0.07),
+    ("T6", "cifar10", "multilevel_se", 20, "params_M", 0.13),
+    ("T6", "cifar10", "multilevel_se", 26, "params_M", 0.21),
+    ("T6", "cifar10", "multilevel_se", 32, "params_M", 0.31),
+    ("T6", "cifar10", "multilevel_se", 14, "gpu_ms", 18.23),
+    ("T6", "cifar10", "multilevel_se", 20, "gpu_ms", 27.33),
+    ("T6", "cifar10", "multilevel_se", 26, "gpu_ms", 36.43),
+    ("T6", "cifar10", "multilevel_se", 32, "gpu_ms", 47.61),
+    ("T6", "cifar10", "multilevel_se", 14, "top1", 88.09),
+    ("T6", "cifar10", "multilevel_se", 20, "top1", 89.2),
+    ("T6", "cifar10", "multilevel_se", 26, "top1", 89.49),
+    ("T6", "cifar10", "multilevel_se", 32, "top1", 89.91),
+    ("T6", "cifar10", "multilevel_gc", 14, "params_M", 0.07),
+    ("T6", "cifar10", "multilevel_gc", 20, "params_M", 0.14),
+    ("T6", "cifar10", "multilevel_gc", 26, "params_M", 0.22),
+    ("T6", "cifar10", "multilevel_gc", 32, "params_M", 0.32),
+    ("T6", "cifar10", "multilevel_gc", 14, "gpu_ms", 29.64),
+    ("T6", "cifar10", "multilevel_gc", 20, "gpu_ms", 43.21),
+    ("T6", "cifar10", "multilevel_gc", 26, "gpu_ms", 54.81),
+    ("T6", "cifar10", "multilevel_gc", 32, "gpu_ms", 74.37),
+    ("T6", "cifar10", "multilevel_gc", 14, "top1", 87.55),
+    ("T6", "cifar10", "multilevel_gc", 20, "top1", 89.15),
+    ("T6", "cifar10", "multilevel_gc", 26, "top1", 89.79),
+    ("T6", "cifar10", "multilevel_gc", 32, "top1", 90.51),
+    ("T9", "cifar100", "multilevel_sma", 14, "params_M", 0.22),
+    ("T9", "cifar100", "multilevel_sma", 20, "params_M", 0.36),
+    ("T9", "cifar100", "multilevel_sma", 26, "params_M", 0.5),
+    ("T9", "cifar100", "multilevel_sma", 32, "params_M", 0.63),
+    ("T9", "cifar100", "multilevel_sma", 14, "gpu_ms", 25.43),
+    ("T9", "cifar100", "multilevel_sma", 20, "gpu_ms", 39.05),
+    ("T9", "cifar100", "multilevel_sma", 26, "gpu_ms", 51.85),
+    ("T9", "cifar100", "multilevel_sma", 32, "gpu_ms", 66.43),
+    ("T9", "cifar100", "multilevel_sma", 14, "top1", 68.91),
+    ("T9", "cifar100", "multilevel_sma", 20, "top1", 70.51),
+    ("T9", "cifar100", "multilevel_sma", 26, "top1", 70.64),
+    ("T9", "cifar100", "multilevel_sma", 32, "top1", 71.78),
+    ("T9", "cifar100", "multilevel_sma_v2", 14, "params_M", 0.2),
+    ("T9", "cifar100", "multilevel_sma_v2", 20, "params_M", 0.32),
+    ("T9", "cifar100", "multilevel_sma_v2", 26, "params_M", 0.44),
+    ("T9", "cifar100", "multilevel_sma_v2", 32, "params_M", 0.56),
+    ("T9", "cifar100", "multilevel_sma_v2", 14, "gpu_ms", 16.26),
+    ("T9", "cifar100", "multilevel_sma_v2", 20, "gpu_ms", 24.8),
+    ("T9", "cifar100", "multilevel_sma_v2", 26, "gpu_ms", 36.57),
+    ("T9", "cifar100", "multilevel_sma_v2", 32, "gpu_ms", 44.76),
+    ("T9", "cifar100", "multilevel_sma_v2", 14, "top1", 68.12),
+    ("T9", "cifar100", "multilevel_sma_v2", 20, "top1", 71.02),
+    ("T9", "cifar100", "multilevel_sma_v2", 26, "top1", 71.44),
+    ("T9", "cifar100", "multilevel_sma_v2", 32, "top1", 71.96),
+    ("T9", "cifar100", "multilevel_cbam", 14, "params_M", 0.28),
+    ("T9", "cifar100", "multilevel_cbam", 20, "params_M", 0.54),
+    ("T9", "cifar100", "multilevel_cbam", 26, "params_M", 0.87),
+    ("T9", "cifar100", "multilevel_cbam", 32, "params_M", 1.26),
+    ("T9", "cifar100", "multilevel_cbam", 14, "gpu_ms", 42.94),
+    ("T9", "cifar100", "multilevel_cbam", 20, "gpu_ms", 77.5),
+    ("T9", "cifar100", "multilevel_cbam", 26, "gpu_ms", 117.09),
+    ("T9", "cifar100", "multilevel_cbam", 32, "gpu_ms", 148.33),
+    ("T9", "cifar100", "multilevel_cbam", 14, "top1", 67.72),
+    ("T9", "cifar100", "multilevel_cbam", 20, "top1", 67.77),
+    ("T9", "cifar100", "multilevel_cbam", 26, "top1", 68.13),
+    ("T9", "cifar100", "multilevel_cbam", 32, "top1", 69.79),
+    ("T9", "cifar100", "multilevel_ta", 14, "params_M", 0.21),
+    ("T9", "cifar100", "multilevel_ta", 20, "params_M", 0.34),
+    ("T9", "cifar100", "multilevel_ta", 26, "params_M", 0.46),
+    ("T9", "cifar100", "multilevel_ta", 32, "params_M", 0.58),
+    ("T9", "cifar100", "multilevel_ta", 14, "gpu_ms", 84.12),
+    ("T9", "cifar100", "multilevel_ta", 20, "gpu_ms", 123.04),
+    ("T9", "cifar100", "multilevel_ta", 26, "gpu_ms", 185.91),
+    ("T9", "cifar100", "multilevel_ta", 32, "gpu_ms", 215.48),
+    ("T9", "cifar100", "multilevel_ta", 14, "top1", 67.67),
+    ("T9", "cifar100", "multilevel_ta", 20, "top1", 69.39),
+    ("T9", "cifar100", "multilevel_ta", 26, "top1", 70.13),
+    ("T9", "cifar100", "multilevel_ta", 32, "top1", 70.25),
+    ("T9", "cifar100", "multilevel_se", 14, "params_M", 0.28),
+    ("T9", "cifar100", "multilevel_se", 20, "params_M", 0.53),
+    ("T9", "cifar100", "multilevel_se", 26, "params_M", 0.86),
+    ("T9", "cifar100", "multilevel_se", 32, "params_M", 1.24),
+    ("T9", "cifar100", "multilevel_se", 14, "gpu_ms", 17.28),
+    ("T9", "cifar100", "multilevel_se", 20, "gpu_ms", 32.87),
+    ("T9", "cifar100", "multilevel_se", 26, "gpu_ms", 49.69),
+    ("T9", "cifar100", "multilevel_se", 32, "gpu_ms", 61.57),
+    ("T9", "cifar100", "multilevel_se", 14, "top1", 68.69),
+    ("T9", "cifar100", "multilevel_se", 20, "top1", 69.24),
+    ("T9", "cifar100", "multilevel_se", 26, "top1", 70.11),
+    ("T9", "cifar100", "multilevel_se", 32, "top1", 70.66),
+    ("T9", "cifar100", "multilevel_gc", 14, "params_M", 0.28),
+    ("T9", "cifar100", "multilevel_gc", 20, "params_M", 0.54),
+    ("T9", "cifar100", "multilevel_gc", 26, "params_M", 0.87),
+    ("T9", "cifar100", "multilevel_gc", 32, "params_M", 1.26),
+    ("T9", "cifar100", "multilevel_gc", 14, "gpu_ms", 46.96),
+    ("T9", "cifar100", "multilevel_gc", 20, "gpu_ms", 71.3),
+    ("T9", "cifar100", "multilevel_gc", 26, "gpu_ms", 92.85),
+    ("T9", "cifar100", "multilevel_gc", 32, "gpu_ms", 115.07),
+    ("T9", "cifar100", "multilevel_gc", 14, "top1", 68.42),
+    ("T9", "cifar100", "multilevel_gc", 20, "top1", 69.05),
+    ("T9", "cifar100", "multilevel_gc", 26, "top1", 69.63),
+    ("T9", "cifar100", "multilevel_gc", 32, "top1", 70.18),
+    ("T7", "cifar10", "mlan_sma_plus", 14, "top1", 88.37),
+    ("T7", "cifar10", "mlan_sma_plus", 20, "top1", 90.23),
+    ("T7", "cifar10", "mlan_sma_plus", 26, "top1", 90.94),
+    ("T7", "cifar10", "mlan_sma_plus", 32, "top1", 90.84),
+    ("T7", "cifar10", "classic_cbam", 14, "top1", 87.1),
+    ("T7", "cifar10", "classic_cbam", 20, "top1", 88.47),
+    ("T7", "cifar10", "classic_cbam", 26, "top1", 89.01),
+    ("T7", "cifar10", "classic_cbam", 32, "top1", 89.46),
+    ("T7", "cifar10", "classic_se", 14, "top1", 87.36),
+    ("T7", "cifar10", "classic_se", 20, "top1", 87.94),
+    ("T7", "cifar10", "classic_se", 26, "top1", 88.92),
+    ("T7", "cifar10", "classic_se", 32, "top1", 88.33),
+    ("T7", "cifar10", "classic_ta", 14, "top1", 87.74),
+    ("T7", "cifar10", "classic_ta", 20, "top1", 89.27),
+    ("T7", "cifar10", "classic_ta", 26, "top1", 90.06),
+    ("T7", "cifar10", "classic_ta", 32, "top1", 89.85),
+    ("T7", "cifar10", "classic_gc", 14, "top1", 87.18),
+    ("T7", "cifar10", "classic_gc", 20, "top1", 89.21),
+    ("T7", "cifar10", "classic_gc", 26, "top1", 89.39),
+    ("T7", "cifar10", "classic_gc", 32, "top1", 88.87),
+    ("T14", "cifar100", "mlan_sma_plus", 14, "top1", 68.91),
+    ("T14", "cifar100", "mlan_sma_plus", 20, "top1", 70.51),
+    ("T14", "cifar100", "mlan_sma_plus", 26, "top1", 70.64),
+    ("T14", "cifar100", "mlan_sma_plus", 32, "top1", 71.78),
+    ("T14", "cifar100", "classic_cbam", 14, "top1", 67.37),
+    ("T14", "cifar100", "classic_cbam", 20, "top1", 68.76),
+    ("T14", "cifar100", "classic_cbam", 26, "top1", 69.89),
+    ("T14", "cifar100", "classic_cbam", 32, "top1", 69.45),
+    ("T14", "cifar100", "classic_se", 14, "top1", 67.69),
+    ("T14", "cifar100", "classic_se", 20, "top1", 67.57),
+    ("T14", "cifar100", "classic_se", 26, "top1", 68.93),
+    ("T14", "cifar100", "classic_se", 32, "top1", 68.38),
+    ("T14", "cifar100", "classic_ta", 14, "top1", 66.85),
+    ("T14", "cifar100", "classic_ta", 20, "top1", 68.7),
+    ("T14", "cifar100", "classic_ta", 26, "top1", 69.45),
+    ("T14", "cifar100", "classic_ta", 32, "top1", 69.34),
+    ("T14", "cifar100", "classic_gc", 14, "top1", 67.01),
+    ("T14", "cifar100", "classic_gc", 20, "top1", 68.28),
+    ("T14", "cifar100", "classic_gc", 26, "top1", 68.71),
+    ("T14", "cifar100", "classic_gc", 32, "top1", 67.87),
+    ("T8", "cifar100", "backbone", 14, "params_M", 0.18),
+    ("T8", "cifar100", "backbone", 20, "params_M", 0.27),
+    ("T8", "cifar100", "backbone", 26, "params_M", 0.37),
+    ("T8", "cifar100", "backbone", 32, "params_M", 0.47),
+)
+
+#: All records, in the paper's order.
+RECORDS: Tuple[PaperRecord, ...] = tuple(PaperRecord(*r) for r in _RAW)
+
+
+def records(table: Optional[str] = None, dataset: Optional[str] = None, variant: Optional[str] = None,
+            depth: Optional[int] = None, metric: Optional[str] = None) -> List[PaperRecord]:
+    """The records matching every given field."""
+    want = dict(table=table, dataset=dataset, variant=variant, depth=depth, metric=metric)
+    return [r for r in RECORDS if all(v is None or getattr(r, k) == v for k, v in want.items())]
+
+
+def paper_value(dataset: str, variant: str, depth: int, metric: str) -> Optional[float]:
+    """The value the paper prints for (dataset, variant, depth, metric) in any table, or ``None``.
+
+    Where one number is printed in several tables (e.g. MLAN-20's accuracy in Tables 2-7) the copies agree
+    (tests/test_paper_tables.py), so the first is returned.
+    """
+    found = records(dataset=dataset, variant=variant, depth=depth, metric=metric)
+    return found[0].value if found else None
+
+
+def params_interval(params_m: float) -> Tuple[int, int]:
+    """The true parameter counts a truncated ``params_M`` value allows: ``[value, value + 0.01M)``."""
+    low = round(params_m * 1_000_000)
+    return low, low + 10_000
+
+
+def by_key() -> Dict[Tuple[str, str, str, int, str], float]:
+    """``{(table, dataset, variant, depth, metric): value}``."""
+    return {r[:5]: r.value for r in RECORDS}
