@@ -4,9 +4,8 @@ import torch
 from torch import nn
 
 from mlan_timm.layers import (
-    ATTN_TYPES, AttentionAggregation, ConvFusion, FullMaskAttention, PlusFusion, SharedMaskAggregation,
-    SharedMaskAttention, SharedMaskAttentionV2, TripletAttention, WeightedFusion, create_aggregation,
-    create_attention, create_fusion,
+    ATTN_TYPES, AttentionAggregation, ConvFusion, FullMaskAttention, ParallelAttention, PlusFusion,
+    SharedMaskAttention, SharedMaskAttentionV2, TripletAttention, WeightedFusion, create_attention, create_fusion,
 )
 
 torch.manual_seed(0)
@@ -85,21 +84,61 @@ def test_mask_attention_parameter_counts(cls, expected, channels, num_masks, ker
 
 @pytest.mark.parametrize("attn", ATTN_TYPES)
 @pytest.mark.parametrize("num_inputs", [1, 2, 5])
-def test_aggregation_is_attention_of_concat_averaged_over_parts(attn, num_inputs):
-    """Eqs. 4-7: LA/BA == attn(cat(xs)) brought back to C channels by the mean of its p parts."""
+def test_aggregation_is_attention_of_the_concatenation(attn, num_inputs):
+    """Eqs. 4-7: LA/BA == attn(cat(xs)), keeping the concatenation's p*C channels (eq. 5)."""
     xs = [torch.randn(2, 8, 6, 6) for _ in range(num_inputs)]
-    inner = _randomize(create_attention(attn, 8 * num_inputs, num_masks=3, mask_kernel_size=3))
-    agg = create_aggregation(inner, num_inputs).eval()
-    y = inner(torch.cat(xs, 1))
-    expected = torch.stack(y.chunk(num_inputs, dim=1)).mean(0)
-    torch.testing.assert_close(agg(xs), expected)
-    assert isinstance(agg, SharedMaskAggregation) == (attn in ("sma", "sma_v2"))
+    inner = _randomize(create_attention(attn, 8 * num_inputs, "aggregate"))
+    agg = AttentionAggregation(inner, num_inputs).eval()
+    out = agg(xs)
+    assert out.shape == (2, 8 * num_inputs, 6, 6)
+    torch.testing.assert_close(out, inner(torch.cat(xs, 1)))
 
 
-def test_shared_mask_aggregation_matches_generic_path():
-    xs = [torch.randn(2, 8, 6, 6) for _ in range(3)]
-    inner = _randomize(SharedMaskAttention(24, 3, 1))
-    torch.testing.assert_close(SharedMaskAggregation(inner, 3)(xs), AttentionAggregation(inner, 3)(xs))
+def test_aggregation_of_sma_masks_every_part_with_one_shared_mask():
+    """A shared mask over the concatenation multiplies each of the p parts by the same (B, 1, H, W) mask."""
+    xs = [torch.randn(2, 4, 5, 5) for _ in range(3)]
+    sma = _randomize(SharedMaskAttention(12))
+    out = AttentionAggregation(sma, 3)(xs)
+    mask = sma.mask(torch.cat(xs, 1))
+    for part, x in zip(out.chunk(3, dim=1), xs):
+        torch.testing.assert_close(part, x * mask)
+
+
+def test_aggregation_checks_the_number_of_inputs():
+    agg = AttentionAggregation(nn.Identity(), 2)
+    with pytest.raises(ValueError, match="expected 2 attentions to aggregate, got 3"):
+        agg([torch.zeros(1, 1, 2, 2)] * 3)
+
+
+@pytest.mark.parametrize("attn", ["se", "cbam", "gc", "ta"])
+def test_baselines_at_la_and_ba_are_parallel_modules_averaged(attn):
+    """At the aggregation level the baselines are N = num_masks parallel modules, outputs averaged."""
+    module = _randomize(create_attention(attn, 16, "aggregate", num_masks=3))
+    assert isinstance(module, ParallelAttention) and len(module.branches) == 3
+    x = torch.randn(2, 16, 4, 4)
+    torch.testing.assert_close(module(x), sum(b(x) for b in module.branches) / 3)
+    single = create_attention(attn, 16, "layer")
+    assert sum(p.numel() for p in module.parameters()) == 3 * sum(p.numel() for p in single.parameters())
+
+
+def test_parallel_single_mask_smas_equal_one_multi_mask_sma():
+    """The mean of N single-mask SMA outputs is the N-mask SMA (eq. 2): LA/BA's two readings agree for SMA."""
+    sma = _randomize(SharedMaskAttention(6, 3))
+    singles = []
+    for n in range(3):
+        single = SharedMaskAttention(6, 1)
+        single.conv.weight.data.copy_(sma.conv.weight[n:n + 1])
+        single.conv.bias.data.copy_(sma.conv.bias[n:n + 1])
+        singles.append(single)
+    x = torch.randn(2, 6, 5, 5)
+    torch.testing.assert_close(ParallelAttention(singles)(x), sma(x))
+
+
+def test_fma_has_one_full_mask_per_layer_and_n_at_la_ba():
+    """The reading of Tables 4/12's counts: layer level one C->C conv, LA/BA num_masks of them."""
+    assert create_attention("fma", 8, "layer").num_masks == 1
+    assert create_attention("fma", 8, "aggregate", num_masks=3).num_masks == 3
+    assert create_attention("sma", 8, "layer").num_masks == 3
 
 
 def test_aggregation_rejects_no_inputs():
@@ -119,11 +158,16 @@ def test_attentions_keep_shape_and_pass_gradients(attn):
         assert p.grad is not None, f"{attn}: {name} got no gradient"
 
 
-def test_se_width_is_not_rounded_up_at_cifar_widths():
-    """timm's default rd_divisor=8 would give an 8-channel SE 8 hidden units; we keep ratio 1/16 (1 unit)."""
-    se = create_attention("se", 8)
-    assert se.fc1.out_channels == 1
-    assert create_attention("se", 64).fc1.out_channels == 4
+@pytest.mark.parametrize("level,channels,hidden", [
+    ("classic", 8, 1), ("classic", 16, 1), ("classic", 32, 2), ("classic", 64, 4), ("classic", 40, 2),
+    ("layer", 8, 2), ("layer", 64, 16), ("layer", 6, 1),
+])
+def test_se_hidden_width_is_floor_division_with_at_least_one_unit(level, channels, hidden):
+    """Authors' SE: Linear(C, C // 16, bias=False) classic (reduction 4 in the multi-level structure); C // 16
+    is 0 at C = 8, so at least one hidden unit."""
+    se = create_attention("se", channels, level)
+    assert se.fc1.out_channels == hidden
+    assert se.fc1.bias is None and se.fc2.bias is None
 
 
 def test_triplet_attention_gates_each_plane():
@@ -143,18 +187,18 @@ def test_plus_fusion_is_the_sum():
 
 @pytest.mark.parametrize("kernel_size", [1, 3])
 def test_conv_fusion_can_express_the_sum(kernel_size):
-    """With identity-like weights (and BN at identity) concat+conv reduces to plus fusion."""
+    """With identity-like weights and zero bias, concat + conv reduces to plus fusion."""
     c = 4
     fusion = ConvFusion(c, kernel_size).eval()
     with torch.no_grad():
         fusion.conv.weight.zero_()
+        fusion.conv.bias.zero_()
         for part in range(3):
             for ch in range(c):
                 fusion.conv.weight[ch, part * c + ch, kernel_size // 2, kernel_size // 2] = 1.0
-        fusion.bn.running_var.fill_(1 - fusion.bn.eps)
     a, b, r = torch.randn(3, 2, c, 6, 6)
     torch.testing.assert_close(fusion(a, b, r), a + b + r)
-    assert sum(p.numel() for p in fusion.parameters()) == 3 * c * c * kernel_size ** 2 + 2 * c
+    assert sum(p.numel() for p in fusion.parameters()) == 3 * c * c * kernel_size ** 2 + c
 
 
 def test_weighted_fusion_uses_sigmoid_weights_per_sample():
@@ -182,5 +226,7 @@ def test_bad_mask_arguments(kwargs, match):
 def test_unknown_names():
     with pytest.raises(ValueError, match="unknown attn 'eca'.*sma"):
         create_attention("eca", 8)
+    with pytest.raises(ValueError, match="unknown attention level 'block'"):
+        create_attention("sma", 8, "block")
     with pytest.raises(ValueError, match="unknown fusion 'max'.*plus"):
         create_fusion("max", 8)

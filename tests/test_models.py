@@ -1,11 +1,13 @@
-"""Wiring of the MLAN levels (docs/architecture.md A2-A9) against hand-written forward passes."""
+"""Wiring of the MLAN levels (docs/architecture.md) against hand-written forward passes, and the network's shape."""
 import pytest
 import timm
 import torch
 
 import mlan_timm
-from mlan_timm.models.blocks import BasicBlock, MLANBlock, MLANGroup, SingleLevelBlock
-from mlan_timm.models.cifar_resnet import parse_model_name
+from mlan_timm import zoo
+from mlan_timm.layers import create_attention
+from mlan_timm.models.blocks import BasicBlock, MLANBlock, MLANGroup, PlainGroup, SingleLevelBlock
+from mlan_timm.models.cifar_resnet import CifarResNet
 
 
 def _randomize_bn(module):
@@ -20,95 +22,154 @@ def _randomize_bn(module):
     return module.eval()
 
 
-@pytest.fixture(params=["sma", "sma_v2", "cbam"])
+@pytest.fixture(params=["sma", "sma_v2", "fma", "cbam"])
 def attn(request):
     return request.param
 
 
 def _factory(attn):
-    return lambda c: mlan_timm.layers.create_attention(attn, c)
+    return lambda c, level: create_attention(attn, c, level)
 
 
 @torch.no_grad()
-def test_mlan_block_is_fusion_of_backbone_la_and_residual(attn):
-    block = _randomize_bn(MLANBlock(8, 16, 2, _factory(attn), "weighted"))
-    x = torch.randn(2, 8, 16, 16)
+def test_mlan_block_is_fusion_of_backbone_projected_la_and_residual(attn):
+    """b = LA(cat(T(o1), T(o2))) keeps 2C channels; x_A = conv1x1(b); y = ReLU(F(o2, x_A, x))."""
+    block = _randomize_bn(MLANBlock(8, _factory(attn), "weighted"))
+    x = torch.randn(2, 8, 6, 6)
     o1 = torch.relu(block.bn1(block.conv1(x)))
     o2 = block.bn2(block.conv2(o1))
-    a1, a2 = block.layer_attn[0](o1), block.layer_attn[1](o2)
-    la = block.block_attn.attn(torch.cat([a1, a2], 1))
-    x_a = (la[:, :16] + la[:, 16:]) / 2
-    expected = torch.relu(block.fusion(o2, x_a, block.downsample(x)))
+    b = block.block_attn.attn(torch.cat([block.layer_attn[0](o1), block.layer_attn[1](o2)], 1))
+    expected = torch.relu(block.fusion(o2, block.attn_proj(b), x))
     out, attn_out = block(x)
     torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(attn_out, x_a)
-    assert out.shape == (2, 16, 8, 8)
+    torch.testing.assert_close(attn_out, b)
+    assert attn_out.shape == (2, 16, 6, 6) and out.shape == (2, 8, 6, 6)
+    assert block.attn_proj.weight.shape == (8, 16, 1, 1) and block.attn_proj.bias is None
 
 
 @torch.no_grad()
-def test_mlan_group_fuses_ba_with_projected_group_input(attn):
-    group = _randomize_bn(MLANGroup(8, 16, 3, 2, _factory(attn), "plus"))
-    x = torch.randn(2, 8, 16, 16)
-    y, attns = x, []
+@pytest.mark.parametrize("down", [True, False])
+def test_mlan_group_fuses_ba_with_the_group_input_after_the_d_block(attn, down):
+    """g = BA(cat(b_1..b_p)) on 2pC channels, g_A = conv1x1(g); out = ReLU(F(y_p, g_A, x_G)), x_G after D."""
+    d_block = BasicBlock(4, 8, 2) if down else None
+    group = _randomize_bn(MLANGroup(d_block, 8, 3, _factory(attn), "plus"))
+    x = torch.randn(2, 4 if down else 8, 12, 12)
+    x_g = group.down_block(x)
+    y, attns = x_g, []
     for block in group.blocks:
         y, a = block(y)
         attns.append(a)
-    ba = group.group_attn.attn(torch.cat(attns, 1))
-    g_a = sum(ba.chunk(3, dim=1)) / 3
-    expected = torch.relu(y + g_a + group.downsample(x))
+    g = group.group_attn.attn(torch.cat(attns, 1))
+    assert g.shape[1] == 2 * 3 * 8
+    expected = torch.relu(y + group.attn_proj(g) + x_g)
     torch.testing.assert_close(group(x), expected)
-    assert isinstance(group.downsample, torch.nn.Sequential)  # 8 -> 16 channels, stride 2: 1x1 conv + BN
-
-
-@torch.no_grad()
-def test_first_group_has_identity_group_residual():
-    model = timm.create_model("mlan_resnet14_cifar10")
-    assert isinstance(model.layer1.downsample, torch.nn.Identity)
-    assert isinstance(model.layer2.downsample, torch.nn.Sequential)
+    assert isinstance(group.down_block, BasicBlock if down else torch.nn.Identity)
 
 
 @torch.no_grad()
 def test_single_level_block():
-    block = _randomize_bn(SingleLevelBlock(16, 16, 1, _factory("sma"), "plus"))
+    block = _randomize_bn(SingleLevelBlock(16, _factory("sma"), "plus"))
     x = torch.randn(2, 16, 8, 8)
     o2 = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
     torch.testing.assert_close(block(x), torch.relu(o2 + block.attn(o2) + x))
 
 
 @torch.no_grad()
-def test_classic_block_applies_attention_on_the_residual_branch():
-    block = _randomize_bn(BasicBlock(16, 16, 1, _factory("sma")))
-    x = torch.randn(2, 16, 8, 8)
+def test_classic_block_applies_attention_after_bn2_before_the_addition():
+    block = _randomize_bn(BasicBlock(8, 16, 2, _factory("se")))
+    x = torch.randn(2, 8, 8, 8)
     o2 = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
-    torch.testing.assert_close(block(x), torch.relu(block.attn(o2) + x))
+    torch.testing.assert_close(block(x), torch.relu(block.attn(o2) + block.downsample(x)))
+    assert block.attn.fc1.out_channels == 1  # reduction 16, at least one unit
 
 
 def test_structures_are_what_the_names_say():
     plain = timm.create_model("resnet20_cifar10")
-    assert all(type(m) is BasicBlock and isinstance(m.attn, torch.nn.Identity)
-               for m in plain.modules() if isinstance(m, BasicBlock))
+    assert all(isinstance(m.attn, torch.nn.Identity) for m in plain.modules() if isinstance(m, BasicBlock))
     se = timm.create_model("se_resnet20_cifar10")
-    assert sum(type(m).__name__ == "SEModule" for m in se.modules()) == 9
+    assert sum(type(m).__name__ == "SEModule" for m in se.modules()) == 9  # every block, D blocks included
     mlan = timm.create_model("mlan_v2_resnet26_cifar100")
-    assert [len(g.blocks) for g in (mlan.layer1, mlan.layer2, mlan.layer3)] == [4, 4, 4]
-    assert [g.blocks[0].conv1.out_channels for g in (mlan.layer1, mlan.layer2, mlan.layer3)] == [16, 32, 64]
+    assert [type(g) for g in mlan.groups] == [MLANGroup] * 3
+    assert [len(g.blocks) for g in mlan.groups] == [4, 3, 3]  # groups 2, 3: a D block + n - 1 MLAN blocks
+    assert [isinstance(g.down_block, BasicBlock) for g in mlan.groups] == [False, True, True]
+    assert [g.blocks[0].conv1.out_channels for g in mlan.groups] == [16, 32, 64]
     single = timm.create_model("mlan_resnet14_cifar10", levels="single")
-    assert sum(isinstance(m, SingleLevelBlock) for m in single.modules()) == 6
+    assert sum(isinstance(m, SingleLevelBlock) for m in single.modules()) == 4
     assert not any(isinstance(m, MLANGroup) for m in single.modules())
+
+
+def test_backbone_keys_are_shared_by_plain_classic_and_mlan_models():
+    """An MLAN model holds its backbone under the same state-dict keys: backbone weights load with strict=False."""
+    plain = timm.create_model("resnet20_cifar10")
+    mlan = timm.create_model("mlan_resnet20_cifar10")
+    assert set(plain.state_dict()) < set(mlan.state_dict())
+    assert set(plain.state_dict()) < set(timm.create_model("se_resnet20_cifar10").state_dict())
+    missing, unexpected = mlan.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(".layer_attn." in k or "attn" in k or "fusion" in k for k in missing)
+
+
+@pytest.mark.parametrize("layers,widths", [((1,), (8,)), ((2, 2), (8, 16)), ((1, 1, 1, 1), (4, 8, 8, 16)),
+                                           ((2, 1, 3), (4, 8, 8))])
+@pytest.mark.parametrize("structure", ["plain", "mlan"])
+def test_any_number_of_groups_is_built_and_run(layers, widths, structure):
+    """Every group that is built is run (and counted in features); groups of one block are a lone D block."""
+    attn = "sma" if structure == "mlan" else None
+    model = CifarResNet(layers, widths, num_classes=3, structure=structure, attn=attn).eval()
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_intermediates(x, intermediates_only=True)
+    assert [f.shape[1] for f in feats] == [widths[0], *widths]
+    assert [f.shape[-1] for f in feats] == [32] + [32 // 2 ** i for i in range(len(layers))]
+    assert model(x).shape == (2, 3)
+    assert len(model.groups) == len(layers) == len(model.feature_info) - 1
+    # every parameter takes part in the forward pass
+    model.train()
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("layers,widths,match", [
+    ((), (), "non-empty"), ((2, 2), (8,), "equally long"), ((2, 0), (8, 16), "integers >= 1"),
+    ((2,), (0,), "widths must be"),
+])
+def test_bad_group_specs_are_rejected(layers, widths, match):
+    with pytest.raises(ValueError, match=match):
+        CifarResNet(layers, widths)
+
+
+def test_widths_kwarg_builds_the_standard_width_resnet20():
+    """resnet20_cifar10 is the paper's narrow 8/16/32 net; widths=(16, 32, 64) gives the usual 0.27M ResNet-20."""
+    model = timm.create_model("resnet20_cifar10", widths=(16, 32, 64))
+    assert sum(p.numel() for p in model.parameters()) == 272_474  # the authors' code at 16/32/64, 10 classes
+    assert timm.create_model("mlan_resnet20_cifar10", widths=(16, 32, 64)).groups[2].blocks[0].conv1.in_channels == 64
+
+
+def test_input_errors_name_the_problem():
+    model = timm.create_model("mlan_resnet14_cifar10").eval()
+    with pytest.raises(ValueError, match="floating-point.*uint8"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="multiples of 4.*30x30"):
+        model(torch.zeros(1, 3, 30, 30))
+    with pytest.raises(ValueError, match="expected 3 input channels, got 1"):
+        model(torch.zeros(1, 1, 32, 32))
 
 
 def test_model_names_and_parse():
     names = mlan_timm.list_models()
     assert len(names) == 56 == len(set(names))
     assert set(names) <= set(timm.list_models("*_cifar*"))
-    assert parse_model_name("mlan_v2_resnet32_cifar100") == ("mlan_v2_", 32, "cifar100")
-    with pytest.raises(ValueError, match="unknown mlan_timm model 'mlan_resnet18_cifar10'"):
-        parse_model_name("mlan_resnet18_cifar10")
+    assert zoo.parse_model_name("mlan_v2_resnet32_cifar100") == ("mlan_v2_", 32, "cifar100", "")
+    assert zoo.parse_model_name("hf-hub:mlan-timm/mlan_resnet20_cifar10.paper").tag == "paper"
+    for bad in ("mlan_resnet18_cifar10", "foo_resnet20_cifar10", "mlan_resnet20_cifar1000", "resnet20"):
+        with pytest.raises(ValueError, match=f"unknown mlan_timm model '{bad}'"):
+            zoo.parse_model_name(bad)
+    assert [zoo.parse_model_name(n).name for n in names] == names
 
 
-def test_label_names_follow_official_order():
-    c10 = timm.create_model("resnet14_cifar10").pretrained_cfg["label_names"]
-    c100 = timm.create_model("resnet14_cifar100").pretrained_cfg["label_names"]
-    assert c10[0] == "airplane" and c10[9] == "truck"
-    assert len(c100) == 100 and c100 == sorted(c100) and c100[0] == "apple" and c100[-1] == "worm"
-
+def test_cfg_says_dataset_and_normalisation():
+    c10 = timm.create_model("resnet14_cifar10").pretrained_cfg
+    c100 = timm.create_model("resnet14_cifar100").pretrained_cfg
+    assert c10["label_names"][0] == "airplane" and c10["label_names"][9] == "truck"
+    labels = c100["label_names"]
+    assert len(labels) == 100 and labels == sorted(labels) and labels[0] == "apple" and labels[-1] == "worm"
+    assert tuple(c10["mean"]) == tuple(c100["mean"]) == zoo.PAPER_MEAN  # the paper recipe's constants
+    assert c10["num_classes"] == 10 and c100["num_classes"] == 100

@@ -1,12 +1,13 @@
-"""Attention, aggregation and fusion layers of MLAN."""
-from .aggregation import AttentionAggregation, SharedMaskAggregation, create_aggregation
-from .factory import ATTN_TYPES, create_attention
+"""Attention, aggregation and fusion layers of MLAN (eqs. 1-11)."""
+from .aggregation import AttentionAggregation
+from .factory import ATTN_LEVELS, ATTN_TYPES, check_attn_type, create_attention, reduced_channels
 from .fusion import FUSION_TYPES, ConvFusion, PlusFusion, WeightedFusion, create_fusion
-from .shared_mask import FullMaskAttention, SharedMaskAttention, SharedMaskAttentionV2
+from .parallel import ParallelAttention
+from .shared_mask import FullMaskAttention, SharedMaskAttention, SharedMaskAttentionV2, check_mask_args
 from .triplet import TripletAttention
 
 __all__ = [
-    "ATTN_TYPES", "FUSION_TYPES", "AttentionAggregation", "ConvFusion", "FullMaskAttention", "PlusFusion",
-    "SharedMaskAggregation", "SharedMaskAttention", "SharedMaskAttentionV2", "TripletAttention", "WeightedFusion",
-    "create_aggregation", "create_attention", "create_fusion",
+    "ATTN_LEVELS", "ATTN_TYPES", "FUSION_TYPES", "AttentionAggregation", "ConvFusion", "FullMaskAttention",
+    "ParallelAttention", "PlusFusion", "SharedMaskAttention", "SharedMaskAttentionV2", "TripletAttention",
+    "WeightedFusion", "check_attn_type", "check_mask_args", "create_attention", "create_fusion", "reduced_channels",
 ]

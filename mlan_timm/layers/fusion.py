@@ -1,31 +1,38 @@
-"""Fusion of backbone feature x_O, attention x_A and residual x_R (eqs. 8-11, Table 5/13)."""
+"""Fusion of backbone feature x_O, attention x_A and residual x_R (eqs. 8-11, Tables 5/13)."""
 import torch
 from torch import nn
+
+__all__ = ["FUSION_TYPES", "PlusFusion", "ConvFusion", "WeightedFusion", "create_fusion"]
 
 FUSION_TYPES = ("plus", "concat", "conv1x1", "weighted")
 
 
 class PlusFusion(nn.Module):
-    """Eq. 8: ``x_O + x_A + x_R`` (the paper's default)."""
+    """Eq. 8: ``x_O + x_A + x_R`` (the paper's default); no parameters."""
 
     def forward(self, x_o: torch.Tensor, x_a: torch.Tensor, x_r: torch.Tensor) -> torch.Tensor:
-        return torch.add(x_o, x_a).add_(x_r)  # = x_o + x_a + x_r, one output buffer instead of two
+        return x_o + x_a + x_r
 
 
 class ConvFusion(nn.Module):
-    """Eqs. 9/10: conv (k x k, 3C -> C) + BN over the concatenation ``[x_O, x_A, x_R]``; k = 3 or 1."""
+    """Eqs. 9/10: a k x k conv (3C -> C, with bias) over the concatenation ``[x_O, x_A, x_R]``; k = 3 or 1.
+
+    Parameters: ``3 C^2 k^2 + C`` (the counts of Tables 5/13 have no BN here, docs/architecture.md A10).
+    """
 
     def __init__(self, channels: int, kernel_size: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3 * channels, channels, kernel_size, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(channels)
+        self.conv = nn.Conv2d(3 * channels, channels, kernel_size, padding=kernel_size // 2, bias=True)
 
     def forward(self, x_o: torch.Tensor, x_a: torch.Tensor, x_r: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(torch.cat([x_o, x_a, x_r], dim=1)))
+        return self.conv(torch.cat([x_o, x_a, x_r], dim=1))
 
 
 class WeightedFusion(nn.Module):
-    """Eq. 11: ``w_O x_O + w_A x_A + w_R x_R``; ``w = sigmoid(Linear(GAP([x_O, x_A, x_R])))`` per sample."""
+    """Eq. 11: ``w_1 x_O + w_2 x_A + w_3 x_R``; ``w = sigmoid(Linear(GAP([x_O, x_A, x_R])))`` per sample.
+
+    Parameters: ``9 C + 3``.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()

@@ -1,4 +1,6 @@
-"""MLAN and baseline CIFAR ResNets, registered as timm models on import."""
-from .cifar_resnet import CifarResNet, model_names, parse_model_name
+"""MLAN and baseline CIFAR ResNets (network in ``cifar_resnet``, units in ``blocks``), registered with timm on import
+(``registry``)."""
+from .cifar_resnet import CifarResNet, check_input
+from .registry import create_cifar_resnet
 
-__all__ = ["CifarResNet", "model_names", "parse_model_name"]
+__all__ = ["CifarResNet", "check_input", "create_cifar_resnet"]

@@ -1,0 +1,78 @@
+"""The registered models: one timm entrypoint and pretrained cfg per name of :func:`mlan_timm.zoo.model_names`."""
+from typing import Any, Dict
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .. import zoo
+from ..pretrained import load_errors_as_clear_messages, pretrained_cfg_overlay
+from .cifar_resnet import CifarResNet
+
+__all__ = ["create_cifar_resnet", "default_cfgs"]
+
+
+def _cfg(name: str) -> Dict[str, Any]:
+    model_id = zoo.parse_model_name(name)
+    data = zoo.DATASETS[model_id.dataset]
+    return dict(
+        url="",
+        hf_hub_id=zoo.hub_repo_id(name),
+        num_classes=data.num_classes,
+        input_size=data.input_size,
+        pool_size=(8, 8),
+        crop_pct=1.0,
+        crop_mode="center",
+        interpolation="bilinear",
+        mean=data.mean,
+        std=data.std,
+        first_conv="conv1",
+        classifier="fc",
+        label_names=list(data.labels),
+        license="apache-2.0",
+        paper_ids=f"doi:{zoo.DOI}",
+        paper_name=zoo.PAPER_TITLE,
+        origin_url=zoo.REPO_URL,
+    )
+
+
+default_cfgs = generate_default_cfgs({name: _cfg(name) for name in zoo.model_names()})
+
+
+def create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """Build ``variant`` (a zoo name) with timm's ``build_model_with_cfg``; ``kwargs`` override its defaults."""
+    model_id = zoo.parse_model_name(variant)
+    family = zoo.FAMILIES[model_id.family]
+    model_args: Dict[str, Any] = dict(
+        layers=(zoo.DEPTHS[model_id.depth],) * 3,
+        widths=zoo.DATASETS[model_id.dataset].widths,
+        structure=family.structure,
+        attn=family.attn,
+    )
+    model_args.update(kwargs)
+    if pretrained:
+        overlay = dict(pretrained_cfg_overlay(variant))
+        overlay.update(model_args.pop("pretrained_cfg_overlay", None) or {})
+        model_args["pretrained_cfg_overlay"] = overlay
+    with load_errors_as_clear_messages(variant):
+        return build_model_with_cfg(
+            CifarResNet,
+            variant,
+            pretrained,
+            feature_cfg=dict(out_indices=tuple(range(len(model_args["layers"]) + 1)), flatten_sequential=True),
+            **model_args,
+        )
+
+
+def _register(name: str) -> None:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+        return create_cifar_resnet(name, pretrained=pretrained, **kwargs)
+
+    model_id = zoo.parse_model_name(name)
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = (f"CIFAR ResNet-{model_id.depth} (widths {zoo.DATASETS[model_id.dataset].widths}) for "
+                          f"{model_id.dataset.upper()}: {zoo.FAMILIES[model_id.family].what}.")
+    globals()[name] = register_model(entrypoint)
+
+
+for _name in zoo.model_names():
+    _register(_name)
