@@ -220,7 +220,7 @@ def test_unpublished_model_fails_fast_without_network(wdir, no_network, name):
     assert elapsed < 2.0, f'{elapsed:.2f} s'
     assert no_network == []  # not a single connection attempt
     assert msg.startswith(f"No pretrained weights available for '{name}': none are published yet")
-    assert f"pretrained_cfg_overlay=dict(file=" in msg and 'local-dir:' in msg and f'mlan-timm/{name}' in msg
+    assert "pretrained_cfg_overlay=dict(file=" in msg and 'local-dir:' in msg and f'mlan-timm/{name}' in msg
 
 
 def test_shipped_package_fails_fast_for_every_unlisted_model(monkeypatch, no_network):
@@ -310,3 +310,21 @@ def test_user_named_hub_repo_is_used_not_the_manifest(wdir, tmp_path, monkeypatc
     wdir.mkdir()
     msg = _error(pretrained_cfg_overlay=dict(hf_hub_id='someone/my-weights'), cache_dir=tmp_path / 'c')
     assert "Hugging Face Hub repo 'someone/my-weights' is not in the local cache" in msg
+
+
+def test_registry_contract_for_tagged_and_untagged_cfgs(wdir):
+    """What the registry will pass once cfgs carry tags: a cfg tagged 'paper' with the zoo's hf_hub_id loads the
+    manifest's ``<model>.paper`` file; an unpublished tag or a cfg without any source fails fast naming it."""
+    torch.manual_seed(2)
+    src = timm.create_model(NAME).eval()
+    _write_weights(wdir, f'{NAME}.paper', src)
+    base = {k: v for k, v in timm.create_model(NAME).pretrained_cfg.items() if k != 'hf_hub_id'}
+    cfg = dict(base, tag='paper', hf_hub_id=f'mlan-timm/{NAME}')
+    model = timm.create_model(NAME, pretrained=True, pretrained_cfg=cfg)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), src(x))
+    assert _error(pretrained_cfg=dict(base, tag='other')).startswith(
+        f"No pretrained weights available for '{NAME}.other': none are published yet")
+    wdir.joinpath('MANIFEST.json').unlink()
+    assert 'none are published yet' in _error(pretrained_cfg=base)  # no hf_hub_id, no url: still our error
