@@ -87,6 +87,14 @@ print(json.dumps(out))
 '''
 
 
+def _hub_only_manifest(directory):
+    """A weights manifest that lists TINY_MODEL as published on the Hub (no bundled file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / 'MANIFEST.json').write_text(json.dumps(
+        {'format': 1, 'weights': {TINY_MODEL: {'hf_hub_id': f'mlan-timm/{TINY_MODEL}'}}}))
+    return directory
+
+
 def test_offline_hub_round_trip(hub_server, tmp_path):
     root, endpoint, log = hub_server
     torch.manual_seed(5)
@@ -97,7 +105,7 @@ def test_offline_hub_round_trip(hub_server, tmp_path):
     with torch.no_grad():
         expected = model(x)
     env = subprocess_env(HF_ENDPOINT=endpoint, HF_HOME=tmp_path / 'hf_home', HF_HUB_DISABLE_TELEMETRY=1,
-                         HF_HUB_DISABLE_XET=1, MLAN_TIMM_WEIGHTS_DIR=tmp_path / 'no_bundled_weights',
+                         HF_HUB_DISABLE_XET=1, MLAN_TIMM_WEIGHTS_DIR=_hub_only_manifest(tmp_path / 'weights'),
                          NO_PROXY='127.0.0.1', no_proxy='127.0.0.1')
     for k in ('HF_TOKEN', 'HF_HUB_OFFLINE', 'HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'):
         env.pop(k, None)
@@ -116,7 +124,8 @@ def test_offline_hub_round_trip(hub_server, tmp_path):
 def test_missing_hub_repo_gives_clear_error(hub_server, tmp_path):
     root, endpoint, _ = hub_server
     env = subprocess_env(HF_ENDPOINT=endpoint, HF_HOME=tmp_path / 'hf_home', HF_HUB_DISABLE_XET=1,
-                         MLAN_TIMM_WEIGHTS_DIR=tmp_path / 'none', NO_PROXY='127.0.0.1', no_proxy='127.0.0.1')
+                         MLAN_TIMM_WEIGHTS_DIR=_hub_only_manifest(tmp_path / 'weights'), NO_PROXY='127.0.0.1',
+                         no_proxy='127.0.0.1')
     env.pop('HF_HUB_OFFLINE', None)
     code = ('import timm, mlan_timm\n'
             'from mlan_timm.pretrained import PretrainedWeightsError\n'
@@ -125,3 +134,37 @@ def test_missing_hub_repo_gives_clear_error(hub_server, tmp_path):
     res = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert 'CLEAR: No pretrained weights available for' in res.stdout, res.stdout + res.stderr[-2000:]
     assert f'mlan-timm/{TINY_MODEL}' in res.stdout
+
+
+def _child_error(code, endpoint, tmp_path, weights_dir):
+    env = subprocess_env(HF_ENDPOINT=endpoint, HF_HOME=tmp_path / 'hf_home', HF_HUB_DISABLE_XET=1,
+                         MLAN_TIMM_WEIGHTS_DIR=weights_dir, NO_PROXY='127.0.0.1', no_proxy='127.0.0.1')
+    env.pop('HF_HUB_OFFLINE', None)
+    code = ('import timm, mlan_timm\n'
+            'from mlan_timm.pretrained import PretrainedWeightsError\n'
+            f'try:\n    {code}\n'
+            'except PretrainedWeightsError as e:\n    print("CLEAR:", e)\n')
+    res = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert 'CLEAR:' in res.stdout, res.stdout + res.stderr[-2000:]
+    return res.stdout
+
+
+def test_unpublished_model_never_asks_the_hub(hub_server, tmp_path):
+    """Nothing in the manifest: pretrained=True fails at once, no request reaches the (loopback) Hub."""
+    root, endpoint, log = hub_server
+    out = _child_error(f'timm.create_model("{TINY_MODEL}", pretrained=True)', endpoint, tmp_path, tmp_path / 'none')
+    assert f"No pretrained weights available for '{TINY_MODEL}': none are published yet" in out
+    assert log == []
+
+
+def test_hf_hub_errors_name_the_repo_actually_read(hub_server, tmp_path):
+    """``hf-hub:someone/...`` with a corrupt model.safetensors: the error names someone's repo, not the zoo's."""
+    root, endpoint, log = hub_server
+    model = timm.create_model(TINY_MODEL)
+    export_model(TINY_MODEL, root / 'someone', model=model)
+    weights = root / 'someone' / TINY_MODEL / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:200])
+    out = _child_error(f'timm.create_model("hf-hub:someone/{TINY_MODEL}", pretrained=True)', endpoint, tmp_path,
+                       tmp_path / 'none')
+    assert f"from Hugging Face Hub repo 'someone/{TINY_MODEL}' are corrupt" in out
+    assert f'mlan-timm/{TINY_MODEL}' not in out
