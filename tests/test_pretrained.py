@@ -328,3 +328,34 @@ def test_registry_contract_for_tagged_and_untagged_cfgs(wdir):
         f"No pretrained weights available for '{NAME}.other': none are published yet")
     wdir.joinpath('MANIFEST.json').unlink()
     assert 'none are published yet' in _error(pretrained_cfg=base)  # no hf_hub_id, no url: still our error
+
+
+def test_only_published_models_carry_a_pretrained_tag(tmp_path):
+    """With one tagged model in the manifest, timm lists exactly that model as pretrained, and it loads offline
+    through a bare ``import timm`` (autoload) with the weights' logits; the other models stay untagged."""
+    import subprocess
+    import sys
+    wdir = tmp_path / 'weights'
+    torch.manual_seed(0)
+    src = timm.create_model(NAME).eval()
+    _write_weights(wdir, f'{NAME}.paper', src)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.save(dict(x=x, y=src(x)), tmp_path / 'io.pt')
+    code = f"""
+import timm, torch
+print(timm.list_models(pretrained=True))
+m = timm.create_model({NAME!r}, pretrained=True).eval()
+io = torch.load({str(tmp_path / 'io.pt')!r})
+with torch.no_grad():
+    assert torch.equal(m(io['x']), io['y'])
+print(m.pretrained_cfg['tag'], m.pretrained_cfg['hf_hub_id'])
+print(timm.create_model('mlan_resnet20_cifar10').pretrained_cfg.get('hf_hub_id'))
+"""
+    env = dict(__import__('os').environ, MLAN_TIMM_WEIGHTS_DIR=str(wdir), HF_HUB_OFFLINE='1')
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"['{NAME}.paper']"
+    assert lines[1] == f"paper mlan-timm/{NAME}"
+    assert lines[2] == "None"

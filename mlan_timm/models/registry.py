@@ -1,21 +1,26 @@
-"""The registered models: one timm entrypoint and pretrained cfg per name of :func:`mlan_timm.zoo.model_names`."""
+"""The registered models: one timm entrypoint per name of :func:`mlan_timm.zoo.model_names`.
+
+A model without published weights has one untagged cfg (no ``hf_hub_id``). A model with published weights (listed in the weights manifest,
+:func:`mlan_timm.pretrained.published_tags`) gets one cfg per pretrained tag (``mlan_resnet20_cifar10.paper``)
+carrying its ``hf_hub_id``; so ``timm.list_models(pretrained=True)`` lists exactly the models with weights.
+"""
 from typing import Any, Dict
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .. import zoo
-from ..pretrained import load_errors_as_clear_messages, pretrained_cfg_overlay
+from ..pretrained import load_errors_as_clear_messages, pretrained_cfg_overlay, published_tags
 from .cifar_resnet import CifarResNet
 
 __all__ = ["create_cifar_resnet", "default_cfgs"]
 
 
-def _cfg(name: str) -> Dict[str, Any]:
+def _cfg(name: str, published: bool) -> Dict[str, Any]:
     model_id = zoo.parse_model_name(name)
     data = zoo.DATASETS[model_id.dataset]
     return dict(
         url="",
-        hf_hub_id=zoo.hub_repo_id(name),
+        hf_hub_id=zoo.hub_repo_id(name) if published else None,
         num_classes=data.num_classes,
         input_size=data.input_size,
         pool_size=(8, 8),
@@ -34,7 +39,18 @@ def _cfg(name: str) -> Dict[str, Any]:
     )
 
 
-default_cfgs = generate_default_cfgs({name: _cfg(name) for name in zoo.model_names()})
+def _cfgs() -> Dict[str, Dict[str, Any]]:
+    cfgs: Dict[str, Dict[str, Any]] = {}
+    for name in zoo.model_names():
+        tags = published_tags(name)
+        for tag in tags:
+            cfgs[f"{name}.{tag}" if tag else name] = _cfg(name, published=True)
+        if not tags:
+            cfgs[name] = _cfg(name, published=False)  # architecture only: no pretrained tag
+    return cfgs
+
+
+default_cfgs = generate_default_cfgs(_cfgs())
 
 
 def create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
