@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from mlan_timm import benchmark as B
+from mlan_timm.tools.bench import measure as B
 from mlan_timm.layers.reference import reference_paths
 
 

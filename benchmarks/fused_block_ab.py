@@ -13,7 +13,7 @@ import timm
 import torch
 
 import mlan_timm  # noqa: F401
-from mlan_timm import benchmark as B
+from mlan_timm.tools.bench import measure as B
 from mlan_timm.layers.reference import set_fused_block_attention
 
 
