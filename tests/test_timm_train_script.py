@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from _fixtures_train import REPO, make_image_folder, subprocess_env
-
 pytestmark = pytest.mark.slow
 
 
@@ -28,7 +26,7 @@ def _train_script():
     return None
 
 
-def test_timm_train_py_fine_tunes_mlan_model(tmp_path):
+def test_timm_train_py_fine_tunes_mlan_model(tmp_path, repo_root, make_image_folder, subprocess_env):
     script = _train_script()
     if script is None:
         pytest.skip('no timm train.py: set TIMM_TRAIN_SCRIPT=/path/to/pytorch-image-models/train.py')
@@ -41,7 +39,7 @@ def test_timm_train_py_fine_tunes_mlan_model(tmp_path):
            '--val-split', 'test', '--workers', '0', '--no-prefetcher', '--lr', '0.01', '--sched', 'multistep',
            '--decay-milestones', '50', '--warmup-epochs', '0', '--log-interval', '1', '--output', str(out),
            '--experiment', 'ft', '--seed', '0']
-    res = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    res = subprocess.run(cmd, cwd=repo_root, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
     run = out / 'ft'
     rows = list(csv.DictReader(open(run / 'summary.csv')))

@@ -21,7 +21,7 @@ from .. import zoo
 from ..pretrained import PretrainedWeightsError
 
 __all__ = [
-    'UsageError', 'positive_int', 'parse_kwarg_value', 'parse_model_kwargs', 'format_model_kwargs', 'create_model',
+    'UsageError', 'positive_int', 'check_model_registered', 'parse_kwarg_value', 'parse_model_kwargs', 'format_model_kwargs', 'create_model',
     'model_kwargs_for_dataset', 'set_threads', 'resolve_device', 'resolve_dataset', 'norm_stats',
     'load_weights_into', 'read_training_record', 'TRAINING_METADATA_KEY', 'amp_context', 'evaluate', 'unwrap',
     'read_jsonl', 'run_cli', 'summarize_history',
@@ -79,8 +79,8 @@ def format_model_kwargs(kwargs: Dict[str, Any]) -> List[str]:
     return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(kwargs.items())]
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """``timm.create_model`` with mlan_timm registered, and a UsageError naming the problem for bad names/kwargs."""
+def check_model_registered(name: str):
+    """UsageError naming ``name`` and similar registered names when timm does not know the model."""
     import timm
 
     import mlan_timm  # noqa: F401  (registers the models)
@@ -90,6 +90,12 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
         close = difflib.get_close_matches(base, timm.list_models(), n=6, cutoff=0.6)
         hint = f" Similar names: {', '.join(close)}." if close else ''
         raise UsageError(f"Unknown model {name!r}: not registered with timm (after importing mlan_timm).{hint}")
+
+
+def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """``timm.create_model`` with mlan_timm registered, and a UsageError naming the problem for bad names/kwargs."""
+    import timm
+    check_model_registered(name)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:
@@ -140,6 +146,7 @@ def resolve_dataset(model_name: str, dataset: Optional[str] = None) -> str:
     """``--dataset``, else the dataset in the model name (:func:`mlan_timm.zoo.dataset_of`); UsageError if neither."""
     ds = dataset or zoo.dataset_of(model_name)
     if ds is None:
+        check_model_registered(model_name)  # an unknown model is the better message
         raise UsageError(f"Cannot tell the dataset from model name {model_name!r}; pass --dataset "
                          f"{'|'.join(sorted(zoo.DATASETS))}")
     try:
