@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-from mlan_timm.tools.bench import measure as B
 from mlan_timm.layers.reference import reference_paths
+from mlan_timm.tools.bench import measure as B
 
 
 def main(argv=None):

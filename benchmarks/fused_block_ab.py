@@ -13,8 +13,8 @@ import timm
 import torch
 
 import mlan_timm  # noqa: F401
-from mlan_timm.tools.bench import measure as B
 from mlan_timm.layers.reference import set_fused_block_attention
+from mlan_timm.tools.bench import measure as B
 
 
 def build(name, fused=None):

@@ -12,8 +12,9 @@ import pytest
 import timm
 import torch
 
-from _fixtures_train import REPO, TINY_MODEL, subprocess_env
-from mlan_timm.export import export_model
+from mlan_timm.tools.export import export_model
+
+TINY_MODEL = 'resnet14_cifar10'
 
 COMMIT = 'a' * 40
 
@@ -87,7 +88,8 @@ print(json.dumps(out))
 '''
 
 
-def test_offline_hub_round_trip(hub_server, tmp_path):
+def test_offline_hub_round_trip(hub_server, tmp_path, repo_root, subprocess_env, tiny_model):
+    assert tiny_model == TINY_MODEL
     root, endpoint, log = hub_server
     torch.manual_seed(5)
     model = timm.create_model(TINY_MODEL).eval()
@@ -101,7 +103,7 @@ def test_offline_hub_round_trip(hub_server, tmp_path):
                          NO_PROXY='127.0.0.1', no_proxy='127.0.0.1')
     for k in ('HF_TOKEN', 'HF_HUB_OFFLINE', 'HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'):
         env.pop(k, None)
-    res = subprocess.run([sys.executable, '-c', CHILD, TINY_MODEL, str(tmp_path / 'x.pt')], cwd=REPO, env=env,
+    res = subprocess.run([sys.executable, '-c', CHILD, TINY_MODEL, str(tmp_path / 'x.pt')], cwd=repo_root, env=env,
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -113,7 +115,7 @@ def test_offline_hub_round_trip(hub_server, tmp_path):
     assert (tmp_path / 'hf_home').is_dir()  # the temporary cache was used, not the real one
 
 
-def test_missing_hub_repo_gives_clear_error(hub_server, tmp_path):
+def test_missing_hub_repo_gives_clear_error(hub_server, tmp_path, repo_root, subprocess_env):
     root, endpoint, _ = hub_server
     env = subprocess_env(HF_ENDPOINT=endpoint, HF_HOME=tmp_path / 'hf_home', HF_HUB_DISABLE_XET=1,
                          MLAN_TIMM_WEIGHTS_DIR=tmp_path / 'none', NO_PROXY='127.0.0.1', no_proxy='127.0.0.1')
@@ -122,6 +124,7 @@ def test_missing_hub_repo_gives_clear_error(hub_server, tmp_path):
             'from mlan_timm.pretrained import PretrainedWeightsError\n'
             'try:\n    timm.create_model("%s", pretrained=True)\n'
             'except PretrainedWeightsError as e:\n    print("CLEAR:", e)\n' % TINY_MODEL)
-    res = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    res = subprocess.run([sys.executable, '-c', code], cwd=repo_root, env=env, capture_output=True, text=True,
+                         timeout=180)
     assert 'CLEAR: No pretrained weights available for' in res.stdout, res.stdout + res.stderr[-2000:]
     assert f'mlan-timm/{TINY_MODEL}' in res.stdout

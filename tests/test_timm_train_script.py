@@ -47,6 +47,7 @@ def test_timm_train_py_fine_tunes_mlan_model(tmp_path, repo_root, make_image_fol
     ckpt = torch.load(run / 'last.pth.tar', map_location='cpu', weights_only=False)
     assert ckpt['arch'] == 'mlan_resnet20_cifar10'
     import timm
+
     import mlan_timm  # noqa: F401
     model = timm.create_model('mlan_resnet20_cifar10')
     model.load_state_dict(ckpt['state_dict'])  # the fine-tuned weights fit our architecture exactly

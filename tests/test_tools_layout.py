@@ -35,9 +35,9 @@ def test_console_scripts_point_at_the_tools():
 
 
 @pytest.mark.filterwarnings('ignore:.*found in sys.modules:RuntimeWarning')
-@pytest.mark.parametrize('module, prog', [('mlan_timm.tools.train', 'mlan-train'), ('mlan_timm.tools.eval', 'mlan-eval'),
-                                          ('mlan_timm.tools.export', 'mlan-export'),
-                                          ('mlan_timm.tools.bench', 'mlan-bench')])
+@pytest.mark.parametrize('module, prog', [
+    ('mlan_timm.tools.train', 'mlan-train'), ('mlan_timm.tools.eval', 'mlan-eval'),
+    ('mlan_timm.tools.export', 'mlan-export'), ('mlan_timm.tools.bench', 'mlan-bench')])
 def test_python_dash_m_runs_each_tool(module, prog, monkeypatch, capsys):
     monkeypatch.setattr(sys, 'argv', [module, '--help'])
     with pytest.raises(SystemExit) as e:

@@ -21,8 +21,9 @@ from .. import zoo
 from ..pretrained import PretrainedWeightsError
 
 __all__ = [
-    'UsageError', 'positive_int', 'check_model_registered', 'parse_kwarg_value', 'parse_model_kwargs', 'format_model_kwargs', 'create_model',
-    'model_kwargs_for_dataset', 'set_threads', 'resolve_device', 'resolve_dataset', 'norm_stats',
+    'UsageError', 'positive_int', 'check_model_registered', 'parse_kwarg_value', 'parse_model_kwargs',
+    'format_model_kwargs', 'create_model', 'model_kwargs_for_dataset', 'set_threads', 'resolve_device',
+    'resolve_dataset', 'norm_stats',
     'load_weights_into', 'read_training_record', 'TRAINING_METADATA_KEY', 'amp_context', 'evaluate', 'unwrap',
     'read_jsonl', 'run_cli', 'summarize_history',
 ]

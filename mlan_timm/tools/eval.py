@@ -17,9 +17,21 @@ import torch
 from .. import data as mdata
 from .. import zoo
 from ..complexity import count_params
-from .common import (UsageError, create_model, evaluate, load_weights_into, model_kwargs_for_dataset, norm_stats,
-                     parse_model_kwargs, positive_int, read_training_record, resolve_dataset, resolve_device,
-                     run_cli, set_threads)
+from .common import (
+    UsageError,
+    create_model,
+    evaluate,
+    load_weights_into,
+    model_kwargs_for_dataset,
+    norm_stats,
+    parse_model_kwargs,
+    positive_int,
+    read_training_record,
+    resolve_dataset,
+    resolve_device,
+    run_cli,
+    set_threads,
+)
 
 __all__ = ['build_parser', 'run_eval', 'main', 'format_table']
 

@@ -22,8 +22,18 @@ import torch
 
 from .. import paper_tables, zoo
 from ..complexity import count_macs, count_params
-from .common import (UsageError, create_model, load_weights_into, model_kwargs_for_dataset, parse_model_kwargs,
-                     read_jsonl, read_training_record, resolve_dataset, run_cli, summarize_history)
+from .common import (
+    UsageError,
+    create_model,
+    load_weights_into,
+    model_kwargs_for_dataset,
+    parse_model_kwargs,
+    read_jsonl,
+    read_training_record,
+    resolve_dataset,
+    run_cli,
+    summarize_history,
+)
 
 __all__ = ['count_macs', 'count_params', 'paper_variant_of', 'paper_result', 'export_model', 'render_model_card',
            'push_folder', 'main', 'push_main']

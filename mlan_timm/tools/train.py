@@ -33,9 +33,24 @@ import torch.nn as nn
 from .. import data as mdata
 from .. import zoo
 from ..atomic import atomic_save_file, atomic_torch_save, atomic_write_text
-from .common import (TRAINING_METADATA_KEY, UsageError, amp_context, create_model, evaluate, load_weights_into,
-                     model_kwargs_for_dataset, norm_stats, parse_model_kwargs, positive_int, resolve_dataset,
-                     resolve_device, run_cli, set_threads, summarize_history, unwrap)
+from .common import (
+    TRAINING_METADATA_KEY,
+    UsageError,
+    amp_context,
+    create_model,
+    evaluate,
+    load_weights_into,
+    model_kwargs_for_dataset,
+    norm_stats,
+    parse_model_kwargs,
+    positive_int,
+    resolve_dataset,
+    resolve_device,
+    run_cli,
+    set_threads,
+    summarize_history,
+    unwrap,
+)
 
 __all__ = ['RECIPES', 'TrainHooks', 'NonFiniteLossError', 'build_parser', 'parse_args', 'build_optimizer',
            'build_scheduler', 'train_one_epoch', 'evaluate', 'save_checkpoint', 'load_checkpoint',

@@ -17,8 +17,17 @@ import torch
 
 from ... import zoo
 from ..common import UsageError, run_cli, set_threads
-from .measure import (TimingConfig, code_version, machine_line, measure, merge_reports, parse_spec, profile_ops,
-                      ratio_specs, run_paper_tables)
+from .measure import (
+    TimingConfig,
+    code_version,
+    machine_line,
+    measure,
+    merge_reports,
+    parse_spec,
+    profile_ops,
+    ratio_specs,
+    run_paper_tables,
+)
 from .report import render_profiles, render_report, render_results_table
 
 __all__ = ['build_parser', 'main']
