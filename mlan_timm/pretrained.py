@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, ContextManager, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 
