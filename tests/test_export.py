@@ -178,7 +178,7 @@ def test_push_main_constructs_hfapi_with_token(weights, tmp_path, monkeypatch, c
     monkeypatch.setenv('HF_TOKEN', 'hf_env')
     assert mexport.push_main(['--model', TINY_MODEL, '--hub-dir', str(tmp_path / 'hub')]) == 0
     fake.assert_called_once_with(token='hf_env')
-    assert fake.return_value.create_repo.call_args.kwargs['repo_id'] == f'mlan-timm/{TINY_MODEL}'
+    assert fake.return_value.create_repo.call_args.kwargs['repo_id'] == f'{zoo.HF_ORG}/{TINY_MODEL}'
 
 
 def test_push_without_token_or_folder_is_refused(weights, tmp_path, monkeypatch, capsys):

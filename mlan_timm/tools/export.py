@@ -100,7 +100,8 @@ def render_model_card(info: Dict[str, Any]) -> str:
     training = info.get('training') or {}
     paper = info.get('paper')  # (value, table, variant) or None
     ds_title = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}[ds]
-    subset_note = (f" (on a {rec['test_subset']}-image subset of the test split)" if rec.get('test_subset') else '')
+    n_test = training.get('test_images') or rec.get('test_subset')
+    subset_note = f" (on a {n_test}-image subset of the test split)" if rec.get('test_subset') else ''
     lines = [
         '---', 'tags:', '- image-classification', '- timm', '- mlan-timm', 'library_name: timm',
         f"license: {info.get('license', 'apache-2.0')}", 'datasets:', f'- {ds}', '---', '',
@@ -135,11 +136,9 @@ def render_model_card(info: Dict[str, Any]) -> str:
     else:
         lines.append(f"| paper | - | {NOT_IN_PAPER} | {NOT_IN_PAPER} |")
     lines.append('')
-    if not ev:
-        lines += ['No evaluation results were supplied to the export.']
-    if training.get('final_epoch') is None:
-        lines += ['No training record was supplied to the export.']
-    lines += ['']
+    notes = ([] if ev else ['No evaluation results were supplied to the export.']) + \
+        ([] if training.get('final_epoch') is not None else ['No training record was supplied to the export.'])
+    lines += notes + ([''] if notes else [])
     if log or rec:
         lines += ['## Training', '']
         if log:
@@ -222,7 +221,7 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
     log_rows = read_jsonl(train_log) if train_log else []
     recipe = _recipe_of(train_log, checkpoint)
     record = read_training_record(weights or checkpoint) or {}
-    training = summarize_history(log_rows) if log_rows else record
+    training = dict(record, **summarize_history(log_rows)) if log_rows else record
     if not recipe.get('mean') and record.get('mean'):
         recipe = dict(recipe, mean=record['mean'], std=record['std'])
 
