@@ -1,8 +1,9 @@
-"""Re-run the project's benchmarks and regenerate docs/benchmarks.md and docs/benchmarks.json.
+"""Re-run the project's benchmarks and regenerate docs/benchmarks.md from benchmarks/results/*.json.
 
     python benchmarks/run_benchmarks.py                 # CPU: measure, then render (merging saved CUDA results)
     python benchmarks/run_benchmarks.py --cuda --out-dir DIR   # on a GPU machine: write CUDA JSONs into DIR
     python benchmarks/run_benchmarks.py --render-only   # re-render docs from the saved JSONs, no measuring
+    python benchmarks/run_benchmarks.py --quick --out-dir DIR  # smoke run: tiny subset, results and Markdown in DIR
 
 Raw results live in benchmarks/results/: ``cpu.json`` (mlan-bench --paper-tables on CPU), ``fast_path_cpu.json``
 (benchmarks/fast_path_speedup.py), ``profile_cpu.json`` (mlan-bench --profile), ``cpu_compile.json``
@@ -26,7 +27,7 @@ def sh(*cmd):
 
 
 def bench(*args):
-    sh(sys.executable, "-m", "mlan_timm.benchmark", *args)
+    sh(sys.executable, "-m", "mlan_timm.tools.bench", *args)
 
 
 def main(argv=None):
@@ -37,10 +38,26 @@ def main(argv=None):
     p.add_argument("--cpu-compile", action="store_true",
                    help="also time the torch.compile'd backbone and MLAN on CPU (about 2 more minutes)")
     p.add_argument("--min-run-time", default=None, help="seconds per blocked_autorange (default per device)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run of the pipeline (measure params/MACs of the CIFAR-10 ResNet-14 grids, profile, "
+                        "render) in seconds; needs --out-dir (results and benchmarks.md go there, docs untouched)")
+    p.add_argument("--md-out", default=None, help="Markdown output (default docs/benchmarks.md)")
     args = p.parse_args(argv)
     out = args.out_dir
     os.makedirs(os.path.join(ROOT, out), exist_ok=True)
     fast_path = [sys.executable, os.path.join("benchmarks", "fast_path_speedup.py")]
+
+    if args.quick:
+        if out == RESULTS:
+            p.error("--quick needs --out-dir DIR (it must not overwrite benchmarks/results)")
+        report = os.path.join(out, "cpu.json")
+        bench("--paper-tables", "--quick", "--no-time", "--device", "cpu", "--depths", "14", "--datasets", "cifar10",
+              "--json-out", report, "--md-out", os.path.join(out, "cpu.md"))
+        bench("--profile", "--quick", "--device", "cpu", "resnet14_cifar10",
+              "--json-out", os.path.join(out, "profile_cpu.json"))
+        bench("--render-only", report, "--profile-json", os.path.join(out, "profile_cpu.json"),
+              "--md-out", args.md_out or os.path.join(out, "benchmarks.md"), "--root", out)
+        return
 
     if args.cuda:
         mrt = args.min_run_time or "0.1"
@@ -65,8 +82,7 @@ def main(argv=None):
             bench("--paper-tables", "--ratio-only", "--device", "cpu", "--cpu-variants", "compile", "--rounds", "3",
                   "--json-out", os.path.join(RESULTS, "cpu_compile.json"),
                   "--md-out", os.path.join(RESULTS, "cpu_compile.md"))
-    render = ["--render-only", cpu_json, "--md-out", os.path.join("docs", "benchmarks.md"),
-              "--json-out", os.path.join("docs", "benchmarks.json")]
+    render = ["--render-only", cpu_json, "--md-out", args.md_out or os.path.join("docs", "benchmarks.md")]
     if os.path.isfile(os.path.join(ROOT, RESULTS, "profile_cpu.json")):
         render += ["--profile-json", os.path.join(RESULTS, "profile_cpu.json")]
     for name in ("cpu_compile.json", "cuda.json", "cuda_compile.json"):

@@ -1,7 +1,7 @@
 """Grad-CAM heat maps of the last feature stage (``layer3``) of MLAN and its backbone, side by side.
 
 Uses the ``grad-cam`` package (pytorch-grad-cam: ``GradCAM`` + ``show_cam_on_image``) and matplotlib
-(``pip install mlan-timm[bench]``).
+(``pip install mlan-timm[examples]``).
 
     python examples/gradcam.py --out docs/img/gradcam.png
     python examples/gradcam.py --checkpoint mlan_resnet20_cifar10=runs/mlan20/model_best.pth.tar \

@@ -9,9 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-from mlan_timm import eval as meval
-from mlan_timm import export as mexport
-from mlan_timm import train as mtrain
+from mlan_timm.tools import eval as meval
+from mlan_timm.tools import export as mexport
+from mlan_timm.tools import train as mtrain
 
 
 def main():

@@ -8,8 +8,10 @@
 3. ImageFolder tarballs ``<split>.tar.gz`` in ``<data_dir>`` or ``<data_dir>/<dataset>/`` (as in the shared
    offline data); they are extracted once into a cache directory.
 
-Two loading paths share the paper's augmentation (RandomCrop(32, padding=4) + horizontal flip, then
-normalisation with the CIFAR mean/std; the test split is only normalised):
+Two loading paths share the paper's augmentation (``Pad(4, padding_mode='reflect')`` + ``RandomCrop(32)`` +
+horizontal flip, then normalisation with the dataset's mean/std from :data:`mlan_timm.zoo.DATASETS`, which are the
+paper recipe's constants; the test split is only normalised). ``padding_mode='constant'`` gives the zero padding of
+``RandomCrop(32, padding=4)`` instead:
 
 * :func:`build_loader` with ``on_device=False``: a ``torch.utils.data.DataLoader`` with torchvision transforms;
 * ``on_device=True``: the whole split as one uint8 tensor on the training device, augmented there in batches
@@ -27,20 +29,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .io import atomic_torch_save
+from .atomic import atomic_torch_save
+from .zoo import DATASETS, DatasetInfo
 
 __all__ = [
-    'CIFAR_STATS', 'DatasetNotFoundError', 'dataset_for_model', 'num_classes_for', 'build_transforms',
+    'DatasetNotFoundError', 'dataset_info', 'build_transforms', 'PADDING_MODES', 'pad_crop_flip',
     'build_dataset', 'load_uint8', 'DeviceLoader', 'build_loader', 'subset_indices',
 ]
 
-# one source of truth for the normalisation constants: the models' pretrained_cfg uses the same values
-from .models.cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
-
-CIFAR_STATS = {
-    'cifar10': dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10, tv_folder='cifar-10-batches-py'),
-    'cifar100': dict(mean=CIFAR100_MEAN, std=CIFAR100_STD, num_classes=100, tv_folder='cifar-100-python'),
-}
+#: Padding of the random-crop augmentation: 'reflect' (the paper recipe) or 'constant' (zeros).
+PADDING_MODES = ('reflect', 'constant')
 
 PathLike = Union[str, os.PathLike]
 
@@ -51,33 +49,66 @@ class DatasetNotFoundError(FileNotFoundError):
 
 def _check_name(name: str) -> str:
     name = name.lower().replace('-', '')
-    if name not in CIFAR_STATS:
-        raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(CIFAR_STATS)}")
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     return name
 
 
-def num_classes_for(name: str) -> int:
-    return CIFAR_STATS[_check_name(name)]['num_classes']
+def dataset_info(name: str) -> DatasetInfo:
+    """:data:`mlan_timm.zoo.DATASETS` entry of ``name`` ('cifar10', 'CIFAR-100', ...); ValueError if unknown."""
+    return DATASETS[_check_name(name)]
 
 
-def dataset_for_model(model_name: str) -> Optional[str]:
-    """``'mlan_resnet20_cifar100'`` -> ``'cifar100'``; ``None`` when the name does not say."""
-    base = model_name.split('.')[0].split(':')[-1].split('/')[-1].lower()
-    if base.endswith('cifar100'):
-        return 'cifar100'
-    if base.endswith('cifar10'):
-        return 'cifar10'
-    return None
+def _check_padding_mode(padding_mode: str) -> str:
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"Unknown padding_mode {padding_mode!r}; expected one of {PADDING_MODES}")
+    return padding_mode
 
 
-def build_transforms(name: str, train: bool, mean=None, std=None):
-    """The paper's torchvision transforms for ``name`` ('cifar10' / 'cifar100')."""
+def build_transforms(name: str, train: bool, mean=None, std=None, padding_mode: str = 'reflect'):
+    """The paper's torchvision transforms for ``name`` ('cifar10' / 'cifar100').
+
+    Train: ``Pad(4, padding_mode)`` + ``RandomCrop(32)`` + ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``;
+    test: ``ToTensor`` + ``Normalize``. ``mean``/``std`` default to the dataset's (:data:`mlan_timm.zoo.DATASETS`).
+    """
     from torchvision import transforms as T
-    stats = CIFAR_STATS[_check_name(name)]
-    norm = [T.ToTensor(), T.Normalize(mean or stats['mean'], std or stats['std'])]
+    info = dataset_info(name)
+    norm = [T.ToTensor(), T.Normalize(mean or info.mean, std or info.std)]
     if train:
-        return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *norm])
+        _check_padding_mode(padding_mode)
+        return T.Compose([T.Pad(4, padding_mode=padding_mode), T.RandomCrop(32), T.RandomHorizontalFlip(), *norm])
     return T.Compose(norm)
+
+
+def _padded_index(size: int, pad: int, padding_mode: str, device) -> torch.Tensor:
+    """Source index of each position of a ``pad``-padded axis of length ``size`` (-1 marks a zero pixel).
+
+    'reflect' mirrors without repeating the edge pixel, as ``torch.nn.functional.pad(mode='reflect')`` and
+    torchvision's ``Pad(padding_mode='reflect')`` do: index -1 -> 1, size -> size - 2."""
+    i = torch.arange(-pad, size + pad, device=device)
+    if padding_mode == 'reflect':
+        i = i.abs()
+        return torch.where(i > size - 1, 2 * (size - 1) - i, i)
+    return torch.where((i < 0) | (i > size - 1), torch.full_like(i, -1), i)
+
+
+def pad_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flip: torch.Tensor, padding_mode: str = 'reflect',
+                  pad: int = 4) -> torch.Tensor:
+    """Batched ``Pad(pad, padding_mode)`` + crop at ``offsets`` + horizontal flip where ``flip``, on any dtype.
+
+    ``x``: [B, C, H, W]; ``offsets``: [2, B] (row, column) offsets into the padded image, in ``[0, 2 * pad]``;
+    ``flip``: [B] bool. Done by gathering source indices, so uint8 images never leave their dtype.
+    """
+    _check_padding_mode(padding_mode)
+    b, _, h, w = x.shape
+    rows_src = _padded_index(h, pad, padding_mode, x.device)[offsets[0][:, None] + torch.arange(h, device=x.device)]
+    cols_src = _padded_index(w, pad, padding_mode, x.device)[offsets[1][:, None] + torch.arange(w, device=x.device)]
+    cols_src = torch.where(flip[:, None], cols_src.flip(1), cols_src)
+    valid = (rows_src >= 0)[:, :, None] & (cols_src >= 0)[:, None, :]  # [B, H, W]; all True for 'reflect'
+    bidx = torch.arange(b, device=x.device)[:, None, None]
+    out = x[bidx, :, rows_src.clamp(min=0)[:, :, None], cols_src.clamp(min=0)[:, None, :]]  # [B, H, W, C]
+    out = out * valid[..., None].to(out.dtype)
+    return out.permute(0, 3, 1, 2)
 
 
 def _default_cache_dir() -> Path:
@@ -143,7 +174,7 @@ def _image_folder_root(root: Path, split: str) -> Optional[Path]:
 
 
 def _check_classes(classes: Sequence[str], name: str, where: Path):
-    expected = num_classes_for(name)
+    expected = dataset_info(name).num_classes
     if len(classes) != expected:
         raise DatasetNotFoundError(
             f"ImageFolder {where} has {len(classes)} class folders, but {name} has {expected} classes. "
@@ -156,7 +187,7 @@ def _resolve(name: str, data_dir: Optional[PathLike], split: str, download: bool
     if data_dir is None:
         raise DatasetNotFoundError(f"No --data-dir given for {name}.")
     data_dir = Path(data_dir).expanduser()
-    tv_folder = CIFAR_STATS[name]['tv_folder']
+    tv_folder = DATASETS[name].tv_folder
     if (data_dir / tv_folder).is_dir():
         return 'torchvision', data_dir
     if data_dir.name == tv_folder and data_dir.is_dir():
@@ -283,15 +314,17 @@ def _load_folder_uint8(name: str, root: Path, cache_dir: Optional[PathLike]):
 class DeviceLoader:
     """Iterates over a uint8 image tensor held on ``device``, with the paper's augmentation done there.
 
-    Random crop (zero padding 4) and horizontal flip match torchvision's ``RandomCrop(32, padding=4)`` +
-    ``RandomHorizontalFlip``; outputs are float32 normalised with the dataset's mean/std.
-    Randomness comes from a generator reseeded by :meth:`set_epoch`, so epochs are reproducible.
+    :func:`pad_crop_flip` with uniformly drawn offsets and a fair coin per image: the same distribution as
+    torchvision's ``Pad(4, padding_mode)`` + ``RandomCrop(32)`` + ``RandomHorizontalFlip``; outputs are float32
+    normalised with the dataset's mean/std. Randomness comes from a generator reseeded by :meth:`set_epoch`, so
+    epochs are reproducible.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, name: str,
                  train: bool, device: Union[str, torch.device] = 'cpu', drop_last: bool = False, seed: int = 0,
-                 mean=None, std=None):
-        stats = CIFAR_STATS[_check_name(name)]
+                 mean=None, std=None, padding_mode: str = 'reflect'):
+        info = dataset_info(name)
+        self.padding_mode = _check_padding_mode(padding_mode)
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
@@ -299,8 +332,8 @@ class DeviceLoader:
         self.train = train
         self.drop_last = drop_last
         self.seed = seed
-        self.mean = torch.tensor(mean or stats['mean'], device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std or stats['std'], device=self.device).view(1, 3, 1, 1) * 255
+        self.mean = torch.tensor(mean or info.mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std or info.std, device=self.device).view(1, 3, 1, 1) * 255
         self.generator = torch.Generator(device=self.device)
         self.set_epoch(0)
         self.dataset = self.labels  # len(loader.dataset) works as for DataLoader
@@ -314,15 +347,9 @@ class DeviceLoader:
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
         off = torch.randint(0, 9, (2, b), device=self.device, generator=self.generator)
-        ar = torch.arange(32, device=self.device)
-        rows = (off[0][:, None] + ar)[:, :, None]
-        cols = (off[1][:, None] + ar)[:, None, :]
-        bidx = torch.arange(b, device=self.device)[:, None, None]
-        out = padded[bidx, :, rows, cols].permute(0, 3, 1, 2)  # advanced indexing puts channels last
         flip = torch.rand(b, device=self.device, generator=self.generator) < 0.5
-        return torch.where(flip[:, None, None, None], out.flip(3), out)
+        return pad_crop_flip(x, off, flip, self.padding_mode)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
@@ -369,7 +396,7 @@ class _EpochSeededLoader:
 def build_loader(name: str, data_dir: Optional[PathLike], split: str, batch_size: int, *,
                  on_device: bool = False, device: Union[str, torch.device] = 'cpu', workers: int = 2,
                  download: bool = False, cache_dir: Optional[PathLike] = None, subset: Optional[int] = None,
-                 seed: int = 0, drop_last: Optional[bool] = None, mean=None, std=None):
+                 seed: int = 0, drop_last: Optional[bool] = None, mean=None, std=None, padding_mode: str = 'reflect'):
     """A train (augmented, shuffled) or test loader; both have ``set_epoch(epoch)`` and ``len()``."""
     train = split == 'train'
     if drop_last is None:
@@ -377,8 +404,8 @@ def build_loader(name: str, data_dir: Optional[PathLike], split: str, batch_size
     if on_device:
         x, y = load_uint8(name, data_dir, split, download=download, cache_dir=cache_dir, subset=subset)
         return DeviceLoader(x, y, batch_size, name, train=train, device=device, drop_last=drop_last, seed=seed,
-                            mean=mean, std=std)
+                            mean=mean, std=std, padding_mode=padding_mode)
     ds = build_dataset(name, data_dir, split, download=download, cache_dir=cache_dir, subset=subset,
-                       transform=build_transforms(name, train, mean, std))
+                       transform=build_transforms(name, train, mean, std, padding_mode))
     pin = torch.device(device).type == 'cuda'
     return _EpochSeededLoader(ds, batch_size, train, workers, pin, drop_last, seed)

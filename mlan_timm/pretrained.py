@@ -433,7 +433,8 @@ def read_state_dict(path: os.PathLike, model_name: str = '', use_ema: bool = Fal
         if use_ema:
             ema = blob.get('ema')
             if not ema:
-                raise PretrainedWeightsError(f"Checkpoint{label} {path} has no EMA weights (trained without --model-ema)")
+                raise PretrainedWeightsError(
+                    f"Checkpoint{label} {path} has no EMA weights (trained without --model-ema)")
             return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ema.items()}
         return blob['model']
     if use_ema:

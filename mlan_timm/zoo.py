@@ -129,7 +129,8 @@ def model_name(family: str, depth: int, dataset: str, tag: str = "") -> str:
     return f"{family}resnet{depth}_{dataset}" + (f".{tag}" if tag else "")
 
 
-_NAME_RE = re.compile(r"^(?P<family>[a-z0-9_]*?)resnet(?P<depth>\d+)_(?P<dataset>cifar100|cifar10)(?:\.(?P<tag>[\w-]+))?$")
+_NAME_RE = re.compile(
+    r"^(?P<family>[a-z0-9_]*?)resnet(?P<depth>\d+)_(?P<dataset>cifar100|cifar10)(?:\.(?P<tag>[\w-]+))?$")
 
 
 def parse_model_name(name: str) -> ModelId:

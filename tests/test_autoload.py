@@ -111,7 +111,8 @@ def test_broken_mlan_timm_only_warns(installed_hook, tmp_path):
 def test_wheel_install_registers_models(tmp_path):
     """Build a real wheel, install it in a throwaway venv, ``import timm`` lists the zoo."""
     dist = tmp_path / "dist"
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)]
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+             str(REPO)]
     subprocess.run(build, check=True, timeout=300, capture_output=True)
     (wheel,) = dist.glob("mlan_timm-*.whl")
 

@@ -1,15 +1,20 @@
-"""Behaviour of mlan_timm.benchmark in quick mode (tiny models, tiny repeat counts; no timing asserts)."""
+"""mlan-bench (mlan_timm.tools.bench: measure, report, cli) in quick mode (tiny models, tiny repeat counts; no
+timing asserts), and benchmarks/run_benchmarks.py --quick end to end."""
 import json
-import os
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import timm
-import torch
 import torch.nn as nn
 
-import mlan_timm  # noqa: F401  (registers the models when they exist)
-from mlan_timm import benchmark as B
+import mlan_timm  # noqa: F401  (registers the models)
+from mlan_timm import paper_tables, zoo
+from mlan_timm.tools.bench import cli
+from mlan_timm.tools.bench import measure as B
+from mlan_timm.tools.bench import report as R
 
 
 def _tiny_conv_model():
@@ -18,14 +23,10 @@ def _tiny_conv_model():
                          nn.Flatten(), nn.Linear(4, 5))
 
 
-def _tiny_timm_name():
-    return "resnet14_cifar10" if timm.is_model("resnet14_cifar10") else "resnet10t"
-
-
 def test_params_equal_sum_of_numel():
     m = _tiny_conv_model()
     assert B.count_params(m) == 3 * 4 * 9 + 4 * 5 + 5
-    r = timm.create_model(_tiny_timm_name(), num_classes=10)
+    r = timm.create_model("resnet14_cifar10", num_classes=10)
     assert B.count_params(r) == sum(p.numel() for p in r.parameters())
 
 
@@ -64,9 +65,9 @@ def test_unregistered_model_is_reported_not_fatal():
 
 
 def test_cli_quick_two_models_writes_json_and_table(tmp_path):
-    name = _tiny_timm_name()
+    name = "resnet14_cifar10"
     md, js = tmp_path / "b.md", tmp_path / "b.json"
-    rc = B.main(["--quick", "--device", "cpu", f"{name}?num_classes=10", f"{name}?num_classes=100",
+    rc = cli.main(["--quick", "--threads", "1", "--device", "cpu", f"{name}?num_classes=10", f"{name}?num_classes=100",
                  "--md-out", str(md), "--json-out", str(js)])
     assert rc == 0
     data = json.loads(js.read_text())
@@ -87,34 +88,53 @@ def test_cli_quick_two_models_writes_json_and_table(tmp_path):
 def test_paper_tables_render_quick(tmp_path):
     md, js = tmp_path / "p.md", tmp_path / "p.json"
     # params/MACs only (timing is covered above; timing every Table 6 model would make the test slow)
-    rc = B.main(["--paper-tables", "--no-time", "--depths", "14", "--datasets", "cifar10",
-                 "--md-out", str(md), "--json-out", str(js), "--root", str(tmp_path)])
+    rc = cli.main(["--paper-tables", "--no-time", "--depths", "14", "--datasets", "cifar10",
+                   "--md-out", str(md), "--json-out", str(js), "--root", str(tmp_path)])
     assert rc == 0
     text = md.read_text()
     assert "Command: `mlan-bench --paper-tables" in text
-    for tid in ("Table3", "Table4", "Table5", "Table6"):
-        assert f"### {tid} (CIFAR10)" in text
-    assert "not transcribed" in text
-    # no eval JSON under tmp_path: accuracy column says so
-    assert B.NOT_TRAINED in text
+    grid = B.paper_grid()
+    c10 = [tid for tid, t in grid.items() if t.dataset == "cifar10"]
+    assert c10 == ["T2", "T3", "T4", "T5", "T6", "T7"]  # every comparison table of the paper, in its order
+    for tid in c10:
+        assert f"### Table {tid[1:]} (CIFAR10)" in text
+    assert R.NOT_TRAINED in text  # no eval JSON under tmp_path
     data = json.loads(js.read_text())
-    assert data["grid_ids"] == ["table3", "table4", "table5", "table6"]
-    if timm.is_model("mlan_resnet14_cifar10"):
-        rec = data["results"]["mlan_resnet14_cifar10"]
-        model = timm.create_model("mlan_resnet14_cifar10")
-        assert rec["params"] == sum(p.numel() for p in model.parameters())
-        concat = data["results"]["mlan_resnet14_cifar10?fusion=concat"]
-        assert concat["params"] == B.count_params(timm.create_model("mlan_resnet14_cifar10", fusion="concat"))
+    assert data["grid_ids"] == c10
+    rec = data["results"]["mlan_resnet14_cifar10"]
+    assert rec["params"] == B.count_params(timm.create_model("mlan_resnet14_cifar10"))
+    fma = data["results"]["mlan_resnet14_cifar10?attn=fma"]
+    assert fma["params"] == B.count_params(timm.create_model("mlan_resnet14_cifar10", attn="fma"))
+    # the paper's FMA-14 row: its (truncated) parameter count and its accuracy, beside ours
+    p_m = paper_tables.paper_value("cifar10", "fma", 14, "params_M")
+    top1 = paper_tables.paper_value("cifar10", "fma", 14, "top1")
+    low, high = paper_tables.params_interval(p_m)
+    fit = "yes" if low <= fma["params"] < high else f"no ({fma['params'] - low:+,})"
+    row = next(ln for ln in text.splitlines() if "`mlan_resnet14_cifar10?attn=fma`" in ln)
+    assert f"| {p_m:.2f}M | {fit} |" in row and row.endswith(f"| {R.NOT_TRAINED} | {top1:.2f} |")
+
+
+def test_report_renders_stored_results_of_older_reports():
+    """benchmarks/results/cpu.json (ids 'table3', ...) still renders: tables by dataset, rows by spec key."""
+    report = dict(grid_ids=["table3", "table6"], depths=[20], devices=["cpu"], command="c", machine="m",
+                  results={"mlan_resnet20_cifar10": dict(params=1, macs=2, cpu=dict(infer_b128_ms=3.0))},
+                  config={}, ratios={}, ratio_specs={})
+    text = R.render_report(report, root="/nonexistent")
+    assert "### Table 6 (CIFAR10)" in text and "### Table 9" not in text
+    assert "`resnet20_cifar10` | not measured |" in text
 
 
 def test_ratio_section_reports_targets():
     specs = B.ratio_specs()
     res = {name: {"infer_b128_ms": 10.0, "train_step_b128_ms": 20.0} for name in specs}
     res["mlan (sma)"] = {"infer_b128_ms": 12.0, "train_step_b128_ms": 40.0}
-    text = B.render_ratios({"cpu": res}, specs)
+    text = R.render_ratios({"cpu": res}, specs, macs={"backbone": 100, "mlan (sma)": 107})
     assert "| MLAN inference b128 vs backbone | 1.200 | ≤ 1.25 | yes |" in text
     assert "| MLAN train step b128 vs backbone | 2.000 | ≤ 1.5 | no |" in text
     assert "| MLAN (sma) vs CBAM multi-level, inference b128 | 1.200 | < 1 (faster) | no |" in text
+    # the sentence that reads the numbers is generated from them
+    assert "MLAN (sma) takes 1.20x the backbone's batch-128 inference time and 2.00x its train-step time, " \
+           "for +7.0% MACs." in text
 
 
 def test_time_interleaved_quick():
@@ -124,16 +144,24 @@ def test_time_interleaved_quick():
         assert res[name]["infer_b128_ms"] > 0 and res[name]["train_step_b128_ms"] > 0
 
 
+def _eval_rec(model, top1, **kw):
+    return dict(dict(model=model, model_kwargs={}, weights="w.safetensors", split="test", images=10000,
+                     subset=None, top1=top1), **kw)
+
+
 def test_eval_results_fill_accuracy_column(tmp_path):
     (tmp_path / "docs" / "results").mkdir(parents=True)
+    training = dict(best_test_top1=92.0, test_images=10000)
     (tmp_path / "docs" / "results" / "eval.json").write_text(json.dumps(
-        [{"model": "mlan_resnet20_cifar10", "top1": 91.234},
-         {"model": "mlan_resnet20_cifar10", "model_kwargs": {"attn": "cbam"}, "test_top1": 90.5},
-         {"model": "resnet20_cifar10", "split": "train", "top1": 99.0}]))
-    acc = B.load_eval_results(str(tmp_path))
-    assert acc["mlan_resnet20_cifar10"][0] == pytest.approx(91.234)
-    assert acc["mlan_resnet20_cifar10?attn=cbam"][0] == pytest.approx(90.5)
+        [_eval_rec("mlan_resnet20_cifar10", 91.234, training=training),
+         _eval_rec("mlan_resnet20_cifar10", 90.5, model_kwargs={"attn": "cbam", "num_classes": 10}),
+         _eval_rec("resnet20_cifar10", 99.0, split="train")]))
+    acc = R.load_eval_results(str(tmp_path))
+    assert acc["mlan_resnet20_cifar10"]["top1"] == pytest.approx(91.234)
+    assert acc["mlan_resnet20_cifar10"]["best_top1"] == 92.0
+    assert acc["mlan_resnet20_cifar10?attn=cbam"]["top1"] == pytest.approx(90.5)
     assert "resnet20_cifar10" not in acc  # train-split accuracy is not a test result
+    assert R._top1(acc, "mlan_resnet20_cifar10") == "91.23 (best epoch 92.00)"
 
 
 def test_merge_reports_adds_cuda_timings():
@@ -156,18 +184,41 @@ def test_profile_ops_lists_top_operators():
     assert 1 <= len(prof["rows"]) <= 3
     assert any("convolution" in r["op"] for r in prof["rows"])
     assert all(0 <= r["share"] <= 1 and r["ms"] >= 0 for r in prof["rows"])
-    text = B.render_profiles(dict(command="mlan-bench --profile", machine="m", profiles=[prof]))
+    text = R.render_profiles(dict(command="mlan-bench --profile", machine="m", profiles=[prof]))
     assert "## Where the time goes (torch.profiler)" in text and "| operator |" in text
 
 
-def test_eval_results_need_matching_kwargs_and_the_full_test_set(tmp_path):
+def test_eval_results_need_recorded_kwargs_and_the_full_test_set(tmp_path):
     (tmp_path / "docs" / "results").mkdir(parents=True)
-    base = dict(model="mlan_resnet20_cifar10", weights="w.safetensors", split="test", images=10000)
+    old = _eval_rec("resnet20_cifar10", 70.0)
+    del old["model_kwargs"]  # mlan-eval output from before it recorded model_kwargs: the architecture is unknown
     (tmp_path / "docs" / "results" / "eval.json").write_text(json.dumps([
-        dict(base, top1=80.0, model_kwargs={"attn": "cbam"}, subset=None),  # mlan-eval --json with kwargs
-        dict(base, model="resnet20_cifar10", top1=70.0),  # old mlan-eval output: kwargs unknown
-        dict(base, model="se_resnet20_cifar10", top1=60.0, model_kwargs={}, subset=500, images=500),
-        dict(base, model="cbam_resnet20_cifar10", top1=50.0, model_kwargs={}, images=2000),
+        _eval_rec("mlan_resnet20_cifar10", 80.0, model_kwargs={"attn": "cbam"}),
+        old,
+        _eval_rec("se_resnet20_cifar10", 60.0, subset=500, images=500),
+        _eval_rec("cbam_resnet20_cifar10", 50.0, images=2000),
     ]))
-    acc = B.load_eval_results(str(tmp_path))
-    assert acc == {"mlan_resnet20_cifar10?attn=cbam": (80.0, os.path.join("docs", "results", "eval.json"))}
+    acc = R.load_eval_results(str(tmp_path))
+    assert acc == {"mlan_resnet20_cifar10?attn=cbam": dict(top1=80.0, best_top1=None,
+                                                            source=os.path.join("docs", "results", "eval.json"))}
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["--render-only", str(tmp_path / "missing.json")]) == 2
+    assert capsys.readouterr().err.startswith("mlan-bench: error: --render-only")
+    assert cli.main(["--paper-tables", "--no-time", "--depths", "21"]) == 2
+    assert "unknown depth/dataset [21]" in capsys.readouterr().err
+
+
+def test_run_benchmarks_quick_regenerates_markdown(tmp_path, repo_root, subprocess_env):
+    """The one command that regenerates docs/benchmarks.md, on a tiny subset, writing only under --out-dir."""
+    res = subprocess.run([sys.executable, "benchmarks/run_benchmarks.py", "--quick", "--out-dir", str(tmp_path)],
+                         cwd=repo_root, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert md.startswith("# Benchmarks: MLAN models vs the paper's comparison grids")
+    assert "## Where the time goes (torch.profiler)" in md and "### Table 6 (CIFAR10)" in md
+    report = json.loads((tmp_path / "cpu.json").read_text())
+    assert report["depths"] == [14] and report["datasets"] == ["cifar10"]
+    assert f"{report['results']['resnet14_cifar10']['params'] / 1e6:.3f}M" in md
+    assert zoo.model_name("", 20, "cifar10") not in report["results"]  # only the tiny subset was measured

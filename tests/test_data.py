@@ -1,16 +1,18 @@
-"""mlan_timm.data: layouts (ImageFolder, tarballs, torchvision), clear errors, on-device augmentation."""
+"""mlan_timm.data: layouts (ImageFolder, tarballs, torchvision), clear errors, the paper's augmentation (reflect
+padding) on both loading paths."""
 import pickle
 
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms import functional as TF
 
-from _fixtures_train import make_image_folder, make_tarballs
 from mlan_timm import data as mdata
+from mlan_timm import zoo
 
 
 @pytest.fixture(scope='module')
-def folder(tmp_path_factory):
+def folder(tmp_path_factory, make_image_folder):
     return make_image_folder(tmp_path_factory.mktemp('folder'), train_per_class=3, test_per_class=2)
 
 
@@ -21,18 +23,24 @@ def test_image_folder_layout_and_paper_transforms(folder):
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
     tr = mdata.build_dataset('cifar10', folder, 'train', subset=7)
     assert len(tr) == 7
-    names = [type(t).__name__ for t in mdata.build_transforms('cifar10', train=True).transforms]
-    assert names == ['RandomCrop', 'RandomHorizontalFlip', 'ToTensor', 'Normalize']
+    tf = mdata.build_transforms('cifar10', train=True).transforms
+    assert [type(t).__name__ for t in tf] == ['Pad', 'RandomCrop', 'RandomHorizontalFlip', 'ToTensor', 'Normalize']
+    assert (tf[0].padding, tf[0].padding_mode, tf[1].size, tf[1].padding) == (4, 'reflect', (32, 32), None)
+    assert tuple(tf[4].mean) == zoo.PAPER_MEAN and tuple(tf[4].std) == zoo.PAPER_STD
+    assert mdata.build_transforms('cifar100', train=True, padding_mode='constant').transforms[0].padding_mode == \
+        'constant'
+    with pytest.raises(ValueError, match="padding_mode 'edge'"):
+        mdata.build_transforms('cifar10', train=True, padding_mode='edge')
     assert [type(t).__name__ for t in mdata.build_transforms('cifar10', train=False).transforms] == \
         ['ToTensor', 'Normalize']
 
 
-def test_val_folder_is_accepted(tmp_path):
+def test_val_folder_is_accepted(tmp_path, make_image_folder):
     root = make_image_folder(tmp_path, train_per_class=1, test_per_class=1, test_name='val')
     assert len(mdata.build_dataset('cifar10', root, 'test')) == 10
 
 
-def test_tarballs_are_extracted_once_into_cache(folder, tmp_path):
+def test_tarballs_are_extracted_once_into_cache(folder, tmp_path, make_tarballs):
     tars = make_tarballs(folder, tmp_path / 'shared' / 'cifar10')
     cache = tmp_path / 'cache'
     x, y = mdata.load_uint8('cifar10', tmp_path / 'shared', 'test', cache_dir=cache)
@@ -53,18 +61,13 @@ def test_torchvision_layout(tmp_path, monkeypatch):
         with open(root / name, 'wb') as f:
             pickle.dump({'data': rng.integers(0, 256, (4, 3072), dtype=np.uint8), 'labels': [0, 1, 2, 3]}, f)
     with open(root / 'batches.meta', 'wb') as f:
-        pickle.dump({'label_names': mdata_classes()}, f)
+        pickle.dump({'label_names': list(zoo.CIFAR10_CLASSES)}, f)
     import torchvision.datasets.cifar as tv_cifar
     monkeypatch.setattr(CIFAR10, '_check_integrity', lambda self: True)  # fake files: skip md5 checks
     monkeypatch.setattr(tv_cifar, 'check_integrity', lambda *a, **k: True)
     x, y = mdata.load_uint8('cifar10', tmp_path, 'train')
     assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and y.tolist()[:4] == [0, 1, 2, 3]
     assert len(mdata.build_dataset('cifar10', root, 'test')) == 4  # the cifar-10-batches-py folder itself works
-
-
-def mdata_classes():
-    from _fixtures_train import CIFAR10_CLASSES
-    return CIFAR10_CLASSES
 
 
 def test_missing_data_dir_error_names_the_problem(tmp_path):
@@ -79,10 +82,10 @@ def test_wrong_number_of_classes_is_reported(folder):
         mdata.build_dataset('cifar100', folder, 'test')
 
 
-def test_dataset_for_model():
-    assert mdata.dataset_for_model('mlan_resnet20_cifar100') == 'cifar100'
-    assert mdata.dataset_for_model('hf-hub:mlan-timm/se_resnet14_cifar10') == 'cifar10'
-    assert mdata.dataset_for_model('resnet18') is None
+def test_dataset_info_comes_from_the_zoo():
+    assert mdata.dataset_info('CIFAR-100') is zoo.DATASETS['cifar100']
+    with pytest.raises(ValueError, match="Unknown dataset 'svhn'"):
+        mdata.dataset_info('svhn')
 
 
 def test_device_loader_test_mode_equals_torchvision_pipeline(folder):
@@ -94,39 +97,62 @@ def test_device_loader_test_mode_equals_torchvision_pipeline(folder):
     assert torch.allclose(xb, ref, atol=1e-5)
 
 
-def test_device_loader_augmentation_is_a_padded_crop_or_flip(folder):
+@pytest.mark.parametrize('padding_mode', mdata.PADDING_MODES)
+def test_pad_crop_flip_equals_torchvision_pad_crop_flip(padding_mode):
+    """Every (offset, flip) of the on-device augmentation is torchvision's Pad(4, mode) -> crop -> hflip."""
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    padded = TF.pad(x, 4, padding_mode=padding_mode)
+    for dy in range(9):
+        for dx in range(9):
+            for flip in (False, True):
+                out = mdata.pad_crop_flip(x, torch.tensor([[dy, dy], [dx, dx]]), torch.tensor([flip, flip]),
+                                          padding_mode)
+                ref = TF.crop(padded, dy, dx, 32, 32)
+                assert torch.equal(out, TF.hflip(ref) if flip else ref), (dy, dx, flip)
+    # the reflect border mirrors the image without repeating its edge: padded row 3 is image row 1
+    refl = mdata.pad_crop_flip(x, torch.zeros(2, 2, dtype=torch.long), torch.tensor([False, False]), 'reflect')
+    assert torch.equal(refl[:, :, 3, 4:], x[:, :, 1, :28]) and torch.equal(refl[:, :, 4:, 0], x[:, :, :28, 4])
+
+
+def test_device_loader_augmentation_is_a_reflect_padded_crop_or_flip(folder):
     x, y = mdata.load_uint8('cifar10', folder, 'train', cache_dir=folder / '.cache')
     loader = mdata.DeviceLoader(x, y, 5, 'cifar10', train=True, seed=1)
-    mean = torch.tensor(mdata.CIFAR_STATS['cifar10']['mean']).view(3, 1, 1) * 255
-    std = torch.tensor(mdata.CIFAR_STATS['cifar10']['std']).view(3, 1, 1) * 255
+    assert loader.padding_mode == 'reflect'
+    info = zoo.DATASETS['cifar10']
+    mean = torch.tensor(info.mean).view(3, 1, 1) * 255
+    std = torch.tensor(info.std).view(3, 1, 1) * 255
     first = [(xb.clone(), yb.clone()) for xb, yb in loader]
     loader.set_epoch(0)
     again = [(xb, yb) for xb, yb in loader]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))  # reproducible per epoch
-    xb, yb = first[0]
-    pix = (xb * std + mean).round().to(torch.uint8)
-    for img, label in zip(pix, yb):
-        candidates = [i for i in range(len(y)) if y[i] == label]
-        found = False
-        for i in candidates:
-            padded = torch.nn.functional.pad(x[i], (4, 4, 4, 4))
-            for dy in range(9):
-                for dx in range(9):
-                    crop = padded[:, dy:dy + 32, dx:dx + 32]
-                    if torch.equal(crop, img) or torch.equal(crop.flip(2), img):
-                        found = True
-        assert found
+    offsets_seen = set()
+    for xb, yb in first:
+        pix = (xb * std + mean).round().to(torch.uint8)
+        for img, label in zip(pix, yb):
+            found = None
+            for i in (i for i in range(len(y)) if y[i] == label):
+                padded = TF.pad(x[i], 4, padding_mode='reflect')
+                for dy in range(9):
+                    for dx in range(9):
+                        crop = padded[:, dy:dy + 32, dx:dx + 32]
+                        if torch.equal(crop, img) or torch.equal(crop.flip(2), img):
+                            found = (dy, dx)
+            assert found is not None
+            offsets_seen.add(found)
+    assert len(offsets_seen) > 1  # the crops move
 
 
-def test_normalisation_constants_are_the_models_own():
-    from mlan_timm.models import cifar_resnet as cr
-    assert mdata.CIFAR_STATS['cifar100']['mean'] == cr.CIFAR100_MEAN == (0.5071, 0.4866, 0.4409)
-    assert mdata.CIFAR_STATS['cifar100']['std'] == cr.CIFAR100_STD
-    assert mdata.CIFAR_STATS['cifar10']['mean'] == cr.CIFAR10_MEAN and mdata.CIFAR_STATS['cifar10']['std'] == cr.CIFAR10_STD
+def test_loaders_normalise_with_the_paper_constants(folder):
+    x, y = mdata.load_uint8('cifar10', folder, 'test', cache_dir=folder / '.cache')
+    xb, _ = next(iter(mdata.DeviceLoader(x, y, 4, 'cifar100', train=False)))
+    mean = torch.tensor(zoo.PAPER_MEAN).view(3, 1, 1)
+    std = torch.tensor(zoo.PAPER_STD).view(3, 1, 1)
+    assert torch.allclose(xb, (x[:4].float() / 255 - mean) / std, atol=1e-5)
 
 
-def test_image_folder_cache_is_rebuilt_when_an_image_changes(tmp_path):
+def test_image_folder_cache_is_rebuilt_when_an_image_changes(tmp_path, make_image_folder):
     import os
+
     from PIL import Image
     root = make_image_folder(tmp_path / 'f', train_per_class=1, test_per_class=1)
     cache = tmp_path / 'cache'

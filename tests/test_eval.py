@@ -1,4 +1,5 @@
-"""mlan-eval: metrics equal a direct computation; weights from safetensors / checkpoints; clear errors."""
+"""mlan-eval: metrics equal a direct computation; weights from safetensors / checkpoints; the training record of
+mlan-train weights (final and best epoch, normalisation); clear errors."""
 import json
 
 import pytest
@@ -6,18 +7,21 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from _fixtures_train import TINY_MODEL, make_image_folder
 from mlan_timm import data as mdata
-from mlan_timm import eval as meval
+from mlan_timm.tools import eval as meval
+from mlan_timm.tools import train as mtrain
+
+TINY_MODEL = 'resnet14_cifar10'
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
+def data_dir(tmp_path_factory, make_image_folder):
     return make_image_folder(tmp_path_factory.mktemp('evaldata'), train_per_class=1, test_per_class=3)
 
 
 @pytest.fixture(scope='module')
-def weights(tmp_path_factory):
+def weights(tmp_path_factory, tiny_model):
+    assert tiny_model == TINY_MODEL
     torch.manual_seed(1)
     model = timm.create_model(TINY_MODEL).eval()
     path = tmp_path_factory.mktemp('w') / 'w.safetensors'
@@ -45,6 +49,7 @@ def test_eval_json_matches_direct_computation(data_dir, weights, capsys):
     assert res['top1'] == pytest.approx(top1, abs=1e-4) and res['top5'] == pytest.approx(top5, abs=1e-4)
     assert res['loss'] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-4)
     assert res['img_per_s'] > 0 and res['params'] == sum(p.numel() for p in model.parameters())
+    assert res['weights'] == 'w.safetensors' and 'training' not in res  # no local paths; no training record
 
 
 def test_eval_table_from_training_checkpoint(data_dir, weights, tmp_path, capsys):
@@ -93,3 +98,41 @@ def test_eval_json_records_model_kwargs_and_subset(data_dir, weights, capsys):
                             '--model-kwargs', 'num_classes=10')) == 0
     res = json.loads(capsys.readouterr().out)
     assert res['model_kwargs'] == {} and res['subset'] == 5 and res['images'] == 5
+
+
+def test_eval_of_mlan_train_weights_reports_final_and_best_epoch(data_dir, tmp_path, train_args, capsys):
+    """Weights written by mlan-train carry the run's record; normalisation uses the constants recorded there."""
+    out = tmp_path / 'run'
+    assert mtrain.main(train_args(data_dir, out, epochs=2, extra=['--max-steps', '1'])) == 0
+    summary = json.loads((out / 'summary.json').read_text())
+    capsys.readouterr()
+    for src in (['--weights', str(out / 'model.safetensors')], ['--checkpoint', str(out / 'last.pth')]):
+        assert meval.main(_args(data_dir, *src, '--json')) == 0
+        res = json.loads(capsys.readouterr().out)
+        t = res['training']
+        assert (t['final_epoch'], t['best_epoch']) == (summary['final_epoch'], summary['best_epoch'])
+        assert (t['final_test_top1'], t['best_test_top1'], t['best_test_top5']) == \
+            (summary['final_test_top1'], summary['best_test_top1'], summary['best_test_top5'])
+        assert res['top1'] == pytest.approx(summary['final_test_top1'])  # the same weights on the same test split
+    assert meval.main(_args(data_dir, '--weights', str(out / 'model.safetensors'))) == 0
+    table = capsys.readouterr().out
+    assert f"training: best epoch  | {summary['best_epoch']}: test top-1" in table
+
+
+def test_eval_normalises_with_the_recorded_constants(data_dir, weights, tmp_path, capsys):
+    """A training record with other mean/std changes the inputs: the accuracy is that of those inputs."""
+    from mlan_timm.tools.common import TRAINING_METADATA_KEY
+    model, _ = weights
+    path = tmp_path / 'odd.safetensors'
+    record = dict(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={TRAINING_METADATA_KEY: json.dumps(record)})
+    assert meval.main(_args(data_dir, '--weights', str(path), '--json')) == 0
+    res = json.loads(capsys.readouterr().out)
+    ds = mdata.build_dataset('cifar10', data_dir, 'test', transform=mdata.build_transforms(
+        'cifar10', False, mean=record['mean'], std=record['std']))
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert res['loss'] == pytest.approx(loss, rel=1e-4)

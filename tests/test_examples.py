@@ -3,7 +3,6 @@ import importlib.util
 import json
 import math
 import os
-import sys
 
 import pytest
 
@@ -96,8 +95,8 @@ def test_gradcam_maps_are_normalised_and_title_says_untrained(tmp_path):
 
 def test_gradcam_reads_cifar_images_from_a_folder(tmp_path):
     pytest.importorskip("pytorch_grad_cam")
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     gc = _load("gradcam")
     for c in ("airplane", "automobile"):

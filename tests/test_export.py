@@ -1,4 +1,4 @@
-"""mlan-export (HF folder + model card) and mlan-push (mocked HfApi)."""
+"""mlan-export (HF folder + model card with the paper's number beside ours) and mlan-push (mocked HfApi)."""
 import json
 from unittest import mock
 
@@ -7,12 +7,15 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from _fixtures_train import TINY_MODEL
-from mlan_timm import export as mexport
+from mlan_timm import paper_tables, zoo
+from mlan_timm.tools import export as mexport
+
+TINY_MODEL = 'resnet14_cifar10'
 
 
 @pytest.fixture
-def weights(tmp_path):
+def weights(tmp_path, tiny_model):
+    assert tiny_model == TINY_MODEL
     torch.manual_seed(2)
     model = timm.create_model(TINY_MODEL).eval()
     path = tmp_path / 'w.safetensors'
@@ -25,22 +28,25 @@ def _log(tmp_path):
     run.mkdir()
     rows = [dict(epoch=0, lr=0.1, train_loss=2.0, train_top1=20.0, test_top1=31.25, test_top5=77.5, test_loss=1.9,
                  time=3.0),
-            dict(epoch=1, lr=0.01, train_loss=1.5, train_top1=40.0, test_top1=42.5, test_top5=88.75, test_loss=1.6,
+            dict(epoch=1, lr=0.1, train_loss=1.7, train_top1=30.0, test_top1=45.0, test_top5=90.0, test_loss=1.7,
+                 time=3.0),
+            dict(epoch=2, lr=0.01, train_loss=1.5, train_top1=40.0, test_top1=42.5, test_top5=88.75, test_loss=1.6,
                  time=3.0)]
     (run / 'log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
-    (run / 'args.json').write_text(json.dumps(dict(epochs=2, batch_size=8, lr=0.1, sched='multistep',
-                                                   decay_milestones=[1], seed=3)))
+    (run / 'args.json').write_text(json.dumps(dict(epochs=3, batch_size=8, lr=0.1, sched='multistep',
+                                                   decay_milestones=[2], seed=3, data_dir=str(tmp_path / 'data'),
+                                                   output=str(run), padding_mode='reflect',
+                                                   mean=list(zoo.PAPER_MEAN), std=list(zoo.PAPER_STD))))
     return run / 'log.jsonl'
 
 
 def test_export_folder_round_trips_through_timm(weights, tmp_path, capsys):
     model, path = weights
     ev = tmp_path / 'eval.json'
-    ev.write_text(json.dumps(dict(top1=42.5, top5=88.75, loss=1.6, images=30, split='test', weights='w')))
-    paper = tmp_path / 'paper.json'
-    paper.write_text(json.dumps({TINY_MODEL: {'top1': '91.00', 'source': 'test data source'}}))
+    ev.write_text(json.dumps(dict(top1=42.5, top5=88.75, loss=1.6, images=30, split='test',
+                                  weights=str(tmp_path / 'w.safetensors'))))
     rc = mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(tmp_path / 'hub'),
-                       '--eval-json', str(ev), '--train-log', str(_log(tmp_path)), '--paper-results', str(paper)])
+                       '--eval-json', str(ev), '--train-log', str(_log(tmp_path))])
     assert rc == 0
     out = tmp_path / 'hub' / TINY_MODEL
     assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
@@ -55,11 +61,15 @@ def test_export_folder_round_trips_through_timm(weights, tmp_path, capsys):
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     card = (out / 'README.md').read_text()
-    assert '10.1109/ACCESS.2022.3210711' in card and 'library_name: timm' in card
-    assert '| 42.50 | 91.00 |' in card and '| 88.75 | not available |' in card  # paper top-5 not supplied
-    assert '42.50 / 88.75' in card  # final-epoch numbers from the log
+    assert zoo.CITATION_BIBTEX in card and 'library_name: timm' in card
+    assert '| these weights, `mlan-eval` (30 test images) | - | 42.50 | 88.75 |' in card
+    assert '| training run, final epoch | 2 | 42.50 | 88.75 |' in card  # from the log
+    assert '| training run, best epoch | 1 | 45.00 | 90.00 |' in card
+    paper = paper_tables.paper_value('cifar10', 'backbone', 14, 'top1')
+    assert f"| paper, Table 2 (ResNet backbone), best epoch | - | {paper:.2f} | not reported |" in card
     assert f"{sum(p.numel() for p in model.parameters()):,}" in card
     assert f"{mexport.count_macs(model) / 1e6:.2f}" in card
+    assert str(tmp_path) not in card and '/tmp' not in card  # no local paths
 
 
 def test_card_says_when_final_epoch_numbers_come_from_a_test_subset(weights, tmp_path):
@@ -71,15 +81,48 @@ def test_card_says_when_final_epoch_numbers_come_from_a_test_subset(weights, tmp
                        '--train-log', str(log)])
     assert rc == 0
     card = (tmp_path / 'hub' / TINY_MODEL / 'README.md').read_text()
-    assert '42.50 / 88.75 (on a 1000-image subset of the test split)' in card
+    assert '| training run, final epoch (on a 1000-image subset of the test split) | 2 | 42.50 | 88.75 |' in card
     assert 'test_subset=1000' in card
 
 
-def test_paper_column_defaults_to_not_available(weights, tmp_path):
+@pytest.mark.parametrize('name, kwargs, variant', [
+    ('resnet20_cifar10', {}, 'backbone'), ('mlan_resnet20_cifar10', {}, 'mlan_sma_plus'),
+    ('mlan_v2_resnet32_cifar100', {}, 'multilevel_sma_v2'), ('se_resnet14_cifar10', {}, 'classic_se'),
+    ('gc_resnet26_cifar100', {'num_classes': 100}, 'classic_gc'), ('mlan_resnet20_cifar10', {'attn': 'fma'}, 'fma'),
+    ('mlan_resnet20_cifar10', {'levels': 'single'}, 'single_level'), ('mlan_resnet20_cifar10', {'num_masks': 2}, None),
+    ('resnet18', {}, None)])
+def test_paper_variant_of_models(name, kwargs, variant):
+    assert mexport.paper_variant_of(name, kwargs) == variant
+    res = mexport.paper_result(name, kwargs)
+    if variant is None:
+        assert res is None
+    else:
+        mid = zoo.parse_model_name(name)
+        assert res[0] == paper_tables.paper_value(mid.dataset, res[2], mid.depth, 'top1') is not None
+
+
+def test_card_of_a_model_the_paper_does_not_have(weights, tmp_path, monkeypatch):
     model, path = weights
+    monkeypatch.setattr(mexport, 'paper_result', lambda *a, **k: None)
     out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
     card = (out / 'README.md').read_text()
-    assert '| not available | not available |' in card and 'no paper numbers were supplied' in card
+    assert '| paper | - | not in the paper | not in the paper |' in card
+    assert 'No evaluation results were supplied' in card and 'No training record was supplied' in card
+
+
+def test_card_takes_final_and_best_from_the_weights_training_record(tmp_path, cifar_folder, train_args):
+    """Without --train-log, the training rows come from the record mlan-train stores in its weights; the exported
+    pretrained_cfg carries the normalisation the weights were trained with."""
+    from mlan_timm.tools import train as mtrain
+    run = tmp_path / 'run'
+    assert mtrain.main(train_args(cifar_folder, run, epochs=2, extra=['--max-steps', '1'])) == 0
+    s = json.loads((run / 'summary.json').read_text())
+    out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(run / 'model.safetensors'))
+    card = (out / 'README.md').read_text()
+    assert f"| training run, best epoch | {s['best_epoch']} | {s['best_test_top1']:.2f} | " in card
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['pretrained_cfg']['mean'] == pytest.approx(list(zoo.PAPER_MEAN))
+    assert cfg['pretrained_cfg']['std'] == pytest.approx(list(zoo.PAPER_STD))
 
 
 def test_failed_export_keeps_previous_export(weights, tmp_path, monkeypatch):
@@ -109,6 +152,23 @@ def test_push_uploads_folder_with_mocked_api(weights, tmp_path):
     assert kw['folder_path'] == str(out) and kw['repo_id'] == 'me/x'
 
 
+def test_paper_results_flag_is_ignored_with_a_warning(weights, tmp_path, capsys):
+    _, path = weights
+    paper = tmp_path / 'paper.json'
+    paper.write_text(json.dumps({TINY_MODEL: {'top1': '99.99'}}))
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(tmp_path / 'hub'),
+                         '--paper-results', str(paper)]) == 0
+    assert '--paper-results is ignored' in capsys.readouterr().err
+    assert '99.99' not in (tmp_path / 'hub' / TINY_MODEL / 'README.md').read_text()
+
+
+def test_missing_train_log_is_a_clear_error(weights, tmp_path, capsys):
+    _, path = weights
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(tmp_path / 'hub'),
+                         '--train-log', str(tmp_path / 'nope' / 'log.jsonl')]) == 2
+    assert capsys.readouterr().err.startswith('mlan-export: error: Training log file not found')
+
+
 def test_push_main_constructs_hfapi_with_token(weights, tmp_path, monkeypatch, capsys):
     _, path = weights
     mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
@@ -118,7 +178,7 @@ def test_push_main_constructs_hfapi_with_token(weights, tmp_path, monkeypatch, c
     monkeypatch.setenv('HF_TOKEN', 'hf_env')
     assert mexport.push_main(['--model', TINY_MODEL, '--hub-dir', str(tmp_path / 'hub')]) == 0
     fake.assert_called_once_with(token='hf_env')
-    assert fake.return_value.create_repo.call_args.kwargs['repo_id'] == f'mlan-timm/{TINY_MODEL}'
+    assert fake.return_value.create_repo.call_args.kwargs['repo_id'] == f'{zoo.HF_ORG}/{TINY_MODEL}'
 
 
 def test_push_without_token_or_folder_is_refused(weights, tmp_path, monkeypatch, capsys):
@@ -162,8 +222,9 @@ def test_failed_folder_swap_rolls_back_to_previous_export(weights, tmp_path, mon
 
 
 def test_export_uses_the_shared_complexity_counters():
-    from mlan_timm import benchmark, complexity
-    assert mexport.count_macs is complexity.count_macs is benchmark.count_macs
-    assert mexport.count_params is complexity.count_params is benchmark.count_params
+    from mlan_timm import complexity
+    from mlan_timm.tools.bench import measure
+    assert mexport.count_macs is complexity.count_macs is measure.count_macs
+    assert mexport.count_params is complexity.count_params is measure.count_params
     lin = torch.nn.Linear(3, 2)
     assert complexity.count_params(lin) == 8 and complexity.count_macs(lin, (3,)) == 6

@@ -12,8 +12,9 @@ import pytest
 import timm
 import torch
 
-from _fixtures_train import REPO, TINY_MODEL, subprocess_env
-from mlan_timm.export import export_model
+from mlan_timm.tools.export import export_model
+
+TINY_MODEL = 'resnet14_cifar10'
 
 COMMIT = 'a' * 40
 
@@ -95,7 +96,8 @@ def _hub_only_manifest(directory):
     return directory
 
 
-def test_offline_hub_round_trip(hub_server, tmp_path):
+def test_offline_hub_round_trip(hub_server, tmp_path, repo_root, subprocess_env, tiny_model):
+    assert tiny_model == TINY_MODEL
     root, endpoint, log = hub_server
     torch.manual_seed(5)
     model = timm.create_model(TINY_MODEL).eval()
@@ -109,7 +111,7 @@ def test_offline_hub_round_trip(hub_server, tmp_path):
                          NO_PROXY='127.0.0.1', no_proxy='127.0.0.1')
     for k in ('HF_TOKEN', 'HF_HUB_OFFLINE', 'HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'):
         env.pop(k, None)
-    res = subprocess.run([sys.executable, '-c', CHILD, TINY_MODEL, str(tmp_path / 'x.pt')], cwd=REPO, env=env,
+    res = subprocess.run([sys.executable, '-c', CHILD, TINY_MODEL, str(tmp_path / 'x.pt')], cwd=repo_root, env=env,
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -121,7 +123,7 @@ def test_offline_hub_round_trip(hub_server, tmp_path):
     assert (tmp_path / 'hf_home').is_dir()  # the temporary cache was used, not the real one
 
 
-def test_missing_hub_repo_gives_clear_error(hub_server, tmp_path):
+def test_missing_hub_repo_gives_clear_error(hub_server, tmp_path, repo_root, subprocess_env):
     root, endpoint, _ = hub_server
     env = subprocess_env(HF_ENDPOINT=endpoint, HF_HOME=tmp_path / 'hf_home', HF_HUB_DISABLE_XET=1,
                          MLAN_TIMM_WEIGHTS_DIR=_hub_only_manifest(tmp_path / 'weights'), NO_PROXY='127.0.0.1',
@@ -131,12 +133,13 @@ def test_missing_hub_repo_gives_clear_error(hub_server, tmp_path):
             'from mlan_timm.pretrained import PretrainedWeightsError\n'
             'try:\n    timm.create_model("%s", pretrained=True)\n'
             'except PretrainedWeightsError as e:\n    print("CLEAR:", e)\n' % TINY_MODEL)
-    res = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    res = subprocess.run([sys.executable, '-c', code], cwd=repo_root, env=env, capture_output=True, text=True,
+                         timeout=180)
     assert 'CLEAR: No pretrained weights available for' in res.stdout, res.stdout + res.stderr[-2000:]
     assert f'mlan-timm/{TINY_MODEL}' in res.stdout
 
 
-def _child_error(code, endpoint, tmp_path, weights_dir):
+def _child_error(code, endpoint, tmp_path, weights_dir, subprocess_env, repo_root):
     env = subprocess_env(HF_ENDPOINT=endpoint, HF_HOME=tmp_path / 'hf_home', HF_HUB_DISABLE_XET=1,
                          MLAN_TIMM_WEIGHTS_DIR=weights_dir, NO_PROXY='127.0.0.1', no_proxy='127.0.0.1')
     env.pop('HF_HUB_OFFLINE', None)
@@ -144,20 +147,22 @@ def _child_error(code, endpoint, tmp_path, weights_dir):
             'from mlan_timm.pretrained import PretrainedWeightsError\n'
             f'try:\n    {code}\n'
             'except PretrainedWeightsError as e:\n    print("CLEAR:", e)\n')
-    res = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    res = subprocess.run([sys.executable, '-c', code], cwd=repo_root, env=env, capture_output=True, text=True,
+                         timeout=180)
     assert 'CLEAR:' in res.stdout, res.stdout + res.stderr[-2000:]
     return res.stdout
 
 
-def test_unpublished_model_never_asks_the_hub(hub_server, tmp_path):
+def test_unpublished_model_never_asks_the_hub(hub_server, tmp_path, subprocess_env, repo_root):
     """Nothing in the manifest: pretrained=True fails at once, no request reaches the (loopback) Hub."""
     root, endpoint, log = hub_server
-    out = _child_error(f'timm.create_model("{TINY_MODEL}", pretrained=True)', endpoint, tmp_path, tmp_path / 'none')
+    out = _child_error(f'timm.create_model("{TINY_MODEL}", pretrained=True)', endpoint, tmp_path, tmp_path / 'none',
+                       subprocess_env, repo_root)
     assert f"No pretrained weights available for '{TINY_MODEL}': none are published yet" in out
     assert log == []
 
 
-def test_hf_hub_errors_name_the_repo_actually_read(hub_server, tmp_path):
+def test_hf_hub_errors_name_the_repo_actually_read(hub_server, tmp_path, subprocess_env, repo_root):
     """``hf-hub:someone/...`` with a corrupt model.safetensors: the error names someone's repo, not the zoo's."""
     root, endpoint, log = hub_server
     model = timm.create_model(TINY_MODEL)
@@ -165,6 +170,6 @@ def test_hf_hub_errors_name_the_repo_actually_read(hub_server, tmp_path):
     weights = root / 'someone' / TINY_MODEL / 'model.safetensors'
     weights.write_bytes(weights.read_bytes()[:200])
     out = _child_error(f'timm.create_model("hf-hub:someone/{TINY_MODEL}", pretrained=True)', endpoint, tmp_path,
-                       tmp_path / 'none')
+                       tmp_path / 'none', subprocess_env, repo_root)
     assert f"from Hugging Face Hub repo 'someone/{TINY_MODEL}' are corrupt" in out
     assert f'mlan-timm/{TINY_MODEL}' not in out

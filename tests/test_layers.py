@@ -4,8 +4,18 @@ import torch
 from torch import nn
 
 from mlan_timm.layers import (
-    ATTN_TYPES, AttentionAggregation, ConvFusion, FullMaskAttention, ParallelAttention, PlusFusion,
-    SharedMaskAttention, SharedMaskAttentionV2, TripletAttention, WeightedFusion, create_attention, create_fusion,
+    ATTN_TYPES,
+    AttentionAggregation,
+    ConvFusion,
+    FullMaskAttention,
+    ParallelAttention,
+    PlusFusion,
+    SharedMaskAttention,
+    SharedMaskAttentionV2,
+    TripletAttention,
+    WeightedFusion,
+    create_attention,
+    create_fusion,
 )
 
 torch.manual_seed(0)

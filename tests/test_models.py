@@ -6,7 +6,7 @@ import torch
 import mlan_timm
 from mlan_timm import zoo
 from mlan_timm.layers import create_attention
-from mlan_timm.models.blocks import BasicBlock, MLANBlock, MLANGroup, PlainGroup, SingleLevelBlock
+from mlan_timm.models.blocks import BasicBlock, MLANBlock, MLANGroup, SingleLevelBlock
 from mlan_timm.models.cifar_resnet import CifarResNet
 
 

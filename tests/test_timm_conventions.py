@@ -76,7 +76,8 @@ def _fwd_bwd(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tenso
 
 
 def _mlan_variant_grid():
-    """Every attn with one fusion per levels value (every fusion reached at both levels), num_masks 1 and 5, kernel 3."""
+    """Every attn with one fusion per levels value (every fusion reached at both levels), num_masks 1 and 5,
+    kernel 3."""
     grid = []
     for i, attn in enumerate(ATTN_TYPES):
         for j, levels in enumerate(LEVELS):

@@ -1,29 +1,24 @@
-"""mlan-train: lr milestone convention, logging/checkpoints, determinism, kill + resume, clear errors."""
+"""mlan-train: the paper recipe, the lr schedule, logging of final and best epoch, checkpoints, kill + resume,
+clear errors."""
 import json
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from _fixtures_train import REPO, TINY_MODEL, make_image_folder, subprocess_env, train_args
-from mlan_timm import train as mtrain
+from mlan_timm import zoo
+from mlan_timm.tools import train as mtrain
+from mlan_timm.tools.common import TRAINING_METADATA_KEY, UsageError, summarize_history
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp('cifar_synth'), train_per_class=4, test_per_class=2)
-
-
-def _lrs(argv, epochs):
-    args = mtrain.build_parser().parse_args(['--epochs', str(epochs), *argv])
+def _lrs(argv, epochs=None, updates_per_epoch=10):
+    args = mtrain.parse_args(([] if epochs is None else ['--epochs', str(epochs)]) + list(argv))
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
-    sched, n = mtrain._scheduler(args, opt, updates_per_epoch=10)
+    sched, n = mtrain.build_scheduler(args, opt, updates_per_epoch=updates_per_epoch)
     out = []
     for e in range(n):
         sched.step(e)  # mlan-train steps at the start of each (0-based) epoch
@@ -31,17 +26,23 @@ def _lrs(argv, epochs):
     return out
 
 
-def test_paper_milestones_decay_at_start_of_epoch_50_100_150():
-    lrs = _lrs([], 200)
-    assert len(lrs) == 200
-    assert lrs[0] == lrs[49] == pytest.approx(0.1)
-    assert lrs[50] == lrs[99] == pytest.approx(0.01)
-    assert lrs[100] == lrs[149] == pytest.approx(0.001)
-    assert lrs[150] == lrs[199] == pytest.approx(0.0001)
+def test_paper_recipe_lr_per_epoch_equals_torch_multisteplr():
+    """The default schedule (200 epochs, milestones 50/100/150, gamma 0.1) is torch's MultiStepLR, epoch by epoch."""
+    ours = _lrs([])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref_sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[50, 100, 150], gamma=0.1)
+    ref = []
+    for _ in range(200):
+        ref.append(opt.param_groups[0]['lr'])  # the lr an epoch trains with
+        opt.step()
+        ref_sched.step()
+    assert len(ours) == 200
+    assert ours == pytest.approx(ref, rel=1e-12)
+    assert ours[49] == pytest.approx(0.1) and ours[50] == pytest.approx(0.01) and ours[150] == pytest.approx(1e-4)
 
 
 def test_timm_multistep_raw_convention_is_one_epoch_early():
-    """The finding behind the +1 in mlan_timm.train._scheduler: timm applies milestone m at index m - 1."""
+    """The finding behind the +1 in build_scheduler: timm applies milestone m at index m - 1."""
     from timm.scheduler import create_scheduler_v2
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     sched, _ = create_scheduler_v2(opt, sched='multistep', num_epochs=10, decay_milestones=[5], decay_rate=0.1)
@@ -52,6 +53,22 @@ def test_timm_multistep_raw_convention_is_one_epoch_early():
     assert lrs[3] == pytest.approx(0.1) and lrs[4] == pytest.approx(0.01)
 
 
+def test_paper_recipe_is_the_default_and_flags_override_it():
+    args = mtrain.parse_args([])
+    assert args.recipe == 'paper'
+    assert (args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.seed, args.smoothing) == \
+        (200, 128, 0.1, 0.9, 5e-4, 2021, 0.0)
+    assert args.padding_mode == 'reflect' and args.decay_milestones == [50, 100, 150] and args.decay_rate == 0.1
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = mtrain.build_optimizer(model, args)
+    assert type(opt) is torch.optim.SGD  # plain SGD: momentum 0.9, no Nesterov, wd 5e-4 on every parameter
+    assert all(g['momentum'] == 0.9 and g['nesterov'] is False and g['weight_decay'] == 5e-4 and g['lr'] == 0.1
+               for g in opt.param_groups)
+    assert sum(len(g['params']) for g in opt.param_groups) == len(list(model.parameters()))
+    over = mtrain.parse_args(['--lr', '0.05', '--padding-mode', 'constant', '--seed', '1'])
+    assert (over.lr, over.padding_mode, over.seed, over.epochs) == (0.05, 'constant', 1, 200)
+
+
 def test_cosine_with_warmup():
     lrs = _lrs(['--sched', 'cosine', '--warmup-epochs', '2', '--warmup-lr', '0.01', '--min-lr', '0.0'], 10)
     assert lrs[0] == pytest.approx(0.01)
@@ -60,107 +77,12 @@ def test_cosine_with_warmup():
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
 
 
-def test_train_logs_checkpoints_and_is_deterministic(data_dir, tmp_path, capsys):
-    outs = []
-    for run in ('a', 'b'):
-        out = tmp_path / run
-        rc = mtrain.main(train_args(data_dir, out, epochs=2, extra=[
-            '--model-ema', '--model-ema-decay', '0.9', '--smoothing', '0.1', '--decay-milestones', '1']))
-        assert rc == 0
-        outs.append(out)
-    rows = [json.loads(x) for x in (outs[0] / 'log.jsonl').read_text().splitlines()]
-    assert [r['epoch'] for r in rows] == [0, 1]
-    assert rows[0]['lr'] == pytest.approx(0.1) and rows[1]['lr'] == pytest.approx(0.01)
-    for key in ('train_loss', 'train_top1', 'test_top1', 'test_top5', 'test_loss', 'time', 'ema_test_top1'):
-        assert key in rows[-1]
-    assert 0 <= rows[-1]['test_top1'] <= 100
-    ckpt = torch.load(outs[0] / 'last.pth', map_location='cpu', weights_only=False)
-    assert ckpt['epoch'] == 2 and ckpt['args']['model'] == TINY_MODEL
-    assert {'model', 'optimizer', 'scheduler', 'ema', 'rng'} <= set(ckpt)
-    a, b = load_file(outs[0] / 'model.safetensors'), load_file(outs[1] / 'model.safetensors')
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (outs[0] / 'model_ema.safetensors').is_file()
-    assert 'done: 2 epochs' in capsys.readouterr().out
-
-
-def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
-    """SIGKILL a 3-epoch run during epoch 1, resume it, compare with an uninterrupted run bit for bit.
-
-    Every epoch reseeds all randomness from (seed, epoch), and the checkpoint holds optimizer / scheduler /
-    RNG state, so on CPU with one thread the resumed run's final weights are exactly equal."""
-    extra = ['--decay-milestones', '2']
-    ref = tmp_path / 'ref'
-    assert mtrain.main(train_args(data_dir, ref, epochs=3, extra=extra)) == 0
-
-    out = tmp_path / 'killed'
-    cmd = [sys.executable, '-m', 'mlan_timm.train', *train_args(data_dir, out, epochs=3, extra=extra)]
-    env = subprocess_env(MLAN_TIMM_DEBUG_STEP_SLEEP='0.2')  # 5 steps/epoch: an epoch lasts >= 1 s
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    log = out / 'log.jsonl'
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if log.is_file() and log.read_text().count('\n') >= 1:
-                break
-            time.sleep(0.05)
-        time.sleep(0.3)  # now inside epoch 1 (its checkpoint is written only at its end)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, 'run finished before it could be killed'
-    lines = log.read_text().splitlines()
-    assert len(lines) == 1, lines
-    assert torch.load(out / 'last.pth', map_location='cpu', weights_only=False)['epoch'] == 1
-    assert not (out / 'model.safetensors').exists()
-
-    res = subprocess.run([*cmd, '--resume'], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert 'continuing at epoch 1' in res.stdout
-    rows = [json.loads(x) for x in log.read_text().splitlines()]
-    assert [r['epoch'] for r in rows] == [0, 1, 2]
-    a, b = load_file(ref / 'model.safetensors'), load_file(out / 'model.safetensors')
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    ref_rows = [json.loads(x) for x in (ref / 'log.jsonl').read_text().splitlines()]
-    assert [r['test_top1'] for r in rows] == [r['test_top1'] for r in ref_rows]
-
-
-def test_unknown_model_is_a_clear_error(data_dir, tmp_path, capsys):
-    rc = mtrain.main(['--model', 'mlan_resnet21_cifar10', '--data-dir', str(data_dir), '-o', str(tmp_path / 'x')])
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert "Unknown model 'mlan_resnet21_cifar10'" in err and 'mlan_resnet20_cifar10' in err
-
-
-def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
-    rc = mtrain.main(['--model', TINY_MODEL, '--data-dir', str(tmp_path / 'nowhere'), '-o', str(tmp_path / 'x'),
-                      '--device', 'cpu'])
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert 'nowhere' in err and 'does not exist' in err and 'cifar-10-batches-py' in err
-
-
-def test_resume_without_checkpoint_is_a_clear_error(data_dir, tmp_path, capsys):
-    rc = mtrain.main(train_args(data_dir, tmp_path / 'fresh', extra=['--resume']))
-    assert rc == 2
-    assert 'no checkpoint at' in capsys.readouterr().err
-
-
-def test_model_kwargs_parsing():
-    assert mtrain.parse_model_kwargs(['attn=cbam', 'drop_rate=0.1', 'flag=true']) == \
-        dict(attn='cbam', drop_rate=0.1, flag=True)
-    with pytest.raises(mtrain.UsageError, match='key=value'):
-        mtrain.parse_model_kwargs(['cbam'])
-
-
 def test_sched_on_updates_decays_at_first_update_of_milestone_epoch():
     """--sched-on-updates: with milestone 2 and U updates per epoch, update 2*U (first of epoch 2) is decayed."""
     U = 5
-    args = mtrain.build_parser().parse_args(['--epochs', '4', '--decay-milestones', '2', '--sched-on-updates'])
+    args = mtrain.parse_args(['--epochs', '4', '--decay-milestones', '2', '--sched-on-updates'])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
-    sched, n = mtrain._scheduler(args, opt, updates_per_epoch=U)
+    sched, n = mtrain.build_scheduler(args, opt, updates_per_epoch=U)
     lrs, num_updates = [], 0
     for e in range(n):  # the same calls as mlan-train's loop
         sched.step(e)
@@ -173,8 +95,131 @@ def test_sched_on_updates_decays_at_first_update_of_milestone_epoch():
     assert lrs[0] == pytest.approx(0.1)
 
 
-def test_non_finite_loss_is_a_clear_error_naming_the_epoch(data_dir, tmp_path, capsys):
-    rc = mtrain.main(train_args(data_dir, tmp_path / 'nan', epochs=1, extra=['--lr', '1e38']))
+def test_summarize_history_final_and_best():
+    hist = [dict(epoch=0, test_top1=50.0, test_top5=90.0), dict(epoch=1, test_top1=70.0, test_top5=91.0),
+            dict(epoch=2), dict(epoch=3, test_top1=70.0, test_top5=99.0), dict(epoch=4, test_top1=60.0, test_top5=95.0)]
+    s = summarize_history(hist)
+    assert (s['final_epoch'], s['final_test_top1'], s['final_test_top5']) == (4, 60.0, 95.0)
+    assert (s['best_epoch'], s['best_test_top1'], s['best_test_top5']) == (1, 70.0, 91.0)  # earliest of a tie
+    assert summarize_history([dict(epoch=0)])['best_epoch'] is None
+
+
+def test_train_logs_final_and_best_and_is_deterministic(cifar_folder, tmp_path, train_args, tiny_model, capsys):
+    outs = []
+    for run in ('a', 'b'):
+        out = tmp_path / run
+        rc = mtrain.main(train_args(cifar_folder, out, epochs=2, extra=[
+            '--model-ema', '--model-ema-decay', '0.9', '--smoothing', '0.1', '--decay-milestones', '1']))
+        assert rc == 0
+        outs.append(out)
+    rows = [json.loads(x) for x in (outs[0] / 'log.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in rows] == [0, 1]
+    assert rows[0]['lr'] == pytest.approx(0.1) and rows[1]['lr'] == pytest.approx(0.01)
+    for key in ('train_loss', 'train_top1', 'test_top1', 'test_top5', 'test_loss', 'time', 'ema_test_top1'):
+        assert key in rows[-1]
+    # the running best in every line is the best of the lines so far
+    for i, r in enumerate(rows):
+        best = max(rows[:i + 1], key=lambda x: x['test_top1'])
+        assert (r['best_epoch'], r['best_test_top1'], r['best_test_top5']) == \
+            (best['epoch'], best['test_top1'], best['test_top5'])
+    summary = json.loads((outs[0] / 'summary.json').read_text())
+    assert summary['final_epoch'] == 1 and summary['final_test_top1'] == rows[1]['test_top1']
+    assert summary['best_epoch'] == rows[1]['best_epoch'] and summary['test_images'] == 20
+    assert summary['recipe'] == 'paper' and summary['mean'] == list(zoo.PAPER_MEAN)
+    with safe_open(str(outs[0] / 'model.safetensors'), framework='pt') as f:
+        assert json.loads(f.metadata()[TRAINING_METADATA_KEY]) == summary
+    ckpt = torch.load(outs[0] / 'last.pth', map_location='cpu', weights_only=False)
+    assert ckpt['epoch'] == 2 and ckpt['args']['model'] == tiny_model and ckpt['summary'] == summary
+    assert {'model', 'optimizer', 'scheduler', 'ema', 'rng', 'history'} <= set(ckpt)
+    a, b = load_file(outs[0] / 'model.safetensors'), load_file(outs[1] / 'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (outs[0] / 'model_ema.safetensors').is_file()
+    out = capsys.readouterr().out
+    assert 'done: 2 epochs; test top-1 / top-5: final epoch 1' in out and 'best epoch' in out
+
+
+KILLER = r'''
+import os, signal, sys
+from mlan_timm.tools import train
+
+def on_step(epoch, step):
+    if epoch == 1 and step == 2:  # in the middle of epoch 1, after epoch 0's checkpoint and log line
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.exit(train.main(sys.argv[1:], train.TrainHooks(on_step=on_step)))
+'''
+
+
+def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(cifar_folder, tmp_path, train_args, repo_root,
+                                                              subprocess_env):
+    """SIGKILL a 3-epoch run inside epoch 1 (a step hook kills its own process), resume, compare bit for bit.
+
+    Every epoch reseeds all randomness from (seed, epoch), and the checkpoint holds optimizer / scheduler /
+    RNG state, so on CPU with one thread the resumed run's final weights are exactly equal."""
+    extra = ['--decay-milestones', '2']
+    ref = tmp_path / 'ref'
+    assert mtrain.main(train_args(cifar_folder, ref, epochs=3, extra=extra)) == 0
+
+    out = tmp_path / 'killed'
+    argv = train_args(cifar_folder, out, epochs=3, extra=extra)
+    res = subprocess.run([sys.executable, '-c', KILLER, *argv], cwd=repo_root, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    log = out / 'log.jsonl'
+    assert [json.loads(x)['epoch'] for x in log.read_text().splitlines()] == [0]
+    assert torch.load(out / 'last.pth', map_location='cpu', weights_only=False)['epoch'] == 1
+    assert not (out / 'model.safetensors').exists()
+
+    assert mtrain.main([*argv, '--resume']) == 0
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r['epoch'] for r in rows] == [0, 1, 2]
+    a, b = load_file(ref / 'model.safetensors'), load_file(out / 'model.safetensors')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ref_rows = [json.loads(x) for x in (ref / 'log.jsonl').read_text().splitlines()]
+    assert [r['test_top1'] for r in rows] == [r['test_top1'] for r in ref_rows]
+    assert [r['best_epoch'] for r in rows] == [r['best_epoch'] for r in ref_rows]
+
+
+def test_resume_rewrites_a_log_that_lags_the_checkpoint(cifar_folder, tmp_path, train_args):
+    """Killed between checkpoint and log line: the resumed log is rebuilt from the checkpoint's history."""
+    out = tmp_path / 'lag'
+    argv = train_args(cifar_folder, out, epochs=1, extra=['--max-steps', '1'])
+    assert mtrain.main(argv) == 0
+    (out / 'log.jsonl').write_text('')  # the log line of epoch 0 never made it to disk
+    argv[argv.index('--epochs') + 1] = '2'
+    assert mtrain.main([*argv, '--resume']) == 0
+    assert [json.loads(x)['epoch'] for x in (out / 'log.jsonl').read_text().splitlines()] == [0, 1]
+
+
+def test_unknown_model_is_a_clear_error(cifar_folder, tmp_path, capsys):
+    rc = mtrain.main(['--model', 'mlan_resnet21_cifar10', '--data-dir', str(cifar_folder), '-o', str(tmp_path / 'x')])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "Unknown model 'mlan_resnet21_cifar10'" in err and 'mlan_resnet20_cifar10' in err
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, tiny_model, capsys):
+    rc = mtrain.main(['--model', tiny_model, '--data-dir', str(tmp_path / 'nowhere'), '-o', str(tmp_path / 'x'),
+                      '--device', 'cpu'])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert 'nowhere' in err and 'does not exist' in err and 'cifar-10-batches-py' in err
+
+
+def test_resume_without_checkpoint_or_with_a_truncated_one_is_a_clear_error(cifar_folder, tmp_path, train_args,
+                                                                             capsys):
+    assert mtrain.main(train_args(cifar_folder, tmp_path / 'fresh', extra=['--resume'])) == 2
+    assert 'no checkpoint at' in capsys.readouterr().err
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / 'last.pth').write_bytes(b'PK\x03\x04 truncated')
+    assert mtrain.main(train_args(cifar_folder, tmp_path / 'bad', extra=['--resume'])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-train: error: --resume: checkpoint') and 'unreadable' in err
+    assert 'Traceback' not in err
+
+
+def test_non_finite_loss_is_a_clear_error_naming_the_epoch(cifar_folder, tmp_path, train_args, capsys):
+    rc = mtrain.main(train_args(cifar_folder, tmp_path / 'nan', epochs=1, extra=['--lr', '1e38']))
     assert rc == 1
     err = capsys.readouterr().err
     assert err.startswith('mlan-train: error: non-finite training loss in epoch 0') and 'Traceback' not in err
@@ -185,64 +230,67 @@ def test_non_finite_loss_is_a_clear_error_naming_the_epoch(data_dir, tmp_path, c
     (['--model-kwargs', 'attn=foo'], "Model 'resnet14_cifar10'"),
     (['--initial-weights', 'nowhere.safetensors'], '--initial-weights: file not found: nowhere.safetensors'),
     (['--model-kwargs', 'num_classes=100'], 'num_classes=100 clashes with dataset cifar10 (10 classes)'),
+    (['--model-kwargs', 'cbam'], '--model-kwargs expects key=value pairs'),
 ])
-def test_bad_model_arguments_exit_2_with_one_line(data_dir, tmp_path, capsys, extra, needle):
-    rc = mtrain.main(train_args(data_dir, tmp_path / 'x', epochs=1, extra=extra))
+def test_bad_model_arguments_exit_2_with_one_line(cifar_folder, tmp_path, train_args, capsys, extra, needle):
+    rc = mtrain.main(train_args(cifar_folder, tmp_path / 'x', epochs=1, extra=extra))
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith('mlan-train: error: ') and needle in err and err.count('\n') == 1, err
 
 
-def test_bad_weights_file_and_offline_pretrained_exit_2(data_dir, tmp_path, capsys, monkeypatch):
+def test_bad_weights_file_and_offline_pretrained_exit_2(cifar_folder, tmp_path, train_args, capsys, monkeypatch):
     bad = tmp_path / 'bad.safetensors'
     bad.write_bytes(b'not safetensors' * 4)
-    assert mtrain.main(train_args(data_dir, tmp_path / 'x', epochs=1, extra=['--initial-weights', str(bad)])) == 2
+    assert mtrain.main(train_args(cifar_folder, tmp_path / 'x', epochs=1, extra=['--initial-weights', str(bad)])) == 2
     assert 'mlan-train: error: Weights file' in capsys.readouterr().err
     import huggingface_hub.constants as hc
     monkeypatch.setattr(hc, 'HF_HUB_OFFLINE', True)
     monkeypatch.setenv('MLAN_TIMM_WEIGHTS_DIR', str(tmp_path / 'no_weights'))
-    assert mtrain.main(train_args(data_dir, tmp_path / 'y', epochs=1, extra=['--pretrained'])) == 2
+    assert mtrain.main(train_args(cifar_folder, tmp_path / 'y', epochs=1, extra=['--pretrained'])) == 2
     assert 'mlan-train: error: No pretrained weights available' in capsys.readouterr().err
 
 
-def test_matching_num_classes_kwarg_is_accepted(data_dir, tmp_path):
-    assert mtrain.main(train_args(data_dir, tmp_path / 'x', epochs=1,
-                                  extra=['--model-kwargs', 'num_classes=10', '--max-steps', '1'])) == 0
-
-
-def test_eval_every_must_be_positive(capsys):
+@pytest.mark.parametrize('flag, value', [('--eval-every', '0'), ('--batch-size', '0'), ('--epochs', '0'),
+                                         ('--subset', '-5')])
+def test_counts_must_be_positive(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
-        mtrain.build_parser().parse_args(['--eval-every', '0'])
+        mtrain.parse_args([flag, value])
     assert e.value.code == 2
-    assert 'argument --eval-every: expected an integer >= 1, got 0' in capsys.readouterr().err
+    assert f'expected an integer >= 1, got {value}' in capsys.readouterr().err
 
 
-def test_plain_resume_needs_output_dir(data_dir, tmp_path, capsys):
-    argv = train_args(data_dir, tmp_path / 'x', epochs=1, extra=['--resume'])
+def test_plain_resume_needs_output_dir(cifar_folder, tmp_path, train_args, capsys):
+    argv = train_args(cifar_folder, tmp_path / 'x', epochs=1, extra=['--resume'])
     i = argv.index('-o')
     del argv[i:i + 2]
     assert mtrain.main(argv) == 2
     assert 'mlan-train: error: --resume without a path needs -o/--output RUN_DIR' in capsys.readouterr().err
 
 
-def test_resume_checks_model_kwargs_and_starts_ema_from_resumed_weights(data_dir, tmp_path, capsys):
+def test_resume_checks_model_kwargs_and_starts_ema_from_resumed_weights(cifar_folder, tmp_path, train_args, capsys):
     out = tmp_path / 'run'
-    assert mtrain.main(train_args(data_dir, out, epochs=1, extra=['--max-steps', '2'])) == 0
+    assert mtrain.main(train_args(cifar_folder, out, epochs=1,
+                                  extra=['--max-steps', '2', '--model-kwargs', 'num_classes=10'])) == 0
     # different kwargs: a clear error naming both
-    assert mtrain.main(train_args(data_dir, out, epochs=2, extra=['--resume', '--model-kwargs', 'drop_rate=0.5'])) == 2
+    argv = train_args(cifar_folder, out, epochs=2, extra=['--resume', '--model-kwargs', 'drop_rate=0.5'])
+    assert mtrain.main(argv) == 2
     err = capsys.readouterr().err
     assert "--model-kwargs {}" in err and "{'drop_rate': 0.5}" in err
     # --resume PATH without -o continues in that run folder; --model-ema on a checkpoint without EMA
-    argv = train_args(data_dir, out, epochs=1, extra=['--resume', str(out / 'last.pth'), '--model-ema'])
+    argv = train_args(cifar_folder, out, epochs=1, extra=['--resume', str(out / 'last.pth'), '--model-ema'])
     i = argv.index('-o')
     del argv[i:i + 2]
     assert mtrain.main(argv) == 0
     a, b = load_file(out / 'model.safetensors'), load_file(out / 'model_ema.safetensors')
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # not a fresh random init
-
-
-def test_checkpoints_and_weights_are_not_private_files(data_dir, tmp_path):
-    out = tmp_path / 'mode'
-    assert mtrain.main(train_args(data_dir, out, epochs=1, extra=['--max-steps', '1'])) == 0
     for name in ('last.pth', 'model.safetensors', 'args.json'):
-        assert (out / name).stat().st_mode & 0o777 != 0o600, name
+        assert (out / name).stat().st_mode & 0o777 != 0o600, name  # written atomically, but not private
+
+
+def test_load_checkpoint_refuses_another_model(tmp_path, tiny_model):
+    path = tmp_path / 'last.pth'
+    torch.save(dict(model={}, epoch=1, args=dict(model='mlan_resnet20_cifar10')), path)
+    args = mtrain.parse_args(['--model', tiny_model])
+    with pytest.raises(UsageError, match="is for model 'mlan_resnet20_cifar10', not 'resnet14_cifar10'"):
+        mtrain.load_checkpoint(path, args, {}, 10)

@@ -1,6 +1,6 @@
 """Attention modules by name and level: layer level, LA/BA aggregation level, or the classic placement."""
-from torch import nn
 from timm.layers import create_attn
+from torch import nn
 
 from .parallel import ParallelAttention
 from .shared_mask import FullMaskAttention, SharedMaskAttention, SharedMaskAttentionV2, check_mask_args

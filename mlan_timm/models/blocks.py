@@ -18,9 +18,9 @@ and MLAN models, and an MLAN model loads its backbone's weights with ``strict=Fa
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 from timm.layers import DropPath
 from timm.models._manipulate import checkpoint, checkpoint_seq
+from torch import nn
 
 from ..layers import AttentionAggregation, create_fusion
 

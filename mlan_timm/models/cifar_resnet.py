@@ -9,9 +9,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.layers import create_classifier
 from timm.models._features import feature_take_indices
+from torch import nn
 
 from ..layers import FUSION_TYPES, check_attn_type, check_mask_args, create_attention
 from .blocks import BasicBlock, MLANGroup, PlainGroup, SingleLevelBlock

@@ -1,8 +1,9 @@
 """The registered models: one timm entrypoint per name of :func:`mlan_timm.zoo.model_names`.
 
-A model without published weights has one untagged cfg (no ``hf_hub_id``). A model with published weights (listed in the weights manifest,
-:func:`mlan_timm.pretrained.published_tags`) gets one cfg per pretrained tag (``mlan_resnet20_cifar10.paper``)
-carrying its ``hf_hub_id``; so ``timm.list_models(pretrained=True)`` lists exactly the models with weights.
+A model without published weights has one untagged cfg (no ``hf_hub_id``). A model with published weights
+(listed in the weights manifest, :func:`mlan_timm.pretrained.published_tags`) gets one cfg per pretrained tag
+(``mlan_resnet20_cifar10.paper``) carrying its ``hf_hub_id``; so ``timm.list_models(pretrained=True)`` lists
+exactly the models with weights.
 """
 from typing import Any, Dict
 

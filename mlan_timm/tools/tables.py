@@ -134,7 +134,6 @@ def render_markdown(rows: Sequence[ParamRow]) -> str:
         out.append("|---|---|---|" + "---:|" * len(depths))
         for variant in sorted({r.variant for r in ds_rows}, key=list(zoo.PAPER_VARIANTS).index):
             cells = {r.depth: r for r in ds_rows if r.variant == variant}
-            first = next(iter(cells.values()))
             spec = zoo.PAPER_VARIANTS[variant]
             model = f"`{spec.family}resnet*_{dataset}`" + "".join(f" {k}={v}" for k, v in sorted(spec.kwargs.items()))
             tables = ", ".join(sorted({t for r in cells.values() for t in r.tables}, key=lambda t: int(t[1:])))

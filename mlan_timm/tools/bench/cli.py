@@ -1,0 +1,176 @@
+"""mlan-bench: benchmark mlan_timm models; ``--paper-tables`` measures the paper's grids into a report JSON
+(default ``benchmarks/results/<devices>.json``) and renders Markdown (default docs/benchmarks.md).
+
+* ``mlan-bench resnet20_cifar10 "mlan_resnet20_cifar10?attn=cbam"`` measures the named models (``?k=v&k=v``:
+  ``create_model`` kwargs in the ``--model-kwargs`` syntax);
+* ``--merge other.json`` folds the device timings of another run (e.g. a CUDA run) into the tables;
+* ``--render-only report.json`` re-renders Markdown without measuring.
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from ... import zoo
+from ..common import UsageError, run_cli, set_threads
+from .measure import (
+    TimingConfig,
+    code_version,
+    machine_line,
+    measure,
+    merge_reports,
+    parse_spec,
+    profile_ops,
+    ratio_specs,
+    run_paper_tables,
+)
+from .report import render_profiles, render_report, render_results_table
+
+__all__ = ['build_parser', 'main']
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlan-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="*", help="timm model names, optionally 'name?kwarg=value&...'; "
+                                              "default: the paper grids (same as --paper-tables)")
+    p.add_argument("--paper-tables", action="store_true", help="regenerate the paper comparison grids")
+    p.add_argument("--device", default=None, help="comma list of devices (default: cpu, plus cuda if present)")
+    p.add_argument("--cuda-variants", default="eager,channels_last,compile",
+                   help="CUDA variants for the ratio section (eager, channels_last, compile)")
+    p.add_argument("--cpu-variants", default="eager",
+                   help="CPU variants for the ratio section (eager, compile; channels_last training on CPU crashes "
+                        "in torch 2.14.1: heap corruption in the backward of a 1x1 stride-2 conv)")
+    p.add_argument("--depths", default=",".join(map(str, zoo.DEPTHS)))
+    p.add_argument("--timed-depths", default=None, help="depths timed in the tables with GPU times (default: all)")
+    p.add_argument("--datasets", default=",".join(zoo.DATASETS))
+    p.add_argument("--min-run-time", type=float, default=None, help="seconds per blocked_autorange")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the ratio section")
+    p.add_argument("--batch", type=int, default=None, help="large batch size (default 128)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny repeat counts and batch 8; the ratio section at the smallest --depths (for tests)")
+    p.add_argument("--no-time", action="store_true", help="params and MACs only")
+    p.add_argument("--ratio-only", action="store_true", help="with --paper-tables: only the speed-ratio section")
+    p.add_argument("--merge", action="append", default=[], help="report JSON(s) whose device timings to merge")
+    p.add_argument("--fast-path-json", action="append", default=[],
+                   help="benchmarks/fast_path_speedup.py --out JSON(s) to include as a before/after section")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler top operators of the ratio backbone and MLAN (inference and train step)")
+    p.add_argument("--profile-json", default=None, help="a --profile JSON to include in the rendered report")
+    p.add_argument("--render-only", default=None, help="re-render Markdown from this JSON without measuring")
+    p.add_argument("--md-out", default=None, help="Markdown output (paper tables: default docs/benchmarks.md)")
+    p.add_argument("--json-out", default=None,
+                   help="JSON output (paper tables: default benchmarks/results/<devices>.json; none with "
+                        "--render-only)")
+    p.add_argument("--root", default=".", help="project root for eval-results lookup")
+    return p
+
+
+def _load_json(path: str, what: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise UsageError(f"{what} {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise UsageError(f"{what} {path} is not valid JSON: {e}") from e
+
+
+def _write(path: str, text: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def run(args, argv_list) -> int:
+    command = "mlan-bench " + " ".join(argv_list)
+    set_threads(args.threads)
+    devices = args.device.split(",") if args.device else (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    cfg = TimingConfig.quick() if args.quick else TimingConfig()
+    if args.min_run_time is not None:
+        cfg.min_run_time = args.min_run_time
+    if args.rounds is not None:
+        cfg.rounds = args.rounds
+    if args.batch is not None:
+        cfg.batch = args.batch
+    paper = args.paper_tables or not args.models
+    md_out = args.md_out or ("docs/benchmarks.md" if paper else None)
+    json_out = args.json_out or (os.path.join("benchmarks", "results", "_".join(devices) + ".json")
+                                 if paper and not args.render_only else None)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        depths = tuple(int(d) for d in args.depths.split(","))
+        timed_depths = tuple(int(d) for d in args.timed_depths.split(",")) if args.timed_depths else depths
+    except ValueError as e:
+        raise UsageError(f"--depths / --timed-depths take comma-separated integers: {e}") from e
+    bad = [d for d in depths if d not in zoo.DEPTHS] + [d for d in args.datasets.split(",") if d not in zoo.DATASETS]
+    if bad:
+        raise UsageError(f"unknown depth/dataset {bad}: depths are {sorted(zoo.DEPTHS)}, datasets "
+                         f"{sorted(zoo.DATASETS)}")
+
+    if args.profile:
+        dev = devices[-1]
+        specs = [parse_spec(m) for m in args.models] or [ratio_specs()["backbone"], ratio_specs()["mlan (sma)"]]
+        profs = [profile_ops(sp, dev, cfg.batch, iters=1 if args.quick else 3, train=t)
+                 for sp in specs for t in (False, True)]
+        report = dict(command=command, machine=machine_line([dev]), code=code_version(), profiles=profs)
+        if args.json_out:
+            _write(args.json_out, json.dumps(report, indent=1) + "\n")
+        print(render_profiles(report))
+        return 0
+    if args.render_only:
+        report = _load_json(args.render_only, "--render-only")
+    elif paper:
+        report = run_paper_tables(devices=[] if args.no_time else devices, cfg=cfg, depths=depths,
+                                  datasets=tuple(args.datasets.split(",")), timed_depths=timed_depths,
+                                  cuda_variants=tuple(args.cuda_variants.split(",")), log=log,
+                                  ratio_only=args.ratio_only, cpu_variants=tuple(args.cpu_variants.split(",")),
+                                  ratio_depth=min(depths) if args.quick else 20)
+    else:
+        specs = [parse_spec(m) for m in args.models]
+        what = () if args.no_time else ("b1", "b128", "train")
+        results = measure(specs, devices, cfg, what=what, cuda_variants=tuple(args.cuda_variants.split(",")),
+                          log=log)
+        report = dict(devices=devices if what else [], results=results,
+                      config=dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch))
+    if not args.render_only:
+        report["command"] = command
+        report["machine"] = machine_line(devices)
+        report["code"] = code_version()
+        report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    for path in args.merge:
+        report = merge_reports(report, _load_json(path, "--merge"))
+    if args.profile_json:
+        report["profile"] = _load_json(args.profile_json, "--profile-json")
+    for path in args.fast_path_json:
+        fp = _load_json(path, "--fast-path-json")
+        report["fast_paths"] = [x for x in report.get("fast_paths", []) if x.get("machine") != fp.get("machine")
+                                or x.get("command") != fp.get("command")] + [fp]
+
+    if paper or args.render_only:
+        md = render_report(report, args.root)
+    else:
+        md = "\n".join([f"Command: `{report['command']}`", "", f"Machine: {report['machine']}", "",
+                        render_results_table(report["results"], report["devices"]), ""])
+    if json_out:
+        _write(json_out, json.dumps(report, indent=1, sort_keys=False) + "\n")
+    if md_out:
+        _write(md_out, md + "\n")
+        print(f"wrote {md_out}" + (f" and {json_out}" if json_out else ""))
+    else:
+        print(md)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("mlan-bench", lambda: run(args, argv_list))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

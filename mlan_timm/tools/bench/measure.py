@@ -1,0 +1,406 @@
+"""Measuring for mlan-bench: model specs, the paper's grids, parameters/MACs, timings, profiles, provenance.
+
+What is measured
+----------------
+* ``params``: ``sum(p.numel() for p in model.parameters())``;
+* ``macs``: multiply-accumulates for one 3x32x32 image (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2;
+  operators without a FLOP formula, i.e. batch norm, activations, pooling, element-wise products, count zero);
+* ``latency_b1_ms``: median eval forward time at batch 1 (``torch.inference_mode``);
+* ``infer_b128_ms`` / ``throughput_b128``: median eval forward time at batch 128 and images per second;
+* ``train_step_b128_ms``: forward + cross-entropy + backward + ``torch.optim.SGD`` step at batch 128.
+
+Times come from ``torch.utils.benchmark.Timer.blocked_autorange`` (which synchronises accelerators) after warm-up
+calls; the value is the median over blocks. Speed ratios interleave the compared models over several rounds and
+take the median per model, so slow drifts of a shared machine favour no model.
+
+A model spec is ``name`` or ``name?key=value&key=value``: the ``key=value`` items use the one kwargs syntax of all
+tools (:func:`mlan_timm.tools.common.parse_model_kwargs`).
+"""
+import copy
+import os
+import platform
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch.utils.benchmark import Timer
+
+from ... import paper_tables, zoo
+from ...complexity import count_macs, count_params
+from ..common import create_model, parse_model_kwargs
+
+__all__ = ['Spec', 'parse_spec', 'PaperTable', 'paper_grid', 'ratio_specs', 'COMPILE_RATIO_MODELS', 'TimingConfig',
+           'make_infer_fn', 'make_train_fn', 'time_fn', 'time_model', 'time_interleaved', 'profile_ops',
+           'code_version', 'machine_line', 'measure', 'run_paper_tables', 'merge_reports', 'NOT_REGISTERED',
+           'count_macs', 'count_params']
+
+NOT_REGISTERED = "model not registered"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model specifications
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Spec:
+    """A model to benchmark: a timm model name plus ``create_model`` kwargs (or a custom ``factory``)."""
+
+    model: str
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    factory: Optional[Callable[[], nn.Module]] = None
+
+    @property
+    def key(self) -> str:
+        """``name`` or ``name?k=v&...`` (sorted keys): parses back to this spec with :func:`parse_spec`."""
+        if not self.kwargs:
+            return self.model
+        return self.model + "?" + "&".join(f"{k}={self.kwargs[k]}" for k in sorted(self.kwargs))
+
+    def build(self) -> nn.Module:
+        if self.factory is not None:
+            return self.factory()
+        return create_model(self.model, pretrained=False, **self.kwargs)
+
+    def available(self) -> bool:
+        if self.factory is not None:
+            return True
+        import timm
+
+        import mlan_timm  # noqa: F401  (registers the models)
+        return timm.is_model(self.model)
+
+
+def parse_spec(text: str) -> Spec:
+    """``"name?key=value&key2=value2"`` -> :class:`Spec`; values parsed as by ``--model-kwargs``."""
+    name, _, query = text.partition("?")
+    return Spec(name, parse_model_kwargs(filter(None, query.split("&")), flag=f"model spec {text!r}"))
+
+
+def variant_spec(variant: str, depth: int, dataset: str) -> Spec:
+    """The model of a :data:`mlan_timm.zoo.PAPER_VARIANTS` entry at ``depth`` on ``dataset``."""
+    v = zoo.PAPER_VARIANTS[variant]
+    return Spec(v.model_name(depth, dataset), dict(v.kwargs))
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """One of the paper's tables: id (``T6``), dataset, its variants in the paper's order, and its metrics."""
+    table: str
+    dataset: str
+    variants: Tuple[str, ...]
+    metrics: Tuple[str, ...]
+
+    @property
+    def timed(self) -> bool:
+        """Tables that print GPU times get our timings beside them."""
+        return 'gpu_ms' in self.metrics
+
+    @property
+    def title(self) -> str:
+        return " vs ".join(zoo.PAPER_VARIANTS[v].label for v in self.variants)
+
+
+def paper_grid() -> Dict[str, PaperTable]:
+    """Every table of :mod:`mlan_timm.paper_tables` that compares models (two or more variants), in paper order."""
+    tables: Dict[str, Dict[str, Any]] = {}
+    for r in paper_tables.RECORDS:
+        t = tables.setdefault(r.table, dict(dataset=r.dataset, variants=[], metrics=[]))
+        if r.variant not in t["variants"]:
+            t["variants"].append(r.variant)
+        if r.metric not in t["metrics"]:
+            t["metrics"].append(r.metric)
+    return {tid: PaperTable(tid, t["dataset"], tuple(t["variants"]), tuple(t["metrics"]))
+            for tid, t in tables.items() if len(t["variants"]) > 1}
+
+
+#: Models of the speed-ratio section: label -> paper variant (the first is the reference).
+RATIO_VARIANTS = (("backbone", "backbone"), ("mlan (sma)", "mlan_sma_plus"), ("mlan (sma_v2)", "multilevel_sma_v2"),
+                  ("cbam multi-level", "multilevel_cbam"), ("ta multi-level", "multilevel_ta"),
+                  ("gc multi-level", "multilevel_gc"))
+COMPILE_RATIO_MODELS = ("backbone", "mlan (sma)")
+
+
+def ratio_specs(ds: str = "cifar10", depth: int = 20) -> Dict[str, Spec]:
+    """Models compared in the speed-ratio section."""
+    return {label: variant_spec(v, depth, ds) for label, v in RATIO_VARIANTS}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class TimingConfig:
+    min_run_time: float = 0.3  # seconds per blocked_autorange call
+    warmup: int = 3
+    batch: int = 128
+    rounds: int = 5  # interleaved rounds in the ratio section
+
+    @classmethod
+    def quick(cls) -> "TimingConfig":
+        return cls(min_run_time=0.02, warmup=1, batch=8, rounds=2)
+
+
+def _prepare(model: nn.Module, device: str, channels_last: bool, compile: bool) -> nn.Module:
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
+def _input(batch: int, device: str, channels_last: bool, input_size=(3, 32, 32)) -> torch.Tensor:
+    x = torch.randn(batch, *input_size, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def make_infer_fn(model: nn.Module, batch: int, device: str, channels_last=False, compile=False) -> Callable[[], Any]:
+    model = _prepare(model, device, channels_last, compile).eval()
+    x = _input(batch, device, channels_last)
+
+    def fn():
+        with torch.inference_mode():
+            return model(x)
+
+    return fn
+
+
+def make_train_fn(model: nn.Module, batch: int, device: str, channels_last=False, compile=False,
+                  num_classes: Optional[int] = None) -> Callable[[], Any]:
+    model = _prepare(model, device, channels_last, compile).train()
+    x = _input(batch, device, channels_last)
+    if num_classes is None:
+        with torch.no_grad():
+            num_classes = model(x[:2]).shape[-1]
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def fn():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return fn
+
+
+def time_fn(fn: Callable[[], Any], cfg: TimingConfig, label: str = "") -> float:
+    """Median seconds per call of ``fn`` (warm-up first; blocked_autorange synchronises accelerators)."""
+    for _ in range(cfg.warmup):
+        fn()
+    m = Timer(stmt="fn()", globals={"fn": fn}, label=label, num_threads=torch.get_num_threads())
+    return m.blocked_autorange(min_run_time=cfg.min_run_time).median
+
+
+def time_model(spec: Spec, device: str, cfg: TimingConfig, what: Iterable[str] = ("b1", "b128", "train"),
+               channels_last=False, compile=False) -> Dict[str, float]:
+    """Timings of one model on one device; keys latency_b1_ms, infer_b128_ms, throughput_b128, train_step_b128_ms."""
+    out: Dict[str, float] = {}
+    what = set(what)
+    torch.manual_seed(0)
+    model = spec.build()
+    if "b1" in what:
+        out["latency_b1_ms"] = 1e3 * time_fn(make_infer_fn(model, 1, device, channels_last, compile), cfg)
+    if "b128" in what:
+        t = time_fn(make_infer_fn(model, cfg.batch, device, channels_last, compile), cfg)
+        out["infer_b128_ms"] = 1e3 * t
+        out["throughput_b128"] = cfg.batch / t
+    if "train" in what:
+        model = spec.build()  # fresh weights/BN statistics for the train step
+        out["train_step_b128_ms"] = 1e3 * time_fn(make_train_fn(model, cfg.batch, device, channels_last, compile),
+                                                  cfg)
+    return out
+
+
+def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig, kinds=("b128", "train"),
+                     channels_last=False, compile=False) -> Dict[str, Dict[str, float]]:
+    """Median over ``cfg.rounds`` interleaved rounds (each round times every model once per kind)."""
+    fns: Dict[Tuple[str, str], Callable] = {}
+    for name, spec in specs.items():
+        torch.manual_seed(0)
+        for kind in kinds:
+            model = spec.build()
+            if kind == "train":
+                fns[name, kind] = make_train_fn(model, cfg.batch, device, channels_last, compile)
+            else:
+                fns[name, kind] = make_infer_fn(model, 1 if kind == "b1" else cfg.batch, device, channels_last,
+                                                compile)
+            for _ in range(cfg.warmup):
+                fns[name, kind]()
+    samples: Dict[Tuple[str, str], List[float]] = {k: [] for k in fns}
+    for _ in range(cfg.rounds):
+        for k, fn in fns.items():
+            samples[k].append(time_fn(fn, TimingConfig(cfg.min_run_time, 0, cfg.batch, cfg.rounds)))
+    res: Dict[str, Dict[str, float]] = {name: {} for name in specs}
+    col = {"b1": "latency_b1_ms", "b128": "infer_b128_ms", "train": "train_step_b128_ms"}
+    for (name, kind), ts in samples.items():
+        res[name][col[kind]] = 1e3 * statistics.median(ts)
+    return res
+
+
+def profile_ops(spec: Spec, device: str = "cpu", batch: int = 128, iters: int = 3, top: int = 8,
+                train: bool = False) -> Dict[str, Any]:
+    """torch.profiler: the ``top`` operators by self time (ms per forward, or per train step) with input shapes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    fn = (make_train_fn if train else make_infer_fn)(spec.build(), batch, device)
+    for _ in range(3):
+        fn()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts, record_shapes=True) as prof:
+        for _ in range(iters):
+            fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: getattr(e, attr, 0), reverse=True)
+    total = sum(getattr(e, attr, 0) for e in events)
+    rows = [dict(op=e.key, shapes=str(e.input_shapes)[:90], calls=e.count // iters,
+                 ms=getattr(e, attr, 0) / 1e3 / iters, share=getattr(e, attr, 0) / max(total, 1e-9))
+            for e in events[:top]]
+    return dict(model=spec.key, device=device, batch=batch, train=train, total_ms=total / 1e3 / iters, rows=rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Provenance
+# ----------------------------------------------------------------------------------------------------------------
+def code_version() -> str:
+    """``git describe``-style id of the measured code (short commit, '+changes' when tracked files differ)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+changes" if dirty else "")) if head else "unknown"
+
+
+def machine_line(devices: Sequence[str] = ("cpu",)) -> str:
+    import timm
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    parts = [f"CPU: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"]
+    if "cuda" in devices and torch.cuda.is_available():
+        parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    parts.append(f"python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}")
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running sets of models
+# ----------------------------------------------------------------------------------------------------------------
+def measure(specs: Sequence[Spec], devices: Sequence[str] = ("cpu",), cfg: Optional[TimingConfig] = None,
+            timed_keys: Optional[set] = None, what=("b1", "b128", "train"), cuda_variants=("eager",),
+            log: Callable[[str], None] = lambda s: None) -> Dict[str, Dict[str, Any]]:
+    """Params, MACs and timings for ``specs`` (timed only when ``timed_keys`` is None or contains the key)."""
+    cfg = cfg or TimingConfig()
+    results: Dict[str, Dict[str, Any]] = {}
+    for spec in specs:
+        if spec.key in results:
+            continue
+        rec: Dict[str, Any] = dict(model=spec.model, kwargs=spec.kwargs)
+        if not spec.available():
+            rec["error"] = NOT_REGISTERED
+            results[spec.key] = rec
+            continue
+        try:
+            model = spec.build()
+        except Exception as e:  # an unsupported kwarg combination is reported, not fatal
+            rec["error"] = f"{type(e).__name__}: {e}"
+            results[spec.key] = rec
+            log(f"{spec.key}: {rec['error']}")
+            continue
+        rec["params"] = count_params(model)
+        rec["macs"] = count_macs(model)
+        if timed_keys is None or spec.key in timed_keys:
+            for dev in devices:
+                variants = cuda_variants if dev == "cuda" else ("eager",)
+                for var in variants:
+                    t = time_model(spec, dev, cfg, what, channels_last=(var == "channels_last"),
+                                   compile=(var == "compile"))
+                    rec[dev if var == "eager" else f"{dev}_{var}"] = t
+        results[spec.key] = rec
+        log(f"{spec.key}: params {rec['params']:,} MACs {rec['macs']:,} "
+            + " ".join(f"{d}={v}" for d, v in rec.items() if d.startswith(("cpu", "cuda"))))
+    return results
+
+
+def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depths=tuple(zoo.DEPTHS),
+                     datasets=tuple(zoo.DATASETS), timed_depths=tuple(zoo.DEPTHS),
+                     cuda_variants=("eager", "channels_last", "compile"), ratio_cfg: Optional[TimingConfig] = None,
+                     log=print, ratio_only: bool = False, cpu_variants=("eager",),
+                     ratio_depth: int = 20) -> Dict[str, Any]:
+    """Measure every model of the paper grids (timing only the tables that print GPU times) plus the ratios."""
+    cfg = cfg or TimingConfig()
+    ratio_cfg = ratio_cfg or cfg
+    grid = {tid: t for tid, t in paper_grid().items() if t.dataset in datasets and not ratio_only}
+    specs: List[Spec] = []
+    timed: set = set()
+    for t in grid.values():
+        for v in t.variants:
+            for d in depths:
+                s = variant_spec(v, d, t.dataset)
+                specs.append(s)
+                if t.timed and d in timed_depths:
+                    timed.add(s.key)
+    results = measure(specs, devices, cfg, timed_keys=timed, what=("b1", "b128", "train"),
+                      cuda_variants=("eager",), log=log)
+    rspecs = ratio_specs(depth=ratio_depth)
+    ratios: Dict[str, Dict[str, Dict[str, float]]] = {}
+    if all(s.available() for s in rspecs.values()):
+        for dev in devices:
+            for var in (cuda_variants if dev == "cuda" else cpu_variants):
+                label = dev if var == "eager" else f"{dev} {var}"
+                log(f"ratio section: {label}")
+                # torch.compile costs a compilation per model and mode: only backbone vs MLAN there
+                sub = {k: v for k, v in rspecs.items() if var != "compile" or k in COMPILE_RATIO_MODELS}
+                try:
+                    ratios[label] = time_interleaved(sub, dev, ratio_cfg, channels_last=(var == "channels_last"),
+                                                     compile=(var == "compile"))
+                except Exception as e:  # e.g. torch.compile unavailable
+                    log(f"ratio section {label} failed: {type(e).__name__}: {e}")
+    ratio_macs = {label: count_macs(s.build()) for label, s in rspecs.items()} if ratios else {}
+    return dict(grid_ids=list(grid), depths=list(depths), datasets=list(datasets), devices=list(devices),
+                results=results, ratios=ratios, ratio_specs={k: v.key for k, v in rspecs.items()},
+                ratio_macs=ratio_macs,
+                config=dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch,
+                            ratio_rounds=ratio_cfg.rounds, ratio_min_run_time=ratio_cfg.min_run_time))
+
+
+def merge_reports(base: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Any]:
+    """Fold another report's device timings (e.g. CUDA) into ``base``; params/MACs stay from ``base``."""
+    merged = copy.deepcopy(base)
+    for key, rec in other.get("results", {}).items():
+        tgt = merged["results"].setdefault(key, copy.deepcopy(rec))
+        for k, v in rec.items():
+            if k.startswith("cuda") or (k.startswith("cpu") and k not in tgt):
+                tgt[k] = v
+    for label, res in other.get("ratios", {}).items():
+        if label.startswith("cuda") or label not in merged.get("ratios", {}):
+            merged.setdefault("ratios", {})[label] = res
+            merged.setdefault("ratio_sources", {})[label] = other.get("command", "")
+    devs = list(merged.get("devices", []))
+    for d in other.get("devices", []):
+        if d not in devs:
+            devs.append(d)
+    merged["devices"] = devs
+    merged.setdefault("machines", [merged.get("machine", "")])
+    merged.setdefault("codes", [merged.get("code", "unknown")])
+    if other.get("machine") and other["machine"] not in merged["machines"]:
+        merged["machines"].append(other["machine"])
+        merged["codes"].append(other.get("code", "unknown"))
+    if other.get("command"):
+        merged.setdefault("merged_commands", []).append(other["command"])
+    return merged

@@ -1,0 +1,370 @@
+"""Export trained weights as a Hugging Face Hub model folder, and push such a folder to the Hub.
+
+``mlan-export`` writes ``<hub dir>/<model_name>/`` with timm's HF format (``config.json`` via timm's
+``save_for_hf``: architecture, num_classes, label_names, pretrained_cfg, model_args), ``model.safetensors``
+and a ``README.md`` model card built from evaluation results, the training log and the paper's tables
+(:mod:`mlan_timm.paper_tables`). The folder is assembled in a temporary directory next to the target and swapped
+in, so an existing export is never half-overwritten.
+
+``mlan-push`` uploads such a folder with ``huggingface_hub`` (needs a token: ``--token`` or ``$HF_TOKEN``).
+"""
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from .. import paper_tables, zoo
+from ..complexity import count_macs, count_params
+from .common import (
+    UsageError,
+    create_model,
+    load_weights_into,
+    model_kwargs_for_dataset,
+    parse_model_kwargs,
+    read_jsonl,
+    read_training_record,
+    resolve_dataset,
+    run_cli,
+    summarize_history,
+)
+
+__all__ = ['count_macs', 'count_params', 'paper_variant_of', 'paper_result', 'export_model', 'render_model_card',
+           'push_folder', 'main', 'push_main']
+
+NOT_AVAILABLE = 'not available'
+NOT_IN_PAPER = 'not in the paper'
+RECIPE_KEYS = ('recipe', 'epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'sched', 'decay_milestones',
+               'decay_rate', 'warmup_epochs', 'smoothing', 'padding_mode', 'model_ema', 'seed', 'subset',
+               'test_subset', 'amp')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The paper's number for a model
+# ----------------------------------------------------------------------------------------------------------------
+def _paper_variants_of(model_name: str, model_kwargs: Optional[Dict[str, Any]] = None) -> List[str]:
+    try:
+        mid = zoo.parse_model_name(model_name)
+    except ValueError:
+        return []
+    kwargs = {k: v for k, v in (model_kwargs or {}).items() if k != 'num_classes'}
+    config = (mid.family, tuple(sorted(kwargs.items())))
+    return [key for key, v in zoo.PAPER_VARIANTS.items() if v.config == config]
+
+
+def paper_variant_of(model_name: str, model_kwargs: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """The :data:`mlan_timm.zoo.PAPER_VARIANTS` key of a model (family + kwargs), or ``None`` if the paper has none.
+
+    ``resnet20_cifar10`` -> ``backbone``, ``mlan_resnet20_cifar10`` -> ``mlan_sma_plus``, ``mlan_v2_...`` ->
+    ``multilevel_sma_v2``, ``se_...`` -> ``classic_se``, ``mlan_...`` with ``attn='fma'`` -> ``fma``."""
+    keys = _paper_variants_of(model_name, model_kwargs)
+    return keys[0] if keys else None
+
+
+def paper_result(model_name: str, model_kwargs: Optional[Dict[str, Any]] = None,
+                 metric: str = 'top1') -> Optional[Tuple[float, str, str]]:
+    """``(value, table, variant)`` the paper prints for this model (any variant with its configuration), or None."""
+    try:
+        mid = zoo.parse_model_name(model_name)
+    except ValueError:
+        return None
+    for variant in _paper_variants_of(model_name, model_kwargs):
+        value = paper_tables.paper_value(mid.dataset, variant, mid.depth, metric)
+        if value is not None:
+            table = paper_tables.records(dataset=mid.dataset, variant=variant, depth=mid.depth, metric=metric)[0].table
+            return value, table, variant
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------------------------------
+def _fmt(v, nd=2):
+    return NOT_AVAILABLE if v is None else (f'{v:.{nd}f}' if isinstance(v, float) else str(v))
+
+
+def _table_name(table_id: str) -> str:
+    return f"Table {table_id[1:]}" if table_id.startswith('T') else table_id
+
+
+def render_model_card(info: Dict[str, Any]) -> str:
+    """Markdown model card; every number comes from ``info`` (eval results, training record, measurements, paper)."""
+    name, ds = info['model_name'], info['dataset']
+    ev, log, rec = info.get('eval') or {}, info.get('train_log') or [], info.get('recipe') or {}
+    training = info.get('training') or {}
+    paper = info.get('paper')  # (value, table, variant) or None
+    ds_title = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}[ds]
+    n_test = training.get('test_images') or rec.get('test_subset')
+    subset_note = f" (on a {n_test}-image subset of the test split)" if rec.get('test_subset') else ''
+    lines = [
+        '---', 'tags:', '- image-classification', '- timm', '- mlan-timm', 'library_name: timm',
+        f"license: {info.get('license', 'apache-2.0')}", 'datasets:', f'- {ds}', '---', '',
+        f'# Model card for {name}', '',
+        f"A {info.get('description') or 'CIFAR ResNet'} image classifier for {ds_title} (32x32 inputs), from the "
+        f'[mlan-timm]({zoo.REPO_URL}) package implementing the Multi-Level Attention Network '
+        f'(MLAN, IEEE Access 2022, doi:[{zoo.DOI}](https://doi.org/{zoo.DOI})).', '',
+        '## Model details', '',
+        f"- **Model type:** image classification, `{info['architecture']}`",
+        f"- **Dataset:** {ds_title} ({info['num_classes']} classes)",
+        f"- **Params (M):** {info['params'] / 1e6:.3f} ({info['params']:,})",
+        f"- **MACs (M) at 3x32x32:** {info['macs'] / 1e6:.2f} (torch.utils.flop_counter.FlopCounterMode, FLOPs/2)",
+        f"- **Model args:** `{json.dumps(info.get('model_args') or {})}`",
+        f"- **License:** {info.get('license', 'apache-2.0')}", '',
+        '## Results', '',
+        f'{ds_title} test accuracy in %. The paper reports the best test top-1 over all training epochs; the '
+        'training rows give this run\'s final and best epoch (epochs are 0-based).', '',
+        '| source | epoch | top-1 | top-5 |', '|---|---|---|---|',
+    ]
+    if ev:
+        lines.append(f"| these weights, `mlan-eval` ({ev.get('images', NOT_AVAILABLE)} {ev.get('split', 'test')} "
+                     f"images) | - | {_fmt(ev.get('top1'))} | {_fmt(ev.get('top5'))} |")
+    if training.get('final_epoch') is not None:
+        lines += [f"| training run, final epoch{subset_note} | {training['final_epoch']} | "
+                  f"{_fmt(training.get('final_test_top1'))} | {_fmt(training.get('final_test_top5'))} |",
+                  f"| training run, best epoch{subset_note} | {training.get('best_epoch')} | "
+                  f"{_fmt(training.get('best_test_top1'))} | {_fmt(training.get('best_test_top5'))} |"]
+    if paper is not None:
+        value, table, variant = paper
+        lines.append(f"| paper, {_table_name(table)} ({zoo.PAPER_VARIANTS[variant].label}), best epoch | - | "
+                     f"{value:.2f} | not reported |")
+    else:
+        lines.append(f"| paper | - | {NOT_IN_PAPER} | {NOT_IN_PAPER} |")
+    lines.append('')
+    notes = ([] if ev else ['No evaluation results were supplied to the export.']) + \
+        ([] if training.get('final_epoch') is not None else ['No training record was supplied to the export.'])
+    lines += notes + ([''] if notes else [])
+    if log or rec:
+        lines += ['## Training', '']
+        if log:
+            lines += [f"- **Epochs run:** {len(log)} (last logged epoch index {log[-1].get('epoch')})",
+                      f"- **Final-epoch train loss:** {_fmt(log[-1].get('train_loss'), 4)}",
+                      f"- **Total training time (s):** {_fmt(float(sum(r.get('time', 0.0) for r in log)), 0)}"]
+        if rec:
+            lines += ['- **Recipe (mlan-train arguments):** ' + ', '.join(
+                f"{k}={rec[k]}" for k in RECIPE_KEYS if k in rec and rec[k] not in (None, False))]
+            aug = (f"Pad(4, padding_mode='{rec['padding_mode']}') + RandomCrop(32)" if rec.get('padding_mode')
+                   else 'RandomCrop(32, padding=4)')
+            norm = (f"mean {tuple(round(m, 4) for m in rec['mean'])}, std {tuple(round(s, 4) for s in rec['std'])}"
+                    if rec.get('mean') and rec.get('std') else "the dataset's mean/std")
+            lines += [f'- **Augmentation:** {aug} + RandomHorizontalFlip; normalisation {norm}. Milestones are '
+                      '0-based epochs from which the lower lr applies.']
+        lines += ['']
+    else:
+        lines += ['## Training', '', 'No training log was supplied to the export.', '']
+    lines += [
+        '## Usage', '', '```python', 'import timm, mlan_timm  # noqa: F401  (registers the architectures)',
+        f"model = timm.create_model('hf-hub:{info['repo_id']}', pretrained=True).eval()",
+        'cfg = timm.data.resolve_data_config({}, model=model)',
+        'transform = timm.data.create_transform(**cfg)', '```', '',
+        '## Citation', '', '```bibtex', zoo.CITATION_BIBTEX, '```', '',
+        f"<sub>Generated by mlan-export on {info.get('date')}.</sub>", '']
+    return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------------------------------
+def _load_json_arg(path: Optional[str], what: str):
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} file not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding='utf-8'))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{what} file {p} is not valid JSON: {e}") from e
+
+
+def _recipe_of(train_log: Optional[os.PathLike], checkpoint: Optional[str]) -> Dict[str, Any]:
+    if train_log and (Path(train_log).parent / 'args.json').is_file():
+        return json.loads((Path(train_log).parent / 'args.json').read_text(encoding='utf-8'))
+    if checkpoint:
+        try:
+            return torch.load(checkpoint, map_location='cpu', weights_only=False).get('args', {}) or {}
+        except Exception:
+            return {}
+    return {}
+
+
+def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optional[str] = None,
+                 checkpoint: Optional[str] = None, use_ema: bool = False, model_kwargs: Optional[dict] = None,
+                 eval_results: Optional[Dict[str, Any]] = None, train_log: Optional[os.PathLike] = None,
+                 repo_id: Optional[str] = None, model: Optional[torch.nn.Module] = None) -> Path:
+    """Write ``<hub_dir>/<model_name>/`` (config.json, model.safetensors, README.md); returns that path.
+
+    The card's training rows come from ``train_log`` (a run's log.jsonl) or else from the training record
+    mlan-train stores in its weights; the paper row from :func:`paper_result`."""
+    from timm.models import save_for_hf
+    base = model_name.split('.')[0]
+    model_kwargs = {k: v for k, v in (model_kwargs or {}).items() if k != 'num_classes'}
+    if use_ema and not checkpoint:
+        raise UsageError("--ema picks the EMA weights of an mlan-train checkpoint: it needs --checkpoint FILE, "
+                         "not --weights")
+    if model is None:
+        dataset = resolve_dataset(model_name)
+        if not (weights or checkpoint):
+            raise UsageError("Nothing to export: give --weights FILE or --checkpoint FILE")
+        model = create_model(model_name, **model_kwargs_for_dataset(model_kwargs, dataset))
+        load_weights_into(model, weights or checkpoint, model_name, use_ema=use_ema)
+    else:
+        dataset = zoo.dataset_of(base) or ('cifar100' if model.num_classes == 100 else 'cifar10')
+    model = model.cpu().eval()
+    repo_id = repo_id or f"{zoo.HF_ORG}/{base}"
+
+    log_rows = read_jsonl(train_log) if train_log else []
+    recipe = _recipe_of(train_log, checkpoint)
+    record = read_training_record(weights or checkpoint) or {}
+    training = dict(record, **summarize_history(log_rows)) if log_rows else record
+    if not recipe.get('mean') and record.get('mean'):
+        recipe = dict(recipe, mean=record['mean'], std=record['std'])
+
+    pcfg = dict(getattr(model, 'pretrained_cfg', {}) or {})
+    if recipe.get('mean') and recipe.get('std'):
+        # the exported pretrained_cfg must carry the normalisation these weights were trained with
+        pcfg.update(mean=tuple(recipe['mean']), std=tuple(recipe['std']))
+        model.pretrained_cfg = pcfg
+    model_config = {}
+    if pcfg.get('label_names') and len(pcfg['label_names']) == model.num_classes:
+        model_config['label_names'] = list(pcfg['label_names'])
+    hub_root = Path(hub_dir)
+    hub_root.mkdir(parents=True, exist_ok=True)
+    target = hub_root / base
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{base}.', dir=hub_root))
+    try:
+        save_for_hf(model, str(tmp), model_config=model_config, model_args=model_kwargs or None,
+                    safe_serialization=True)
+        cfg = json.loads((tmp / 'config.json').read_text(encoding='utf-8'))
+        ev = dict(eval_results or {})
+        if ev.get('weights'):
+            ev['weights'] = Path(str(ev['weights']).replace(' (ema)', '')).name  # no local paths in the card
+        info = dict(model_name=base, dataset=dataset, num_classes=model.num_classes,
+                    architecture=cfg.get('architecture', base), params=count_params(model),
+                    macs=count_macs(model, tuple(pcfg.get('input_size', (3, 32, 32)))),
+                    model_args=cfg.get('model_args'), license=pcfg.get('license', 'apache-2.0'),
+                    eval=ev, train_log=log_rows, training=training, recipe=recipe,
+                    paper=paper_result(base, model_kwargs), repo_id=repo_id,
+                    date=datetime.date.today().isoformat())
+        (tmp / 'README.md').write_text(render_model_card(info), encoding='utf-8')
+        os.chmod(tmp, 0o755)
+        _swap_in(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _swap_in(new: Path, target: Path):
+    """Move folder ``new`` onto ``target``: old -> backup, new -> target, backup back on failure.
+
+    The backup is deleted only once the new folder is in place, so a failure at any step leaves the previous
+    export where it was."""
+    backup = None
+    if target.exists():
+        backup = target.parent / f'.{target.name}.old-{os.getpid()}'
+        if backup.exists():
+            shutil.rmtree(backup)
+        os.replace(target, backup)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, target)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='mlan-export', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--model', required=True)
+    p.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--weights', help='a .safetensors file (e.g. <run>/model.safetensors)')
+    src.add_argument('--checkpoint', help='an mlan-train checkpoint (<run>/last.pth)')
+    p.add_argument('--ema', action='store_true', help="export the checkpoint's EMA weights")
+    p.add_argument('--hub-dir', default='hub', help='parent folder of the export')
+    p.add_argument('--repo-id', default=None, help=f'Hub repo id for the usage snippet (default: {zoo.HF_ORG}/<model>)')
+    p.add_argument('--eval-json', default=None, help='output of `mlan-eval --json` for these weights')
+    p.add_argument('--train-log', default=None, help="the run's log.jsonl")
+    p.add_argument('--paper-results', default=None,
+                   help='ignored (kept for old command lines): the paper column comes from mlan_timm.paper_tables')
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def run():
+        if args.paper_results:
+            print("mlan-export: warning: --paper-results is ignored; the paper's numbers come from "
+                  "mlan_timm.paper_tables", file=sys.stderr)
+        ev = _load_json_arg(args.eval_json, '--eval-json')
+        out = export_model(args.model, args.hub_dir, weights=args.weights, checkpoint=args.checkpoint,
+                           use_ema=args.ema, model_kwargs=parse_model_kwargs(args.model_kwargs), eval_results=ev,
+                           train_log=args.train_log, repo_id=args.repo_id)
+        print(f"exported {args.model} -> {out}")
+        return 0
+
+    return run_cli('mlan-export', run)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Push
+# ----------------------------------------------------------------------------------------------------------------
+REQUIRED_FILES = ('config.json', 'model.safetensors', 'README.md')
+
+
+def push_folder(folder: os.PathLike, repo_id: str, token: Optional[str], private: bool = False,
+                revision: Optional[str] = None, commit_message: Optional[str] = None, api=None) -> str:
+    """Upload an exported folder to ``repo_id``; returns the commit URL. ``api`` defaults to ``HfApi(token)``."""
+    folder = Path(folder)
+    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+    if missing:
+        raise UsageError(f"{folder} is not an mlan-export folder: missing {', '.join(missing)}")
+    if not token:
+        raise UsageError("No Hugging Face token: pass --token or set HF_TOKEN (nothing was uploaded)")
+    if api is None:
+        from huggingface_hub import HfApi
+        api = HfApi(token=token)
+    api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type='model')
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type='model', revision=revision,
+                             commit_message=commit_message or f'Upload {folder.name} (mlan-timm)',
+                             allow_patterns=['*.json', '*.safetensors', '*.md'])
+    return str(getattr(info, 'commit_url', info))
+
+
+def build_push_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='mlan-push', description='Upload hub/<model>/ to the Hugging Face Hub.')
+    p.add_argument('--model', required=True, help='model name = folder name under --hub-dir')
+    p.add_argument('--hub-dir', default='hub')
+    p.add_argument('--repo-id', default=None, help=f'default: {zoo.HF_ORG}/<model>')
+    p.add_argument('--token', default=None, help='default: $HF_TOKEN')
+    p.add_argument('--private', action='store_true')
+    p.add_argument('--revision', default=None)
+    p.add_argument('--commit-message', default=None)
+    return p
+
+
+def push_main(argv=None) -> int:
+    args = build_push_parser().parse_args(argv)
+
+    def run():
+        url = push_folder(Path(args.hub_dir) / args.model, args.repo_id or f'{zoo.HF_ORG}/{args.model}',
+                          args.token or os.environ.get('HF_TOKEN'), private=args.private, revision=args.revision,
+                          commit_message=args.commit_message)
+        print(f"pushed {args.model} -> {url}")
+        return 0
+
+    return run_cli('mlan-push', run)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

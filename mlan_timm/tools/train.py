@@ -1,0 +1,516 @@
+"""Train an mlan_timm (or any timm) model on CIFAR-10/100; the paper's recipe is the default (``--recipe paper``).
+
+The paper recipe (the authors' public code, see docs/training.md): ``Pad(4, padding_mode='reflect')`` +
+``RandomCrop(32)`` + ``RandomHorizontalFlip``, normalisation with :data:`mlan_timm.zoo.PAPER_MEAN` /
+:data:`~mlan_timm.zoo.PAPER_STD` (both datasets), SGD lr 0.1 momentum 0.9 weight decay 5e-4 on all parameters
+without Nesterov (timm's ``momentum`` optimizer), batch 128, 200 epochs, lr x0.1 from epochs 50, 100 and 150,
+plain cross-entropy, seed 2021. Every flag overrides its recipe value.
+
+Milestone convention: ``--decay-milestones 50 100 150`` means the *0-based epoch index* from which the lower
+lr applies (PyTorch ``MultiStepLR`` semantics: epochs 0-49 run at 0.1, epoch 50 is the first at 0.01).
+timm's ``MultiStepLRScheduler`` applies milestone ``m`` already at schedule index ``m - 1``, so the values
+are passed to ``create_scheduler_v2`` as ``m + 1``; ``tests/test_train.py`` checks the lr of every epoch against
+``torch.optim.lr_scheduler.MultiStepLR``.
+
+The paper reports the best test accuracy over all epochs; the log, ``summary.json``, the checkpoint and the
+saved weights' metadata record both the final-epoch and the best-epoch test top-1 / top-5 (and the best epoch).
+
+Run ``mlan-train --help`` (or ``python -m mlan_timm.tools.train --help``) for every knob; see docs/training.md.
+"""
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .. import data as mdata
+from .. import zoo
+from ..atomic import atomic_save_file, atomic_torch_save, atomic_write_text
+from .common import (
+    TRAINING_METADATA_KEY,
+    UsageError,
+    amp_context,
+    create_model,
+    evaluate,
+    load_weights_into,
+    model_kwargs_for_dataset,
+    norm_stats,
+    parse_model_kwargs,
+    positive_int,
+    resolve_dataset,
+    resolve_device,
+    run_cli,
+    set_threads,
+    summarize_history,
+    unwrap,
+)
+
+__all__ = ['RECIPES', 'TrainHooks', 'NonFiniteLossError', 'build_parser', 'parse_args', 'build_optimizer',
+           'build_scheduler', 'train_one_epoch', 'evaluate', 'save_checkpoint', 'load_checkpoint',
+           'summarize_history', 'train', 'main']
+
+#: Training recipes: argparse defaults that ``--recipe NAME`` selects; explicit flags override them.
+RECIPES: Dict[str, Dict[str, Any]] = {
+    'paper': dict(epochs=200, batch_size=128, opt='momentum', lr=0.1, momentum=0.9, weight_decay=5e-4,
+                  no_wd_norm_bias=False, sched='multistep', decay_milestones=[50, 100, 150], decay_rate=0.1,
+                  warmup_epochs=0, smoothing=0.0, seed=2021, padding_mode='reflect'),
+}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf; the CLI prints the message and exits with status 1."""
+
+
+@dataclass
+class TrainHooks:
+    """Optional callbacks of :func:`train`: ``on_step(epoch, step)`` after every optimizer step and
+    ``on_epoch_end(epoch, record)`` after an epoch's checkpoint and log line are written."""
+    on_step: Optional[Callable[[int, int], None]] = None
+    on_epoch_end: Optional[Callable[[int, Dict[str, Any]], None]] = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+def build_parser(recipe: str = 'paper') -> argparse.ArgumentParser:
+    """The mlan-train parser, with the defaults of ``recipe`` (see :data:`RECIPES`)."""
+    p = argparse.ArgumentParser(
+        prog='mlan-train', description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group('model')
+    g.add_argument('--model', default='mlan_resnet20_cifar10', help='timm model name')
+    g.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
+                   help='extra create_model kwargs, e.g. attn=cbam drop_rate=0.1 (values parsed as JSON / literals)')
+    g.add_argument('--pretrained', action='store_true', help='start from pretrained weights')
+    g.add_argument('--initial-weights', default=None, help='start from a safetensors file or checkpoint')
+    g = p.add_argument_group('data')
+    g.add_argument('--data-dir', default=None, help='CIFAR data (torchvision layout, ImageFolder or tarballs)')
+    g.add_argument('--dataset', default=None, choices=sorted(zoo.DATASETS),
+                   help='dataset (default: from the model name suffix)')
+    g.add_argument('--download', action='store_true', help='let torchvision download CIFAR into --data-dir')
+    g.add_argument('--cache-dir', default=None,
+                   help='where tarballs are extracted / decoded (default: ~/.cache/mlan_timm)')
+    g.add_argument('--subset', type=positive_int, default=None, help='train on a fixed random subset of N images')
+    g.add_argument('--test-subset', type=positive_int, default=None,
+                   help='evaluate on a fixed random subset of N images')
+    g.add_argument('--data-on-device', action='store_true',
+                   help='hold the dataset as a uint8 tensor on the device, augment there (fast on CUDA)')
+    g.add_argument('--workers', type=int, default=2, help='DataLoader workers (ignored with --data-on-device)')
+    g.add_argument('--padding-mode', choices=mdata.PADDING_MODES,
+                   help="padding of the pad-4 random crop: 'reflect' (paper) or 'constant' (zeros)")
+    g = p.add_argument_group('recipe')
+    g.add_argument('--recipe', default=recipe, choices=sorted(RECIPES),
+                   help='defaults of the flags below; explicit flags override them')
+    g.add_argument('--epochs', type=positive_int, help='training epochs')
+    g.add_argument('--batch-size', '-b', type=positive_int, help='training batch size')
+    g.add_argument('--opt', help="timm optimizer name (create_optimizer_v2): 'momentum' is SGD with momentum, "
+                                 "no Nesterov (the paper); timm's 'sgd' is Nesterov")
+    g.add_argument('--lr', type=float, help='initial learning rate')
+    g.add_argument('--momentum', type=float, help='SGD momentum')
+    g.add_argument('--weight-decay', '--wd', type=float, help='weight decay')
+    g.add_argument('--no-wd-norm-bias', action='store_true',
+                   help='exclude norm/bias parameters from weight decay (the paper decays all)')
+    g.add_argument('--sched', help="timm scheduler: multistep, cosine, step, ...")
+    g.add_argument('--decay-milestones', type=int, nargs='+',
+                   help='0-based epochs from which the lr is multiplied by --decay-rate (multistep)')
+    g.add_argument('--decay-rate', type=float, help='lr factor at each milestone / step')
+    g.add_argument('--decay-epochs', type=float, default=30, help="step size for --sched step")
+    g.add_argument('--min-lr', type=float, default=0.0, help='lr floor (cosine etc.)')
+    g.add_argument('--warmup-epochs', type=int, help='linear warm-up epochs')
+    g.add_argument('--warmup-lr', type=float, default=1e-5, help='lr at the start of warm-up')
+    g.add_argument('--sched-on-updates', action='store_true', help='update the lr every step, not every epoch')
+    g.add_argument('--smoothing', type=float, help='label smoothing')
+    g.add_argument('--clip-grad', type=float, default=None, help='clip gradient norm to this value')
+    g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights (timm ModelEmaV3)')
+    g.add_argument('--model-ema-decay', type=float, default=0.9998, help='EMA decay per step')
+    g = p.add_argument_group('runtime')
+    g.add_argument('--seed', type=int, help='random seed (every epoch reseeds from seed and epoch)')
+    g.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    g.add_argument('--amp', default='none', choices=['none', 'bf16', 'fp16'], help='autocast dtype')
+    g.add_argument('--channels-last', action='store_true')
+    g.add_argument('--compile', action='store_true', help='torch.compile the model')
+    g.add_argument('--compile-mode', default=None,
+                   choices=['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'],
+                   help='torch.compile mode; reduce-overhead (CUDA graphs) suits these launch-bound small models')
+    g.add_argument('--deterministic', action='store_true',
+                   help='torch.use_deterministic_algorithms (CUDA needs CUBLAS_WORKSPACE_CONFIG=:4096:8)')
+    g.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    g.add_argument('--max-steps', type=positive_int, default=None, help='stop each epoch after N steps (smoke runs)')
+    g = p.add_argument_group('output')
+    g.add_argument('--output', '-o', default=None, help='run directory (default: runs/<model>-<time>)')
+    g.add_argument('--resume', nargs='?', const='auto', default=None,
+                   help='resume from a checkpoint: plain --resume needs -o RUN_DIR and uses RUN_DIR/last.pth; '
+                        '--resume PATH without -o continues in the folder of PATH')
+    g.add_argument('--no-progress', action='store_true', help='no tqdm bars')
+    g.add_argument('--eval-every', type=positive_int, default=1, help='evaluate every N epochs (and always the last)')
+    p.set_defaults(**RECIPES[recipe])
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse mlan-train arguments: the ``--recipe``'s values are the defaults, explicit flags override them."""
+    pre, _ = build_parser().parse_known_args(argv)
+    return build_parser(pre.recipe).parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Optimizer, scheduler
+# ----------------------------------------------------------------------------------------------------------------
+def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
+    """timm's ``create_optimizer_v2`` with the run's optimizer, lr, momentum and weight decay."""
+    from timm.optim import create_optimizer_v2
+    return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                               momentum=args.momentum, filter_bias_and_bn=args.no_wd_norm_bias)
+
+
+def build_scheduler(args, optimizer, updates_per_epoch: int):
+    """timm's ``create_scheduler_v2``; milestones follow torch's ``MultiStepLR`` (see the module docstring)."""
+    from timm.scheduler import create_scheduler_v2
+    # timm applies milestone m at schedule index m - 1; we want it at m.
+    milestones = [m + 1 for m in args.decay_milestones]
+    sched, num_epochs = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+        decay_milestones=milestones, cooldown_epochs=0, min_lr=args.min_lr, decay_rate=args.decay_rate,
+        warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, warmup_prefix=False,
+        step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
+    if args.sched_on_updates and args.sched == 'multistep':
+        # Per-update stepping: the lr of update k (0-based, set by step_update(k)) is decayed once
+        # bisect_right(decay_t, k + 1) counts the milestone, i.e. k >= decay_t - 1. create_scheduler_v2 would use
+        # (m + 1) * U, decaying at the *last* update of epoch m; we want the first update of epoch m: k = m * U.
+        sched.decay_t = sorted(m * updates_per_epoch + 1 for m in args.decay_milestones)
+    return sched, num_epochs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Randomness
+# ----------------------------------------------------------------------------------------------------------------
+def _rng_state(device: torch.device) -> Dict[str, Any]:
+    st = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if device.type == 'cuda':
+        st['cuda'] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: Dict[str, Any]):
+    random.setstate(st['python'])
+    np.random.set_state(st['numpy'])
+    torch.set_rng_state(st['torch'])
+    if 'cuda' in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st['cuda'])
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One epoch
+# ----------------------------------------------------------------------------------------------------------------
+def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer, scheduler, criterion, device: torch.device,
+                    args, num_updates: int, steps_per_epoch: int, num_epochs: int, ema=None, scaler=None,
+                    train_model: Optional[nn.Module] = None,
+                    on_step: Optional[Callable[[int, int], None]] = None) -> Tuple[Dict[str, Any], int]:
+    """Train ``model`` (through ``train_model``, e.g. its compiled wrapper) for one epoch.
+
+    Returns the epoch's train metrics (lr, loss, top-1, images/s, time) and the updated optimizer-step count."""
+    from tqdm import tqdm
+    train_model = train_model or model
+    scheduler.step(epoch)
+    lr = optimizer.param_groups[0]['lr']
+    train_model.train()
+    loss_sum = torch.zeros((), device=device)
+    nonfinite = torch.zeros((), device=device, dtype=torch.bool)  # checked only when the bar is refreshed
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    t0 = time.perf_counter()
+    n_img = 0
+    bar = tqdm(total=steps_per_epoch, desc=f'epoch {epoch + 1}/{num_epochs}', disable=args.no_progress,
+               dynamic_ncols=True, leave=False)
+    for step, (x, y) in enumerate(loader):
+        if step >= steps_per_epoch:
+            break
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp_context(device, args.amp):
+            out = train_model(x)
+            loss = criterion(out, y)
+        nonfinite |= ~torch.isfinite(loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if args.clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if args.clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            optimizer.step()
+        num_updates += 1
+        if ema is not None:
+            ema.update(model, step=num_updates)
+        scheduler.step_update(num_updates)
+        b = x.shape[0]
+        n_img += b
+        # exact epoch sums kept on the device; synchronised only when the bar is refreshed
+        loss_sum += loss.detach().float() * b
+        correct += (out.detach().argmax(-1) == y).sum()
+        if step % 10 == 0 or step == steps_per_epoch - 1:
+            if nonfinite.item():
+                bar.close()
+                raise NonFiniteLossError(
+                    f"non-finite training loss in epoch {epoch} (by step {step}, checked every 10 steps); "
+                    f"lower --lr or use --clip-grad?")
+            bar.set_postfix(loss=f'{loss_sum.item() / n_img:.3f}', acc=f'{100 * correct.item() / n_img:.1f}',
+                            img_s=f'{n_img / max(time.perf_counter() - t0, 1e-9):.0f}')
+        bar.update(1)
+        if on_step is not None:
+            on_step(epoch, step)
+    bar.close()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    train_time = time.perf_counter() - t0
+    rec = dict(epoch=epoch, lr=lr, train_loss=loss_sum.item() / max(n_img, 1),
+               train_top1=100.0 * correct.item() / max(n_img, 1),
+               train_img_per_s=n_img / train_time if train_time > 0 else None, train_time=train_time)
+    return rec, num_updates
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, *, model, optimizer, scheduler, ema, scaler, epoch: int, device: torch.device,
+                    args, history: List[Dict[str, Any]], dataset: str, model_kwargs: Dict[str, Any],
+                    summary: Dict[str, Any]) -> Path:
+    """Write ``last.pth`` atomically: everything a resume needs, plus the run's per-epoch history and summary."""
+    return atomic_torch_save(dict(
+        model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+        ema=ema.state_dict() if ema is not None else None,
+        scaler=scaler.state_dict() if scaler is not None else None,
+        epoch=epoch, rng=_rng_state(device), args=vars(args), metrics=history[-1] if history else {},
+        history=history, summary=summary, dataset=dataset, model_kwargs=model_kwargs), path)
+
+
+def load_checkpoint(path: Path, args, model_kwargs: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
+    """Read a resume checkpoint and check it belongs to this run (model and kwargs); UsageError otherwise."""
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:
+        raise UsageError(f"--resume: checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or 'model' not in ckpt or 'epoch' not in ckpt:
+        raise UsageError(f"--resume: {path} is not an mlan-train checkpoint")
+    if ckpt.get('args', {}).get('model') != args.model:
+        raise UsageError(f"--resume: checkpoint {path} is for model {ckpt.get('args', {}).get('model')!r}, "
+                         f"not {args.model!r}")
+    ckpt_kwargs = dict(ckpt.get('model_kwargs') or {})
+    if ckpt_kwargs.get('num_classes') == num_classes:
+        del ckpt_kwargs['num_classes']
+    if ckpt_kwargs != model_kwargs:
+        raise UsageError(f"--resume: checkpoint {path} was trained with --model-kwargs {ckpt_kwargs}, "
+                         f"but this run has {model_kwargs}; pass the same --model-kwargs")
+    return ckpt
+
+
+def _resume_path(args) -> Optional[Path]:
+    if not args.resume:
+        return None
+    if args.resume == 'auto':
+        if not args.output:
+            raise UsageError("--resume without a path needs -o/--output RUN_DIR (the default run folder is "
+                             "timestamped, so it cannot be found again); or pass --resume RUN_DIR/last.pth")
+        path = Path(args.output) / 'last.pth'
+    else:
+        path = Path(args.resume)
+        if path.is_dir():
+            path = path / 'last.pth'
+    if not path.is_file():
+        raise UsageError(f"--resume: no checkpoint at {path}")
+    return path
+
+
+def _old_log(out_dir: Path, start_epoch: int) -> List[Dict[str, Any]]:
+    """Log rows of the completed epochs, for checkpoints written before they carried their history."""
+    path = out_dir / 'log.jsonl'
+    rows = []
+    for line in (path.read_text(encoding='utf-8').splitlines() if path.is_file() else []):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get('epoch', -1) < start_epoch:
+            rows.append(row)
+    return rows
+
+
+def _write_log(log_path: Path, history: List[Dict[str, Any]]):
+    atomic_write_text(log_path, ''.join(json.dumps(r) + '\n' for r in history))
+
+
+def _save_final(model, ema, out_dir: Path, summary: Dict[str, Any]):
+    meta = {TRAINING_METADATA_KEY: json.dumps(summary)}
+    for name, m in (('model.safetensors', unwrap(model)), ('model_ema.safetensors', ema.module if ema else None)):
+        if m is None:
+            continue
+        sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+        atomic_save_file(sd, out_dir / name, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------------
+def train(args, hooks: Optional[TrainHooks] = None) -> Dict[str, Any]:
+    """Run mlan-train with parsed ``args``; returns the run summary (also written to ``<run dir>/summary.json``)."""
+    hooks = hooks or TrainHooks()
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    dataset = resolve_dataset(args.model, args.dataset)
+    num_classes = mdata.dataset_info(dataset).num_classes
+    if args.data_dir is None and not args.download:
+        raise UsageError("--data-dir is required (or --download with --data-dir to fetch CIFAR via torchvision)")
+    resume_from = _resume_path(args)
+    if args.output:
+        out_dir = Path(args.output)
+    elif resume_from is not None:
+        out_dir = resume_from.parent  # --resume PATH: continue the run in its own folder
+    else:
+        out_dir = Path(f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.initial_weights and not Path(args.initial_weights).is_file():
+        raise UsageError(f"--initial-weights: file not found: {args.initial_weights}")
+
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    seed_everything(args.seed)
+
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
+    if model_kwargs.get('num_classes') == num_classes:
+        del model_kwargs['num_classes']  # redundant: the dataset's class count is used anyway
+    model = create_model(args.model, pretrained=args.pretrained, **model_kwargs_for_dataset(model_kwargs, dataset))
+    if args.initial_weights:
+        load_weights_into(model, args.initial_weights, args.model)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    mean, std = norm_stats(dataset)
+
+    common = dict(device=device, workers=args.workers, download=args.download, cache_dir=args.cache_dir,
+                  on_device=args.data_on_device, mean=mean, std=std, seed=args.seed)
+    train_loader = mdata.build_loader(dataset, args.data_dir, 'train', args.batch_size, subset=args.subset,
+                                      padding_mode=args.padding_mode, **common)
+    test_loader = mdata.build_loader(dataset, args.data_dir, 'test', max(args.batch_size, 256),
+                                     subset=args.test_subset, **common)
+    steps_per_epoch = len(train_loader) if args.max_steps is None else min(len(train_loader), args.max_steps)
+
+    from timm.utils import ModelEmaV3
+    optimizer = build_optimizer(model, args)
+    scheduler, num_epochs = build_scheduler(args, optimizer, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == 'fp16' and device.type == 'cuda' else None
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
+
+    start_epoch, history = 0, []
+    ckpt = None
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, args, model_kwargs, num_classes)
+        model.load_state_dict(ckpt['model'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        scheduler.load_state_dict(ckpt['scheduler'])
+    # created after a resume's model weights are loaded: a checkpoint without EMA starts the EMA from them
+    ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+    if ckpt is not None:
+        if ema is not None and ckpt.get('ema') is not None:
+            ema.load_state_dict(ckpt['ema'])
+        if scaler is not None and ckpt.get('scaler') is not None:
+            scaler.load_state_dict(ckpt['scaler'])
+        _set_rng_state(ckpt['rng'])
+        start_epoch = int(ckpt['epoch'])
+        history = list(ckpt['history'])[:start_epoch] if 'history' in ckpt else _old_log(out_dir, start_epoch)
+        print(f"Resuming from {resume_from}: {start_epoch} epoch(s) done, continuing at epoch {start_epoch}",
+              flush=True)
+
+    train_model = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / 'log.jsonl'
+    _write_log(log_path, history)  # the log always equals the checkpoint's history (drops re-run epochs)
+    atomic_write_text(out_dir / 'args.json', json.dumps(dict(vars(args), mean=mean, std=std), indent=2, default=str))
+
+    test_images = len(test_loader.dataset)
+    run_info = dict(model=args.model, model_kwargs=model_kwargs, dataset=dataset, recipe=args.recipe,
+                    epochs=num_epochs, test_images=test_images, mean=list(mean), std=list(std))
+    ckpt_path = out_dir / 'last.pth'
+    num_updates = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, num_epochs):
+        # every source of randomness is a function of (seed, epoch): resumed runs replay the same epochs
+        seed_everything(args.seed * 1000 + epoch)
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        rec, num_updates = train_one_epoch(
+            epoch, model, train_loader, optimizer, scheduler, criterion, device, args, num_updates,
+            steps_per_epoch, num_epochs, ema=ema, scaler=scaler, train_model=train_model, on_step=hooks.on_step)
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == num_epochs:
+            ev = evaluate(train_model, test_loader, device, args.amp, args.channels_last)
+            rec.update(test_top1=ev['top1'], test_top5=ev['top5'], test_loss=ev['loss'], eval_time=ev['seconds'])
+            if ema is not None:
+                ev = evaluate(ema.module, test_loader, device, args.amp, args.channels_last)
+                rec.update(ema_test_top1=ev['top1'], ema_test_top5=ev['top5'], ema_test_loss=ev['loss'])
+        best = summarize_history(history + [rec])
+        rec.update(best_epoch=best['best_epoch'], best_test_top1=best['best_test_top1'],
+                   best_test_top5=best['best_test_top5'])
+        rec['time'] = time.perf_counter() - t0
+        history.append(rec)
+        summary = dict(run_info, **summarize_history(history))
+        # checkpoint first, then the log: a logged epoch always has its checkpoint on disk, and a resume rewrites
+        # the log from the checkpoint's history
+        save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, scaler=scaler,
+                        epoch=epoch + 1, device=device, args=args, history=history, dataset=dataset,
+                        model_kwargs=model_kwargs, summary=summary)
+        with open(log_path, 'a', encoding='utf-8') as f:
+            f.write(json.dumps(rec) + '\n')
+        print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in rec.items()), flush=True)
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end(epoch, rec)
+
+    summary = dict(run_info, **summarize_history(history))
+    _save_final(model, ema, out_dir, summary)
+    atomic_write_text(out_dir / 'summary.json', json.dumps(summary, indent=2))
+    return dict(summary, output=str(out_dir))
+
+
+def main(argv=None, hooks: Optional[TrainHooks] = None) -> int:
+    args = parse_args(argv)
+    summary = {}
+
+    def run():
+        summary.update(train(args, hooks))
+        return 0
+
+    try:
+        rc = run_cli('mlan-train', run, extra_errors=[(NonFiniteLossError, 1)])
+    except KeyboardInterrupt:
+        print("mlan-train: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    if rc == 0 and summary.get('final_epoch') is not None:
+        def fmt(v):
+            return 'n/a' if v is None else f'{v:.2f}'
+        print(f"done: {summary['epochs']} epochs; test top-1 / top-5: final epoch {summary['final_epoch']} "
+              f"{fmt(summary['final_test_top1'])} / {fmt(summary['final_test_top5'])}, best epoch "
+              f"{summary['best_epoch']} {fmt(summary['best_test_top1'])} / {fmt(summary['best_test_top5'])} "
+              f"-> {summary['output']}")
+    return rc
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The library / tools split: ``import mlan_timm`` loads no tool; every tool runs as a console script and as
+``python -m mlan_timm.tools.<name>``; one ``k=v`` kwargs syntax for all tools."""
+import json
+import runpy
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+from mlan_timm.tools import common
+from mlan_timm.tools.bench.measure import Spec, parse_spec
+
+CONSOLE_SCRIPTS = {'mlan-train': 'mlan_timm.tools.train:main', 'mlan-eval': 'mlan_timm.tools.eval:main',
+                   'mlan-export': 'mlan_timm.tools.export:main', 'mlan-push': 'mlan_timm.tools.export:push_main',
+                   'mlan-bench': 'mlan_timm.tools.bench.cli:main'}
+
+
+def test_import_mlan_timm_imports_no_tool(repo_root, subprocess_env):
+    code = ('import json, sys\nimport mlan_timm, timm\n'
+            'timm.create_model("resnet14_cifar10")\n'
+            'print(json.dumps(sorted(m for m in sys.modules if m.startswith("mlan_timm"))))')
+    res = subprocess.run([sys.executable, '-c', code], cwd=repo_root, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    loaded = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 'mlan_timm' in loaded and 'mlan_timm.models' in loaded  # the probe did import the library
+    assert [m for m in loaded if m == 'mlan_timm.tools' or m.startswith('mlan_timm.tools.')] == []
+
+
+def test_console_scripts_point_at_the_tools():
+    eps = {ep.name: ep for ep in entry_points(group='console_scripts') if ep.name.startswith('mlan-')}
+    assert {name: ep.value for name, ep in eps.items()} == CONSOLE_SCRIPTS
+    assert all(callable(ep.load()) for ep in eps.values())
+
+
+@pytest.mark.filterwarnings('ignore:.*found in sys.modules:RuntimeWarning')
+@pytest.mark.parametrize('module, prog', [
+    ('mlan_timm.tools.train', 'mlan-train'), ('mlan_timm.tools.eval', 'mlan-eval'),
+    ('mlan_timm.tools.export', 'mlan-export'), ('mlan_timm.tools.bench', 'mlan-bench')])
+def test_python_dash_m_runs_each_tool(module, prog, monkeypatch, capsys):
+    monkeypatch.setattr(sys, 'argv', [module, '--help'])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module(module, run_name='__main__', alter_sys=False)
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f'usage: {prog}')
+
+
+def test_one_kwargs_syntax_for_all_tools():
+    items = ['attn=cbam', 'drop_rate=0.1', 'flag=true', 'other=False', 'none=null', 'sizes=[1, 2]', 'n=3']
+    expected = dict(attn='cbam', drop_rate=0.1, flag=True, other=False, none=None, sizes=[1, 2], n=3)
+    assert common.parse_model_kwargs(items) == expected
+    assert parse_spec('m?' + '&'.join(i for i in items if ',' not in i)).kwargs == \
+        {k: v for k, v in expected.items() if k != 'sizes'}
+    assert common.parse_model_kwargs(common.format_model_kwargs(expected)) == expected
+    spec = Spec('mlan_resnet20_cifar10', dict(attn='cbam', num_masks=3, fusion='concat'))
+    assert parse_spec(spec.key) == Spec(spec.model, spec.kwargs)
+    with pytest.raises(common.UsageError, match='expects key=value pairs'):
+        common.parse_model_kwargs(['cbam'])
+
+
+def test_common_errors_name_the_problem(tmp_path, tiny_model):
+    with pytest.raises(common.UsageError, match="Cannot tell the dataset from model name 'resnet18'"):
+        common.resolve_dataset('resnet18')
+    with pytest.raises(common.UsageError, match="Unknown model 'mlan_resnet21_cifar10'.*mlan_resnet20_cifar10"):
+        common.resolve_dataset('mlan_resnet21_cifar10')
+    assert common.resolve_dataset('hf-hub:mlan-timm/se_resnet14_cifar100') == 'cifar100'
+    assert common.resolve_dataset('resnet18', 'cifar10') == 'cifar10'
+    with pytest.raises(common.UsageError, match='CUDA is not available'):
+        if not __import__('torch').cuda.is_available():
+            common.resolve_device('cuda')
+        else:
+            raise common.UsageError('CUDA is not available (skipped: a GPU is present)')
+    with pytest.raises(common.UsageError, match='not a device'):
+        common.resolve_device('gpu0')
+    assert common.read_training_record(tmp_path / 'missing.safetensors') is None
+
+
+def test_run_cli_turns_errors_into_one_line(capsys):
+    def bad():
+        raise common.UsageError('the thing is wrong')
+    assert common.run_cli('mlan-x', bad) == 2
+    assert capsys.readouterr().err == 'mlan-x: error: the thing is wrong\n'
