@@ -1,4 +1,4 @@
-"""Grad-CAM heat maps of the last feature stage (``layer3``) of MLAN and its backbone, side by side.
+"""Grad-CAM heat maps of the last group (``groups.2``) of MLAN and its backbone, side by side.
 
 Uses the ``grad-cam`` package (pytorch-grad-cam: ``GradCAM`` + ``show_cam_on_image``) and matplotlib
 (``pip install mlan-timm[examples]``).
@@ -109,7 +109,7 @@ def normalise(images: np.ndarray, model: torch.nn.Module) -> torch.Tensor:
 
 
 def grad_cams(model: torch.nn.Module, x: torch.Tensor, targets: Optional[Sequence[int]],
-              layer: str = "layer3") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+              layer: str = "groups.2") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Grad-CAM maps (N x H x W in [0, 1]) of ``model.<layer>``, plus predicted classes and their probabilities."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -166,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                                                       "cifar10"))
     p.add_argument("--synthetic", action="store_true", help="use synthetic images even if data exists")
     p.add_argument("--num-images", type=int, default=6)
-    p.add_argument("--layer", default="layer3", help="feature layer for Grad-CAM")
+    p.add_argument("--layer", default="groups.2", help="module for Grad-CAM (the last group)")
     p.add_argument("--out", default="docs/img/gradcam.png")
     args = p.parse_args(argv)
 
