@@ -131,16 +131,31 @@ def set_threads(threads: Optional[int]):
 
 
 def resolve_device(device: str) -> torch.device:
-    """``'auto'`` -> cuda when available, else cpu; a CUDA device without CUDA is a UsageError."""
+    """``'auto'`` -> cuda when available, else cpu; a CUDA device without CUDA is a UsageError.
+
+    Any process that uses the CPU also gets subnormal floats flushed to zero (:func:`flush_denormals`).
+    """
     if device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise UsageError(f"--device {device!r} is not a device: {e}") from e
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} requested but CUDA is not available")
+        dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as e:
+            raise UsageError(f"--device {device!r} is not a device: {e}") from e
+        if dev.type == 'cuda' and not torch.cuda.is_available():
+            raise UsageError(f"--device {device} requested but CUDA is not available")
+    flush_denormals()
     return dev
+
+
+def flush_denormals() -> bool:
+    """Flush subnormal floats to zero on the CPU (``torch.set_flush_denormal``); True where supported.
+
+    MLAN multiplies features by sigmoid masks that, once trained, get as small as 1e-38; their subnormal products
+    made a CPU training epoch of mlan_resnet20_cifar10 7x slower (38.7 vs 270.7 img/s, epoch 2 of a 3,000-image
+    run; the losses agree to the printed digits). Values below 1.2e-38 become 0.
+    """
+    return torch.set_flush_denormal(True)
 
 
 def resolve_dataset(model_name: str, dataset: Optional[str] = None) -> str:
