@@ -82,11 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None):
     """``(many_args, base_args)``: this command's own flags, and the mlan-train arguments shared by every model."""
     many, rest = build_parser().parse_known_args(argv)
-    pre, _ = mtrain.build_parser().parse_known_args(rest)
-    tp = mtrain.build_parser(pre.recipe)
-    tp.prog = PROG
-    base = tp.parse_args(rest)  # unknown flags and bad values: "mlan-train-many: error: ...", exit 2
-    return many, base
+
+    def parser(recipe='paper'):
+        tp = mtrain.build_parser(recipe)
+        tp.prog, tp.usage = PROG, f'{PROG} --models MODEL [MODEL ...] -o OUTPUT [mlan-train flags]'
+        return tp
+
+    pre, _ = parser().parse_known_args(rest)
+    return many, parser(pre.recipe).parse_args(rest)  # bad flags / values: "mlan-train-many: error: ...", exit 2
 
 
 def model_args(base: argparse.Namespace, model: str, output: Path, resume: bool) -> argparse.Namespace:
