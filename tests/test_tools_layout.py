@@ -14,7 +14,8 @@ from mlan_timm.tools.bench.measure import Spec, parse_spec
 CONSOLE_SCRIPTS = {'mlan-train': 'mlan_timm.tools.train:main', 'mlan-eval': 'mlan_timm.tools.eval:main',
                    'mlan-export': 'mlan_timm.tools.export:main', 'mlan-push': 'mlan_timm.tools.export:push_main',
                    'mlan-bench': 'mlan_timm.tools.bench.cli:main',
-                   'mlan-train-many': 'mlan_timm.tools.train_many:main', 'mlan-runstate': 'mlan_timm.tools.runstate:main'}
+                   'mlan-train-many': 'mlan_timm.tools.train_many:main',
+                   'mlan-runstate': 'mlan_timm.tools.runstate:main'}
 
 
 def test_import_mlan_timm_imports_no_tool(repo_root, subprocess_env):
