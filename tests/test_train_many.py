@@ -143,3 +143,30 @@ def test_mixed_datasets_train_together(tmp_path, make_image_folder):
             '--epochs', '1', '--max-steps', '1']
     assert mmany.main(argv) == 0
     assert [json.loads((out / m / 'summary.json').read_text())['test_images'] for m in models] == [10, 100]
+
+
+def test_graph_setup_without_the_capture_leaves_training_unchanged(cifar_folder, tmp_path):
+    """The CUDA path's set-up on CPU: fused SGD with a 0-d tensor lr that follows the schedule, warm-up steps whose
+    effect is undone (fresh momentum buffers restored as zeros). Training afterwards is bit-identical to the same
+    optimizer without the warm-up, and checkpoints keep the ordinary optimizer state."""
+    many, base = mmany.parse_args(['--models', MODELS[1], '-o', str(tmp_path), *_common(cifar_folder, tmp_path)])
+    runs = []
+    for name, warmup in (('a', 3), ('b', 0)):
+        r = mmany.ModelRun(mtrain.prepare_train(mmany.model_args(base, MODELS[1], tmp_path / name, False)))
+        if warmup:
+            r.capture(warmup, graph=False)
+        else:
+            r._tensor_lr_optimizer()
+        runs.append(r)
+    session = dict(started='t', epochs=[])
+    lrs = []
+    for epoch in range(2):
+        for r in runs:
+            mmany._train_group_epoch([r], epoch, mmany.ManyHooks(), session)
+            lrs.append(float(r.lr_tensors[0]))
+    assert lrs == [pytest.approx(0.1)] * 2 + [pytest.approx(0.01)] * 2  # --decay-milestones 1
+    a, b = (r.s.model.state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ckpt = torch.load(tmp_path / 'a' / 'last.pth', map_location='cpu', weights_only=False)
+    assert all(type(g['lr']) is float and g['fused'] is None for g in ckpt['optimizer']['param_groups'])
+    assert all(g['fused'] is True and isinstance(g['lr'], torch.Tensor) for g in runs[0].s.optimizer.param_groups)

@@ -229,7 +229,7 @@ class ModelRun:
             self.lr_tensors.append(t)
 
     # -- CUDA graph capture ----------------------------------------------------------------------------------
-    def capture(self, warmup_steps: int = 3):
+    def capture(self, warmup_steps: int = 3, graph: bool = True):
         """Warm up on this model's stream, capture one whole training step on it, and undo the warm-up.
 
         As in PyTorch's whole-network capture recipe: eager warm-up steps on a side stream (cuDNN autotuning,
@@ -237,13 +237,16 @@ class ModelRun:
         allocates the gradients from the graph's private pool, then ``torch.cuda.graph``. Warm-up changed the
         weights, BatchNorm statistics and momentum; they are restored in place (same addresses as captured).
         Momentum buffers that did not exist before start at zero, which equals PyTorch's first-step
-        initialisation (buffer = gradient) for SGD without dampening."""
+        initialisation (buffer = gradient) for SGD without dampening. ``graph=False`` does all but the capture
+        (the CPU tests check that it leaves training bit-identical)."""
         s = self.s
+        cuda = s.device.type == 'cuda'
         self._tensor_lr_optimizer()
         b = s.args.batch_size
         shape = tuple(getattr(unwrap(s.model), 'pretrained_cfg', {}).get('input_size', (3, 32, 32)))
         params = [p for g in s.optimizer.param_groups for p in g['params']]
-        torch.cuda.synchronize(s.device)
+        if cuda:
+            torch.cuda.synchronize(s.device)
         with self.context():
             saved_model = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
             saved_momentum = [s.optimizer.state.get(p, {}).get('momentum_buffer') for p in params]
@@ -253,17 +256,20 @@ class ModelRun:
             s.train_model.train()
             for _ in range(warmup_steps):
                 self._step(self.static_x, self.static_y)
-        torch.cuda.synchronize(s.device)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=self.stream):
-            self._step(self.static_x, self.static_y)
+        if graph:
+            torch.cuda.synchronize(s.device)
+            s.optimizer.zero_grad(set_to_none=True)  # backward in the capture allocates grads from the graph's pool
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=self.stream):
+                self._step(self.static_x, self.static_y)
         with self.context(), torch.no_grad():
             for k, v in s.model.state_dict().items():
                 v.copy_(saved_model[k])
             for p, m in zip(params, saved_momentum):
                 buf = s.optimizer.state[p]['momentum_buffer']
                 buf.copy_(m) if m is not None else buf.zero_()
-        torch.cuda.synchronize(s.device)
+        if cuda:
+            torch.cuda.synchronize(s.device)
 
     # -- epochs ----------------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int):
