@@ -13,7 +13,9 @@ from mlan_timm.tools.bench.measure import Spec, parse_spec
 
 CONSOLE_SCRIPTS = {'mlan-train': 'mlan_timm.tools.train:main', 'mlan-eval': 'mlan_timm.tools.eval:main',
                    'mlan-export': 'mlan_timm.tools.export:main', 'mlan-push': 'mlan_timm.tools.export:push_main',
-                   'mlan-bench': 'mlan_timm.tools.bench.cli:main'}
+                   'mlan-bench': 'mlan_timm.tools.bench.cli:main',
+                   'mlan-train-many': 'mlan_timm.tools.train_many:main',
+                   'mlan-runstate': 'mlan_timm.tools.runstate:main'}
 
 
 def test_import_mlan_timm_imports_no_tool(repo_root, subprocess_env):
@@ -37,7 +39,8 @@ def test_console_scripts_point_at_the_tools():
 @pytest.mark.filterwarnings('ignore:.*found in sys.modules:RuntimeWarning')
 @pytest.mark.parametrize('module, prog', [
     ('mlan_timm.tools.train', 'mlan-train'), ('mlan_timm.tools.eval', 'mlan-eval'),
-    ('mlan_timm.tools.export', 'mlan-export'), ('mlan_timm.tools.bench', 'mlan-bench')])
+    ('mlan_timm.tools.export', 'mlan-export'), ('mlan_timm.tools.bench', 'mlan-bench'),
+    ('mlan_timm.tools.train_many', 'mlan-train-many'), ('mlan_timm.tools.runstate', 'mlan-runstate')])
 def test_python_dash_m_runs_each_tool(module, prog, monkeypatch, capsys):
     monkeypatch.setattr(sys, 'argv', [module, '--help'])
     with pytest.raises(SystemExit) as e:

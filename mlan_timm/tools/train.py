@@ -53,8 +53,9 @@ from .common import (
 )
 
 __all__ = ['RECIPES', 'TrainHooks', 'NonFiniteLossError', 'build_parser', 'parse_args', 'build_optimizer',
-           'build_scheduler', 'train_one_epoch', 'evaluate', 'save_checkpoint', 'load_checkpoint',
-           'summarize_history', 'train', 'main']
+           'build_scheduler', 'train_step', 'train_one_epoch', 'evaluate', 'save_checkpoint', 'load_checkpoint',
+           'summarize_history', 'TrainSetup', 'prepare_train', 'begin_epoch', 'finish_epoch', 'finish_train',
+           'train', 'main']
 
 #: Training recipes: argparse defaults that ``--recipe NAME`` selects; explicit flags override them.
 RECIPES: Dict[str, Dict[str, Any]] = {
@@ -215,6 +216,34 @@ def seed_everything(seed: int):
 # ----------------------------------------------------------------------------------------------------------------
 # One epoch
 # ----------------------------------------------------------------------------------------------------------------
+def train_step(model: nn.Module, train_model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, criterion,
+               device: torch.device, args, scaler=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the batch ``(x, y)`` (already on ``device``): forward under autocast, backward,
+    optional gradient clipping, optimizer step. Returns ``(output, loss)`` without synchronising.
+
+    No host synchronisation and no allocation that outlives the step, so without a GradScaler it can be
+    captured in a CUDA graph (mlan-train-many does)."""
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with amp_context(device, args.amp):
+        out = train_model(x)
+        loss = criterion(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if args.clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if args.clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        optimizer.step()
+    return out, loss
+
+
 def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer, scheduler, criterion, device: torch.device,
                     args, num_updates: int, steps_per_epoch: int, num_epochs: int, ema=None, scaler=None,
                     train_model: Optional[nn.Module] = None,
@@ -239,25 +268,8 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer, scheduler, 
             break
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with amp_context(device, args.amp):
-            out = train_model(x)
-            loss = criterion(out, y)
+        out, loss = train_step(model, train_model, x, y, optimizer, criterion, device, args, scaler)
         nonfinite |= ~torch.isfinite(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if args.clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if args.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            optimizer.step()
         num_updates += 1
         if ema is not None:
             ema.update(model, step=num_updates)
@@ -370,9 +382,37 @@ def _save_final(model, ema, out_dir: Path, summary: Dict[str, Any]):
 # ----------------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------------
-def train(args, hooks: Optional[TrainHooks] = None) -> Dict[str, Any]:
-    """Run mlan-train with parsed ``args``; returns the run summary (also written to ``<run dir>/summary.json``)."""
-    hooks = hooks or TrainHooks()
+@dataclass
+class TrainSetup:
+    """A run as :func:`prepare_train` leaves it before its first epoch (mlan-train and mlan-train-many share it).
+
+    ``history`` holds the completed epochs' records and grows as :func:`finish_epoch` runs."""
+    args: argparse.Namespace
+    device: torch.device
+    dataset: str
+    model_kwargs: Dict[str, Any]
+    model: nn.Module
+    train_model: nn.Module  # the model, or its torch.compile wrapper
+    train_loader: Any
+    test_loader: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    num_epochs: int
+    steps_per_epoch: int
+    scaler: Optional[torch.amp.GradScaler]
+    criterion: nn.Module
+    ema: Any
+    start_epoch: int
+    history: List[Dict[str, Any]]
+    out_dir: Path
+    log_path: Path
+    ckpt_path: Path
+    run_info: Dict[str, Any]
+
+
+def prepare_train(args) -> TrainSetup:
+    """Everything mlan-train does before its first epoch: checks, seeding, model, data, optimizer, scheduler,
+    resume from a checkpoint, run folder, ``args.json`` and the log rewritten from the checkpoint's history."""
     set_threads(args.threads)
     device = resolve_device(args.device)
     dataset = resolve_dataset(args.model, args.dataset)
@@ -451,42 +491,73 @@ def train(args, hooks: Optional[TrainHooks] = None) -> Dict[str, Any]:
     run_info = dict(model=args.model, model_kwargs=model_kwargs, dataset=dataset, recipe=args.recipe,
                     epochs=num_epochs, test_images=test_images, mean=list(mean), std=list(std))
     ckpt_path = out_dir / 'last.pth'
-    num_updates = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, num_epochs):
-        # every source of randomness is a function of (seed, epoch): resumed runs replay the same epochs
-        seed_everything(args.seed * 1000 + epoch)
-        train_loader.set_epoch(epoch)
+    return TrainSetup(args=args, device=device, dataset=dataset, model_kwargs=model_kwargs, model=model,
+                      train_model=train_model, train_loader=train_loader, test_loader=test_loader,
+                      optimizer=optimizer, scheduler=scheduler, num_epochs=num_epochs,
+                      steps_per_epoch=steps_per_epoch, scaler=scaler, criterion=criterion, ema=ema,
+                      start_epoch=start_epoch, history=history, out_dir=out_dir, log_path=log_path,
+                      ckpt_path=ckpt_path, run_info=run_info)
+
+
+def begin_epoch(s: TrainSetup, epoch: int):
+    """Reseed for ``epoch``: every source of randomness is a function of (seed, epoch), so resumed runs replay
+    the same epochs."""
+    seed_everything(s.args.seed * 1000 + epoch)
+    s.train_loader.set_epoch(epoch)
+
+
+def finish_epoch(s: TrainSetup, epoch: int, rec: Dict[str, Any], t0: float,
+                 hooks: Optional[TrainHooks] = None) -> Dict[str, Any]:
+    """After epoch ``epoch``'s training (``rec``: its train metrics; ``t0``: when it began): evaluate when due,
+    the running best, ``rec['time']``, the checkpoint, then the log line and the printed line."""
+    args, device, history, ema = s.args, s.device, s.history, s.ema
+    if (epoch + 1) % args.eval_every == 0 or epoch + 1 == s.num_epochs:
+        ev = evaluate(s.train_model, s.test_loader, device, args.amp, args.channels_last)
+        rec.update(test_top1=ev['top1'], test_top5=ev['top5'], test_loss=ev['loss'], eval_time=ev['seconds'])
+        if ema is not None:
+            ev = evaluate(ema.module, s.test_loader, device, args.amp, args.channels_last)
+            rec.update(ema_test_top1=ev['top1'], ema_test_top5=ev['top5'], ema_test_loss=ev['loss'])
+    best = summarize_history(history + [rec])
+    rec.update(best_epoch=best['best_epoch'], best_test_top1=best['best_test_top1'],
+               best_test_top5=best['best_test_top5'])
+    rec['time'] = time.perf_counter() - t0
+    history.append(rec)
+    summary = dict(s.run_info, **summarize_history(history))
+    # checkpoint first, then the log: a logged epoch always has its checkpoint on disk, and a resume rewrites
+    # the log from the checkpoint's history
+    save_checkpoint(s.ckpt_path, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, ema=ema,
+                    scaler=s.scaler, epoch=epoch + 1, device=device, args=args, history=history, dataset=s.dataset,
+                    model_kwargs=s.model_kwargs, summary=summary)
+    with open(s.log_path, 'a', encoding='utf-8') as f:
+        f.write(json.dumps(rec) + '\n')
+    print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in rec.items()), flush=True)
+    if hooks is not None and hooks.on_epoch_end is not None:
+        hooks.on_epoch_end(epoch, rec)
+    return rec
+
+
+def finish_train(s: TrainSetup) -> Dict[str, Any]:
+    """After the last epoch: ``model.safetensors`` (and the EMA's) and ``summary.json``; returns the summary."""
+    summary = dict(s.run_info, **summarize_history(s.history))
+    _save_final(s.model, s.ema, s.out_dir, summary)
+    atomic_write_text(s.out_dir / 'summary.json', json.dumps(summary, indent=2))
+    return dict(summary, output=str(s.out_dir))
+
+
+def train(args, hooks: Optional[TrainHooks] = None) -> Dict[str, Any]:
+    """Run mlan-train with parsed ``args``; returns the run summary (also written to ``<run dir>/summary.json``)."""
+    hooks = hooks or TrainHooks()
+    s = prepare_train(args)
+    num_updates = s.start_epoch * s.steps_per_epoch
+    for epoch in range(s.start_epoch, s.num_epochs):
+        begin_epoch(s, epoch)
         t0 = time.perf_counter()
         rec, num_updates = train_one_epoch(
-            epoch, model, train_loader, optimizer, scheduler, criterion, device, args, num_updates,
-            steps_per_epoch, num_epochs, ema=ema, scaler=scaler, train_model=train_model, on_step=hooks.on_step)
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == num_epochs:
-            ev = evaluate(train_model, test_loader, device, args.amp, args.channels_last)
-            rec.update(test_top1=ev['top1'], test_top5=ev['top5'], test_loss=ev['loss'], eval_time=ev['seconds'])
-            if ema is not None:
-                ev = evaluate(ema.module, test_loader, device, args.amp, args.channels_last)
-                rec.update(ema_test_top1=ev['top1'], ema_test_top5=ev['top5'], ema_test_loss=ev['loss'])
-        best = summarize_history(history + [rec])
-        rec.update(best_epoch=best['best_epoch'], best_test_top1=best['best_test_top1'],
-                   best_test_top5=best['best_test_top5'])
-        rec['time'] = time.perf_counter() - t0
-        history.append(rec)
-        summary = dict(run_info, **summarize_history(history))
-        # checkpoint first, then the log: a logged epoch always has its checkpoint on disk, and a resume rewrites
-        # the log from the checkpoint's history
-        save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, scaler=scaler,
-                        epoch=epoch + 1, device=device, args=args, history=history, dataset=dataset,
-                        model_kwargs=model_kwargs, summary=summary)
-        with open(log_path, 'a', encoding='utf-8') as f:
-            f.write(json.dumps(rec) + '\n')
-        print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in rec.items()), flush=True)
-        if hooks.on_epoch_end is not None:
-            hooks.on_epoch_end(epoch, rec)
-
-    summary = dict(run_info, **summarize_history(history))
-    _save_final(model, ema, out_dir, summary)
-    atomic_write_text(out_dir / 'summary.json', json.dumps(summary, indent=2))
-    return dict(summary, output=str(out_dir))
+            epoch, s.model, s.train_loader, s.optimizer, s.scheduler, s.criterion, s.device, args, num_updates,
+            s.steps_per_epoch, s.num_epochs, ema=s.ema, scaler=s.scaler, train_model=s.train_model,
+            on_step=hooks.on_step)
+        finish_epoch(s, epoch, rec, t0, hooks)
+    return finish_train(s)
 
 
 def main(argv=None, hooks: Optional[TrainHooks] = None) -> int:

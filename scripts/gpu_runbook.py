@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""GPU runbook: continue the training of the 16 core models in short GPU sessions (docs/gpu-runbook.md).
+
+Steps of one session (``<here>`` = this machine, ``<gpu>`` = the lent machine, one ``run`` call each):
+
+1. <here> ``plan-data``: cut the wave's dataset tarballs into pieces that fit beside the working tree in one
+   call (the tree, committed run state included, travels with every call), one folder ``.gpudata/callK`` each;
+2. <gpu>  ``receive .gpudata/callK``, one call per folder, back to back (the machine's /tmp survives only while
+   it stays warm);
+3. <gpu>  ``session --budget-s S``, in the same call as the last ``receive``: join and check the data, restore
+   ``runs/state`` (the committed run state), train the wave with mlan-train-many until it would pass the budget
+   (it stops at an epoch boundary), and pack the run state into ``$OUT`` (parts of at most 16 MiB + manifest);
+4. <here> ``unpack FILES_AT``: check the parts and replace ``runs/state`` with them; commit it.
+
+``status`` prints every core model's progress; ``dry-run`` runs all of it on CPU with tiny settings.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mlan_timm import zoo  # noqa: E402  (after the path set-up, so the repo's package is used)
+from mlan_timm.tools import runstate  # noqa: E402
+from mlan_timm.tools.common import run_cli  # noqa: E402
+
+MiB = 1024 * 1024
+#: The core models in issue 9's order: the R20 CIFAR-10 pair, the R20 CIFAR-100 pair, mlan_resnet32_cifar100
+#: and its backbone, then the rest.
+CORE_ORDER = [zoo.model_name(f, d, ds) for d, ds in ((20, 'cifar10'), (20, 'cifar100'), (32, 'cifar100'))
+              for f in ('mlan_', '')]
+CORE_ORDER += [zoo.model_name(f, d, ds) for ds in ('cifar10', 'cifar100') for d in (14, 20, 26, 32)
+               for f in ('mlan_', '') if zoo.model_name(f, d, ds) not in CORE_ORDER]
+#: Waves: one dataset per session (half the data to move), all its models at once (the round-robin CUDA graphs
+#: need several models to fill the GPU); in each wave the models keep the order above.
+WAVES = {1: [m for m in CORE_ORDER if m.endswith('_cifar10')], 2: [m for m in CORE_ORDER if m.endswith('_cifar100')]}
+#: What the device machine takes per call, and what comes back (docs: .library/device/README.md).
+CALL_LIMIT = 64 * MiB
+PART_LIMIT = 16 * MiB
+MAX_BACK_FILES = 8
+TRAIN_FLAGS_GPU = ['--data-on-device', '--amp', 'bf16', '--channels-last']
+SPLITS = ('train', 'test')
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dataset(wave: int) -> str:
+    return 'cifar100' if WAVES[wave][0].endswith('_cifar100') else 'cifar10'
+
+
+def _progress(state: Path):
+    """{model: epochs done} from each model's log in the run state folder."""
+    out = {}
+    for m in CORE_ORDER:
+        log = state / m / 'log.jsonl'
+        out[m] = len(log.read_text(encoding='utf-8').splitlines()) if log.is_file() else 0
+    return out
+
+
+def _epochs_total(state: Path, model: str, default: int = 200) -> int:
+    try:
+        return int(json.loads((state / model / 'args.json').read_text(encoding='utf-8'))['epochs'])
+    except (OSError, ValueError, KeyError):
+        return default
+
+
+def _next_wave(state: Path) -> int:
+    done = _progress(state)
+    for w, models in WAVES.items():
+        if any(done[m] < _epochs_total(state, m) for m in models):
+            return w
+    return 0
+
+
+def _tree_bytes() -> int:
+    """Bytes of the working tree that travels with every call (tracked + untracked files git does not ignore)."""
+    names = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'], cwd=REPO,
+                           capture_output=True, check=True).stdout.split(b'\0')
+    return sum((REPO / n.decode()).stat().st_size for n in names if n and (REPO / n.decode()).is_file())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def plan_data(a) -> int:
+    """<here>: the wave's train/test tarballs as one byte stream cut into pieces of at most the per-call room."""
+    wave = a.wave or _next_wave(Path(a.state))
+    if not wave:
+        print('every core model has finished: nothing to plan')
+        return 0
+    ds = _dataset(wave)
+    files = [Path(a.data_root) / ds / f'{s}.tar.gz' for s in SPLITS]
+    for f in files:
+        if not f.is_file():
+            sys.exit(f'gpu_runbook: error: {f} not found (--data-root)')
+    room = a.call_bytes or CALL_LIMIT - _tree_bytes() - a.margin_mib * MiB
+    if room < MiB and not a.call_bytes:
+        sys.exit(f'gpu_runbook: error: the working tree leaves {room / MiB:.1f} MiB per call for data')
+    out = Path(a.out)
+    shutil.rmtree(out, ignore_errors=True)
+    total = sum(f.stat().st_size for f in files)
+    n_calls = -(-total // room)
+    plan = dict(wave=wave, dataset=ds, models=WAVES[wave], room_bytes=room, calls=n_calls,
+                files=[dict(name=f'{ds}/{f.name}', bytes=f.stat().st_size, sha256=_sha256(f)) for f in files])
+    k, used, fh = 0, 0, None
+    for f in files:
+        with open(f, 'rb') as src:
+            while True:
+                full = fh is None or used >= room
+                chunk = src.read(min(room if full else room - used, 8 * MiB))
+                if not chunk:
+                    break
+                if full:  # the next call's folder
+                    if fh is not None:
+                        fh.close()
+                    k += 1
+                    (out / f'call{k}').mkdir(parents=True)
+                    (out / f'call{k}' / 'plan.json').write_text(json.dumps(plan, indent=2))
+                    fh, used = open(out / f'call{k}' / f'piece{k:02d}', 'wb'), 0
+                fh.write(chunk)
+                used += len(chunk)
+    fh.close()
+    assert k == n_calls, (k, n_calls)
+    print(f'wave {wave} ({ds}: {", ".join(WAVES[wave])}): {total / MiB:.1f} MiB of data, {room / MiB:.1f} MiB per '
+          f'call beside the working tree -> {k} call(s): {" ".join(f"{out}/call{i}" for i in range(1, k + 1))}')
+    return 0
+
+
+def receive(a) -> int:
+    """<gpu>: keep one call's pieces (and the plan) under the machine's /tmp."""
+    src, dest = Path(a.call_dir), Path(a.tmp)
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.iterdir()):
+        shutil.copyfile(p, dest / p.name)
+    print(f'received {", ".join(sorted(p.name for p in src.iterdir()))} into {dest}')
+    return 0
+
+
+def _join(tmp: Path) -> Path:
+    """The received pieces joined back into the tarballs, checked against the plan; returns the data dir."""
+    plan_path = tmp / 'plan.json'
+    if not plan_path.is_file():
+        sys.exit(f'gpu_runbook: error: no plan.json in {tmp}: run receive for every call folder first')
+    plan = json.loads(plan_path.read_text())
+    pieces = sorted(tmp.glob('piece*'))
+    if len(pieces) != plan['calls']:
+        sys.exit(f'gpu_runbook: error: {len(pieces)} of {plan["calls"]} data pieces in {tmp} (the machine may '
+                 f'have gone cold between calls: receive all of them again, back to back)')
+    data = tmp / 'data'
+    stream = (open(p, 'rb') for p in pieces)
+    cur = next(stream)
+    for f in plan['files']:
+        target = data / f['name']
+        target.parent.mkdir(parents=True, exist_ok=True)
+        left = f['bytes']
+        with open(target, 'wb') as out:
+            while left:
+                chunk = cur.read(min(left, 8 * MiB))
+                if not chunk:
+                    cur.close()
+                    cur = next(stream)
+                    continue
+                out.write(chunk)
+                left -= len(chunk)
+        if _sha256(target) != f['sha256']:
+            sys.exit(f'gpu_runbook: error: {target} does not match the sha256 in the plan')
+    cur.close()
+    return data
+
+
+def session(a, passthrough) -> int:
+    """<gpu>: join the data, restore the state, train within the budget, pack the state into --out."""
+    t0 = time.perf_counter()
+    tmp, state, work = Path(a.tmp), Path(a.state), Path(a.work)
+    out = Path(a.out or os.environ.get('OUT') or sys.exit('gpu_runbook: error: --out or $OUT is required'))
+    data = _join(tmp)
+    plan = json.loads((tmp / 'plan.json').read_text())
+    models = a.models or plan['models']
+    if work.exists():
+        shutil.rmtree(work)
+    if state.is_dir():
+        shutil.copytree(state, work)
+    work.mkdir(parents=True, exist_ok=True)
+    left = a.budget_s - (time.perf_counter() - t0) - a.reserve_s
+    cmd = [sys.executable, '-m', 'mlan_timm.tools.train_many', '--models', *models, '-o', str(work), '--resume',
+           '--data-dir', str(data), '--cache-dir', str(tmp / 'cache'), '--no-progress',
+           '--time-budget-s', f'{max(left, 0):.0f}', *(TRAIN_FLAGS_GPU if a.gpu_flags else []), *passthrough]
+    print('+', ' '.join(cmd), flush=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
+               PYTHONUNBUFFERED='1')
+    try:  # the trainer stops itself at an epoch boundary; the hard limit only guards against a bad estimate
+        rc = subprocess.run(cmd, cwd=REPO, env=env, timeout=max(left, 0) + a.grace_s).returncode
+    except subprocess.TimeoutExpired:
+        rc = 'killed at the hard limit (the last completed epoch is kept)'
+    print(f'trainer: {rc}', flush=True)
+    m = runstate.pack(work, out, max_part_size=a.max_part_size, max_parts=MAX_BACK_FILES - 1)
+    print(f'packed {m["bytes"] / MiB:.2f} MiB into {len(m["parts"])} part(s) + manifest in {out}; '
+          f'session {time.perf_counter() - t0:.0f} s')
+    for model, done in _progress(work).items():
+        if model in models:
+            print(f'  {model}: {done} epochs')
+    return 0 if rc == 0 else 1
+
+
+def unpack(a) -> int:
+    """<here>: the parts that came back -> runs/state (checked), replacing the previous state."""
+    m = runstate.unpack(a.files_at, a.state)
+    print(f'runs state: {len(m["files"])} files, {m["bytes"] / MiB:.2f} MiB -> {a.state}')
+    return status(a)
+
+
+def status(a) -> int:
+    state = Path(a.state)
+    for model, done in _progress(state).items():
+        print(f'{model:26s} {done:4d}/{_epochs_total(state, model)} epochs')
+    w = _next_wave(state)
+    print(f'next wave: {w} ({_dataset(w)})' if w else 'all core models finished')
+    return 0
+
+
+def dry_run(a) -> int:
+    """Everything above on CPU in a temp folder: tiny synthetic data, two tiny models, two sessions."""
+    sys.path.insert(0, str(REPO / 'tests'))
+    from conftest import _make_image_folder, _make_tarballs  # the tests' synthetic CIFAR fixtures
+    root = Path(a.workdir or tempfile.mkdtemp(prefix='gpu_runbook_dry_'))
+    _make_tarballs(_make_image_folder(root / 'synth', train_per_class=2, test_per_class=1), root / 'shared' / 'cifar10')
+    repo_state = root / 'repo' / 'runs' / 'state'
+    models = ['resnet14_cifar10', 'mlan_resnet14_cifar10']
+    trainer = ['--device', 'cpu', '--threads', '1', '--workers', '0', '--data-on-device', '--epochs', '2',
+               '--batch-size', '8', '--seed', '3']
+    for n, budget in ((1, 0), (2, 10_000)):  # budget 0: one epoch (no estimate yet), then a clean stop
+        common = ['--state', str(repo_state), '--tmp', str(root / f'gpu{n}' / 'tmp')]
+        plan_args = ['plan-data', '--wave', '1', '--data-root', str(root / 'shared'), '--out', str(root / '.gpudata'),
+                     '--call-bytes', '40000', '--state', str(repo_state)]
+        assert main(plan_args) == 0
+        calls = sorted((root / '.gpudata').iterdir())
+        assert len(calls) >= 2, calls
+        for c in calls:
+            assert main(['receive', str(c), *common]) == 0
+        out = root / f'out{n}'
+        rc = main(['session', *common, '--work', str(root / f'gpu{n}' / 'runs'), '--out', str(out),
+                   '--budget-s', str(budget), '--reserve-s', '0', '--models', *models, '--no-gpu-flags',
+                   '--max-part-size', '256K', '--', *trainer])
+        assert rc == 0, rc
+        back = sorted(out.iterdir())
+        assert len(back) <= MAX_BACK_FILES and all(p.stat().st_size <= 256 * 1024 for p in back), back
+        assert main(['unpack', str(out), '--state', str(repo_state)]) == 0
+        done = _progress(repo_state)
+        assert [done[m] for m in models] == [n, n], done
+    assert all((repo_state / m / 'model.safetensors').is_file() for m in models)
+    print(f'dry run OK in {root}')
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = []
+    if '--' in argv:
+        i = argv.index('--')
+        argv, passthrough = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(prog='gpu_runbook', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest='cmd', required=True)
+    state_default = str(REPO / 'runs' / 'state')
+    sp = sub.add_parser('plan-data', help='<here>: cut the next wave\'s data into per-call folders')
+    sp.add_argument('--wave', type=int, choices=sorted(WAVES), help='default: the first unfinished wave')
+    sp.add_argument('--data-root', default=str(REPO.parent / 'shared' / 'data'))
+    sp.add_argument('--out', default=str(REPO / '.gpudata'))
+    sp.add_argument('--margin-mib', type=int, default=2, help='room left free in every call')
+    sp.add_argument('--call-bytes', type=int, default=None, help='data bytes per call (default: from the tree)')
+    sp.add_argument('--state', default=state_default)
+    sp = sub.add_parser('receive', help='<gpu>: keep one call folder\'s data under --tmp')
+    sp.add_argument('call_dir')
+    sp.add_argument('--tmp', default='/tmp/gpudata')
+    sp.add_argument('--state', default=state_default)
+    sp = sub.add_parser('session', help='<gpu>: join data, restore state, train within --budget-s, pack to $OUT',
+                        description='Flags after -- go to mlan-train-many (e.g. -- --compile).')
+    sp.add_argument('--budget-s', type=float, required=True, help='wall time of this whole command')
+    sp.add_argument('--reserve-s', type=float, default=20, help='kept for packing the state at the end')
+    sp.add_argument('--grace-s', type=float, default=60, help='hard kill of the trainer this long past its budget')
+    sp.add_argument('--models', nargs='+', help='default: the planned wave')
+    sp.add_argument('--tmp', default='/tmp/gpudata')
+    sp.add_argument('--state', default=state_default)
+    sp.add_argument('--work', default='/tmp/runs/state')
+    sp.add_argument('--out', default=None, help='default: $OUT')
+    sp.add_argument('--max-part-size', type=runstate.parse_size, default=PART_LIMIT)
+    sp.add_argument('--gpu-flags', action=argparse.BooleanOptionalAction, default=True,
+                    help=f'pass {" ".join(TRAIN_FLAGS_GPU)} to the trainer')
+    sp = sub.add_parser('unpack', help='<here>: check the parts that came back and replace runs/state with them')
+    sp.add_argument('files_at')
+    sp.add_argument('--state', default=state_default)
+    sp = sub.add_parser('status', help='progress of every core model in runs/state')
+    sp.add_argument('--state', default=state_default)
+    sp = sub.add_parser('dry-run', help='the whole runbook on CPU with tiny settings')
+    sp.add_argument('--workdir', default=None)
+    a = p.parse_args(argv)
+    if passthrough and a.cmd != 'session':
+        p.error('flags after -- are only for session')
+    fn = dict(session=lambda: session(a, passthrough), unpack=lambda: unpack(a), status=lambda: status(a),
+              receive=lambda: receive(a), **{'plan-data': lambda: plan_data(a), 'dry-run': lambda: dry_run(a)})
+    return run_cli('gpu_runbook', fn[a.cmd])
+
+
+if __name__ == '__main__':
+    sys.exit(main())
