@@ -210,6 +210,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown depth/dataset [21]" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~11 s: runs in CI's slow step
 def test_run_benchmarks_quick_regenerates_markdown(tmp_path, repo_root, subprocess_env):
     """The one command that regenerates docs/benchmarks.md, on a tiny subset, writing only under --out-dir."""
     res = subprocess.run([sys.executable, "benchmarks/run_benchmarks.py", "--quick", "--out-dir", str(tmp_path)],

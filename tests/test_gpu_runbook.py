@@ -48,6 +48,7 @@ def test_data_pieces_fit_each_call_and_join_back(runbook, tmp_path, make_image_f
             (tmp_path / 'shared' / 'cifar10' / f'{s}.tar.gz').read_bytes()
 
 
+@pytest.mark.slow  # ~11 s: runs in CI's slow step
 def test_dry_run_of_the_whole_runbook(repo_root, tmp_path, subprocess_env):
     """plan-data, receive, session (stops at an epoch boundary after one epoch: budget 0), pack into parts,
     unpack into the state folder, then a second session resumes from it and finishes; about 12 s."""
