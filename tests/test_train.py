@@ -248,7 +248,9 @@ def test_bad_weights_file_and_offline_pretrained_exit_2(cifar_folder, tmp_path, 
     monkeypatch.setattr(hc, 'HF_HUB_OFFLINE', True)
     monkeypatch.setenv('MLAN_TIMM_WEIGHTS_DIR', str(tmp_path / 'no_weights'))
     assert mtrain.main(train_args(cifar_folder, tmp_path / 'y', epochs=1, extra=['--pretrained'])) == 2
-    assert 'mlan-train: error: No pretrained weights available' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-train: error: --pretrained: No pretrained weights available') and err.count('\n') == 1
+    assert '--initial-weights FILE' in err and 'pretrained=' not in err and 'pretrained_cfg_overlay' not in err
 
 
 @pytest.mark.parametrize('flag, value', [('--eval-every', '0'), ('--batch-size', '0'), ('--epochs', '0'),
@@ -277,8 +279,11 @@ def test_resume_checks_model_kwargs_and_starts_ema_from_resumed_weights(cifar_fo
     assert mtrain.main(argv) == 2
     err = capsys.readouterr().err
     assert "--model-kwargs {}" in err and "{'drop_rate': 0.5}" in err
-    # --resume PATH without -o continues in that run folder; --model-ema on a checkpoint without EMA
-    argv = train_args(cifar_folder, out, epochs=1, extra=['--resume', str(out / 'last.pth'), '--model-ema'])
+    # --resume PATH without -o continues in that run folder; --model-ema on a checkpoint without EMA. The run was
+    # killed after its last checkpoint, before its final weights: the resume writes them (and the EMA's)
+    (out / 'model.safetensors').unlink()
+    argv = train_args(cifar_folder, out, epochs=1,
+                      extra=['--resume', str(out / 'last.pth'), '--model-ema', '--max-steps', '2'])
     i = argv.index('-o')
     del argv[i:i + 2]
     assert mtrain.main(argv) == 0
