@@ -657,8 +657,22 @@ def _train(args, hooks: TrainHooks, d: _Dist, device: torch.device, dataset: str
     start_epoch, history = 0, []
     if ckpt is not None:
         model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
+        changed = ckpt.get('resume_changes') or {}
+        fresh = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
+        try:
+            optimizer.load_state_dict(ckpt['optimizer'])
+        except ValueError as e:  # e.g. --no-wd-norm-bias changed the parameter groups (only with the override)
+            if not changed:
+                raise
+            print(f"mlan-train: note: the optimizer state of the checkpoint does not fit the new flags ({e}); "
+                  "the optimizer restarts (momentum buffers reset)", file=sys.stderr, flush=True)
+        else:
+            if changed:  # the new lr / momentum / weight decay apply from here on
+                for g, f in zip(optimizer.param_groups, fresh):
+                    g.update(f)
+        if not changed:
+            # timm schedulers hold only what their flags give; with changed flags the new schedule applies
+            scheduler.load_state_dict(ckpt['scheduler'])
     # created after a resume's model weights are loaded: a checkpoint without EMA starts the EMA from them
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
     if ckpt is not None:
@@ -755,11 +769,13 @@ def main(argv=None, hooks: Optional[TrainHooks] = None) -> int:
     except KeyboardInterrupt:
         print("mlan-train: interrupted; resume with --resume", file=sys.stderr)
         return 130
+    if int(os.environ.get('RANK', '0')) != 0:
+        return rc  # under torchrun, rank 0 reports
     if rc == 0 and summary.get('nothing_to_do'):
         print(f"mlan-train: nothing to do: {summary['output']} has completed all {summary['completed_epochs']} "
               f"epochs (final epoch {summary.get('final_epoch')}, best epoch {summary.get('best_epoch')}: test "
               f"top-1 {summary.get('best_test_top1')}); pass a larger --epochs to train on", flush=True)
-    elif rc == 0 and summary.get('final_epoch') is not None and int(os.environ.get('RANK', '0')) == 0:
+    elif rc == 0 and summary.get('final_epoch') is not None:
         def fmt(v):
             return 'n/a' if v is None else f'{v:.2f}'
         print(f"done: {summary['epochs']} epochs; test top-1 / top-5: final epoch {summary['final_epoch']} "
