@@ -332,6 +332,7 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
         save_for_hf(model, str(tmp), model_config=model_config, model_args=model_kwargs or None,
                     safe_serialization=True)
         cfg = json.loads((tmp / 'config.json').read_text(encoding='utf-8'))
+        cfg.setdefault('model_args', dict(model_kwargs))  # timm < 1.0.31 writes it only for non-empty kwargs
         cfg[CONFIG_KEY] = dict(name=name, model_kwargs=model_kwargs, repo_id=repo_id)
         (tmp / 'config.json').write_text(json.dumps(cfg, indent=2), encoding='utf-8')
         ev = dict(eval_results or {})
