@@ -2,7 +2,9 @@
 
 A reader never sees a half-written file, and a crash leaves either the old file or the new one. The temp file
 from ``tempfile.mkstemp`` is created with mode 0600; it is chmod-ed to ``0o666 & ~umask`` (what ``open()``
-would give) before the rename, so saved checkpoints, logs and weights are readable like any other file.
+would give) before the rename, so saved checkpoints, logs and weights are readable like any other file. Folders
+assembled in a temp directory (``tempfile.mkdtemp`` gives 0700) get ``0o777 & ~umask`` (what ``mkdir`` gives)
+through :func:`make_temp_dir` / :func:`honour_umask` before they are renamed into place.
 """
 import os
 import tempfile
@@ -10,14 +12,47 @@ from pathlib import Path
 from typing import Any, Callable, Dict
 
 __all__ = ['atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_torch_save', 'atomic_save_file',
-           'default_file_mode']
+           'default_file_mode', 'default_dir_mode', 'make_temp_dir', 'honour_umask']
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def default_file_mode() -> int:
     """``0o666 & ~umask``: the mode ``open(path, 'w')`` gives a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_umask()
+
+
+def default_dir_mode() -> int:
+    """``0o777 & ~umask``: the mode ``os.mkdir(path)`` gives a new folder."""
+    return 0o777 & ~_umask()
+
+
+def make_temp_dir(prefix: str, dir: os.PathLike) -> Path:
+    """``tempfile.mkdtemp`` in ``dir``, chmod-ed to :func:`default_dir_mode` (mkdtemp's 0700 would survive the
+    rename into place and make the final folder private)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    os.chmod(tmp, default_dir_mode())
+    return tmp
+
+
+def honour_umask(folder: os.PathLike) -> Path:
+    """Give ``folder`` and every file and folder below it the modes a plain ``open``/``mkdir`` would (umask
+    applied; executable bits of files kept), undoing the 0600 / 0700 of temp files and ``mkdtemp``."""
+    folder = Path(folder)
+    fmode, dmode = default_file_mode(), default_dir_mode()
+    os.chmod(folder, dmode)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), dmode)
+        for f in files:
+            p = os.path.join(root, f)
+            if not os.path.islink(p):
+                os.chmod(p, fmode | (os.stat(p).st_mode & 0o111 & dmode))
+    return folder
 
 
 def atomic_write(path: os.PathLike, writer: Callable[[str], None]) -> Path:

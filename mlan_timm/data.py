@@ -16,12 +16,17 @@ paper recipe's constants; the test split is only normalised). ``padding_mode='co
 * :func:`build_loader` with ``on_device=False``: a ``torch.utils.data.DataLoader`` with torchvision transforms;
 * ``on_device=True``: the whole split as one uint8 tensor on the training device, augmented there in batches
   (:class:`DeviceLoader`) - fast on CUDA, also usable on CPU.
+
+Both shard for distributed training (``rank``, ``world_size``; ``batch_size`` is then the per-process batch):
+every process draws the same per-epoch permutation and takes its contiguous share of each *global* batch of
+``batch_size * world_size`` images (the permutation is padded by wrapping around to a multiple of
+``world_size``, so every process gets the same number of images, as ``DistributedSampler`` does); the test split
+is sharded by stride (``rank::world_size``), each image evaluated once. With ``world_size=1`` nothing changes.
 """
 import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -29,12 +34,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .atomic import atomic_torch_save
+from .atomic import atomic_torch_save, make_temp_dir
 from .zoo import DATASETS, DatasetInfo
 
 __all__ = [
     'DatasetNotFoundError', 'dataset_info', 'build_transforms', 'PADDING_MODES', 'pad_crop_flip',
-    'build_dataset', 'load_uint8', 'DeviceLoader', 'build_loader', 'subset_indices',
+    'build_dataset', 'load_uint8', 'DeviceLoader', 'build_loader', 'subset_indices', 'shard_batches',
 ]
 
 #: Padding of the random-crop augmentation: 'reflect' (the paper recipe) or 'constant' (zeros).
@@ -145,8 +150,13 @@ def _extract_tarball(tarball: Path, cache_dir: Path, name: str) -> Path:
     target = cache_dir / f'{name}-{tarball.name[:-len(".tar.gz")]}-{_file_key(tarball)}'
     if target.is_dir():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix='.extract-', dir=cache_dir))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_dir('.extract-', cache_dir)
+    except OSError as e:
+        raise DatasetNotFoundError(
+            f"Cannot extract dataset tarball {tarball}: cache folder {cache_dir} is not writable "
+            f"({e.strerror or e}); pass a writable --cache-dir (or set MLAN_TIMM_CACHE)") from e
     try:
         with tarfile.open(tarball, 'r:gz') as tf:
             try:
@@ -317,13 +327,16 @@ class DeviceLoader:
     :func:`pad_crop_flip` with uniformly drawn offsets and a fair coin per image: the same distribution as
     torchvision's ``Pad(4, padding_mode)`` + ``RandomCrop(32)`` + ``RandomHorizontalFlip``; outputs are float32
     normalised with the dataset's mean/std. Randomness comes from a generator reseeded by :meth:`set_epoch`, so
-    epochs are reproducible.
+    epochs are reproducible. With ``world_size > 1`` the crop offsets and flips are drawn for the whole global
+    batch on every process and each takes its share, so the images a step trains on are those of one process
+    with the global batch (see :func:`shard_batches`).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, name: str,
                  train: bool, device: Union[str, torch.device] = 'cpu', drop_last: bool = False, seed: int = 0,
-                 mean=None, std=None, padding_mode: str = 'reflect'):
+                 mean=None, std=None, padding_mode: str = 'reflect', rank: int = 0, world_size: int = 1):
         info = dataset_info(name)
+        self.rank, self.world_size = rank, world_size
         self.padding_mode = _check_padding_mode(padding_mode)
         self.device = torch.device(device)
         self.images = images.to(self.device)
@@ -342,13 +355,16 @@ class DeviceLoader:
         self.generator.manual_seed(self.seed * 1_000_003 + epoch)
 
     def __len__(self):
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else (n + self.batch_size - 1) // self.batch_size
+        return _num_batches(len(self.labels), self.batch_size, self.train, self.drop_last, self.rank,
+                            self.world_size)
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
+    def _draw_augmentation(self, b: int) -> Tuple[torch.Tensor, torch.Tensor]:
         off = torch.randint(0, 9, (2, b), device=self.device, generator=self.generator)
         flip = torch.rand(b, device=self.device, generator=self.generator) < 0.5
+        return off, flip
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        off, flip = self._draw_augmentation(x.shape[0])
         return pad_crop_flip(x, off, flip, self.padding_mode)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
@@ -357,30 +373,106 @@ class DeviceLoader:
             order = torch.randperm(n, device=self.device, generator=self.generator)
         else:
             order = torch.arange(n, device=self.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        for gidx, part in shard_batches(order, self.batch_size, self.train, self.drop_last, self.rank,
+                                        self.world_size):
+            idx = gidx[part]
             x = self.images[idx]
             if self.train:
-                x = self._augment(x)
+                off, flip = self._draw_augmentation(len(gidx))  # drawn for the global batch: same on every rank
+                x = pad_crop_flip(x, off[:, part], flip[part], self.padding_mode)
             x = (x.float() - self.mean) / self.std
             yield x.contiguous(), self.labels[idx]
+
+
+def _pad_to_multiple(order: torch.Tensor, k: int) -> torch.Tensor:
+    extra = (-len(order)) % k
+    if extra == 0:
+        return order
+    reps = (extra + len(order) - 1) // len(order)
+    return torch.cat([order, order.repeat(reps)[:extra]])
+
+
+def shard_batches(order: torch.Tensor, batch_size: int, train: bool, drop_last: bool = False, rank: int = 0,
+                  world_size: int = 1) -> Iterator[Tuple[torch.Tensor, slice]]:
+    """``(global_batch_indices, this_rank_part)`` for each step over ``order`` (indices into the dataset).
+
+    Train: global batches of ``batch_size * world_size`` from ``order`` padded (wrapping around) to a multiple of
+    ``world_size``; rank ``r`` takes the ``r``-th of ``world_size`` equal contiguous parts. Test: the strided shard
+    ``order[rank::world_size]`` in batches of ``batch_size`` (the part is then the whole batch).
+    With ``world_size=1`` these are plain consecutive batches of ``order``."""
+    if not train:
+        mine = order[rank::world_size]
+        for i in range(0, len(mine), batch_size):
+            b = mine[i:i + batch_size]
+            yield b, slice(0, len(b))
+        return
+    order = _pad_to_multiple(order, world_size) if world_size > 1 else order
+    g = batch_size * world_size
+    for i in range(0, len(order), g):
+        gidx = order[i:i + g]
+        if drop_last and len(gidx) < g:
+            return
+        per = len(gidx) // world_size
+        yield gidx, slice(rank * per, (rank + 1) * per)
+
+
+def _num_batches(n: int, batch_size: int, train: bool, drop_last: bool, rank: int, world_size: int) -> int:
+    if not train:
+        mine = len(range(rank, n, world_size))
+        return (mine + batch_size - 1) // batch_size
+    n = n + (-n) % world_size if world_size > 1 else n
+    g = batch_size * world_size
+    return n // g if drop_last else (n + g - 1) // g
+
+
+class _ShardedBatchSampler:
+    """Batch sampler of one process of a distributed run: :func:`shard_batches` over a permutation drawn from
+    ``generator`` (seeded identically on every process), so the processes split each global batch."""
+
+    def __init__(self, n: int, batch_size: int, train: bool, drop_last: bool, rank: int, world_size: int,
+                 generator: torch.Generator):
+        self.n, self.batch_size, self.train, self.drop_last = n, batch_size, train, drop_last
+        self.rank, self.world_size, self.generator = rank, world_size, generator
+
+    def __len__(self):
+        return _num_batches(self.n, self.batch_size, self.train, self.drop_last, self.rank, self.world_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator) if self.train else torch.arange(self.n)
+        for gidx, part in shard_batches(order, self.batch_size, self.train, self.drop_last, self.rank,
+                                        self.world_size):
+            yield gidx[part].tolist()
 
 
 class _EpochSeededLoader:
     """A DataLoader whose shuffling / augmentation is reseeded per epoch (reproducible, resumable)."""
 
-    def __init__(self, dataset, batch_size, train, workers, pin_memory, drop_last, seed):
+    def __init__(self, dataset, batch_size, train, workers, pin_memory, drop_last, seed, rank=0, world_size=1):
         self.dataset = dataset
         self.seed = seed
         self.train = train
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator()
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
-                                 pin_memory=pin_memory, drop_last=drop_last, generator=self.generator,
-                                 persistent_workers=False)
+        if world_size > 1:
+            # the sampler's permutation is the same on every rank; the workers' seeds (augmentation) are per rank
+            self.worker_generator = torch.Generator()
+            sampler = _ShardedBatchSampler(len(dataset), batch_size, train, drop_last, rank, world_size,
+                                           self.generator)
+            self.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                                     generator=self.worker_generator, persistent_workers=False)
+        else:
+            self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
+                                     pin_memory=pin_memory, drop_last=drop_last, generator=self.generator,
+                                     persistent_workers=False)
         self.set_epoch(0)
+
+    def _rank_offset(self) -> int:
+        return 0 if self.world_size == 1 else 7_777_777 * (self.rank + 1)
 
     def set_epoch(self, epoch: int):
         self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        if self.world_size > 1:
+            self.worker_generator.manual_seed(self.seed * 1_000_003 + epoch + self._rank_offset())
         self._epoch = epoch
 
     def __len__(self):
@@ -389,23 +481,27 @@ class _EpochSeededLoader:
     def __iter__(self):
         if self.loader.num_workers == 0 and self.train:
             # augmentation then draws from the global RNG in this process: seed it for this epoch too
-            torch.manual_seed(self.seed * 1_000_003 + self._epoch + 7919)
+            torch.manual_seed(self.seed * 1_000_003 + self._epoch + 7919 + self._rank_offset())
         return iter(self.loader)
 
 
 def build_loader(name: str, data_dir: Optional[PathLike], split: str, batch_size: int, *,
                  on_device: bool = False, device: Union[str, torch.device] = 'cpu', workers: int = 2,
                  download: bool = False, cache_dir: Optional[PathLike] = None, subset: Optional[int] = None,
-                 seed: int = 0, drop_last: Optional[bool] = None, mean=None, std=None, padding_mode: str = 'reflect'):
-    """A train (augmented, shuffled) or test loader; both have ``set_epoch(epoch)`` and ``len()``."""
+                 seed: int = 0, drop_last: Optional[bool] = None, mean=None, std=None, padding_mode: str = 'reflect',
+                 rank: int = 0, world_size: int = 1):
+    """A train (augmented, shuffled) or test loader; both have ``set_epoch(epoch)`` and ``len()``.
+
+    ``rank`` / ``world_size``: this process's shard in a distributed run (``batch_size`` per process; see the
+    module docstring); ``len(loader.dataset)`` is always the whole split."""
     train = split == 'train'
     if drop_last is None:
         drop_last = False
     if on_device:
         x, y = load_uint8(name, data_dir, split, download=download, cache_dir=cache_dir, subset=subset)
         return DeviceLoader(x, y, batch_size, name, train=train, device=device, drop_last=drop_last, seed=seed,
-                            mean=mean, std=std, padding_mode=padding_mode)
+                            mean=mean, std=std, padding_mode=padding_mode, rank=rank, world_size=world_size)
     ds = build_dataset(name, data_dir, split, download=download, cache_dir=cache_dir, subset=subset,
                        transform=build_transforms(name, train, mean, std, padding_mode))
     pin = torch.device(device).type == 'cuda'
-    return _EpochSeededLoader(ds, batch_size, train, workers, pin, drop_last, seed)
+    return _EpochSeededLoader(ds, batch_size, train, workers, pin, drop_last, seed, rank, world_size)

@@ -166,3 +166,31 @@ def test_image_folder_cache_is_rebuilt_when_an_image_changes(tmp_path, make_imag
     x1, _ = mdata.load_uint8('cifar10', root, 'test', cache_dir=cache)
     assert not torch.equal(x0, x1)
     assert (x1[0] == 7).all()  # airplane is class 0, its only test image comes first
+
+
+@pytest.mark.parametrize('n, batch, world', [(40, 4, 2), (41, 4, 2), (10, 3, 3), (5, 2, 4)])
+def test_shards_of_each_global_batch_make_up_the_single_process_batch(n, batch, world):
+    """Distributed sharding: every step, the ranks' parts concatenated are the global batch of one process (the
+    order padded by wrapping around to a multiple of world), equal parts, same number of steps on every rank."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    single = [g for g, _ in mdata.shard_batches(order, batch * world, True)]
+    per_rank = [[g[p] for g, p in mdata.shard_batches(order, batch, True, rank=r, world_size=world)]
+                for r in range(world)]
+    assert all(len(b) == len(single) for b in per_rank)
+    for step, g in enumerate(single):
+        joined = torch.cat([per_rank[r][step] for r in range(world)])
+        assert torch.equal(joined[:len(g)], g) and len({len(per_rank[r][step]) for r in range(world)}) == 1
+    test = [torch.cat([g for g, _ in mdata.shard_batches(order, batch, False, rank=r, world_size=world)])
+            for r in range(world)]
+    assert sorted(torch.cat(test).tolist()) == sorted(order.tolist())  # each test image once
+
+
+def test_device_loader_shards_reproduce_the_single_process_batches():
+    x = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(24)
+    one = list(mdata.DeviceLoader(x, y, 8, 'cifar10', train=True, seed=5))
+    ranks = [list(mdata.DeviceLoader(x, y, 4, 'cifar10', train=True, seed=5, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 3
+    for step, (xb, yb) in enumerate(one):
+        assert torch.equal(torch.cat([ranks[0][step][0], ranks[1][step][0]]), xb)  # same images, same crops
+        assert torch.equal(torch.cat([ranks[0][step][1], ranks[1][step][1]]), yb)

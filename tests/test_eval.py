@@ -1,6 +1,7 @@
 """mlan-eval: metrics equal a direct computation; weights from safetensors / checkpoints; the training record of
 mlan-train weights (final and best epoch, normalisation); clear errors."""
 import json
+import os
 
 import pytest
 import timm
@@ -136,3 +137,77 @@ def test_eval_normalises_with_the_recorded_constants(data_dir, weights, tmp_path
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(model(x), y).item()
     assert res['loss'] == pytest.approx(loss, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI polish and clear errors (issue 11)
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('tty, flags, bar', [(False, [], False), (True, [], True), (True, ['--no-progress'], False),
+                                             (False, ['--progress'], True)])
+def test_eval_progress_bar_on_a_terminal_only(data_dir, weights, capsys, monkeypatch, tty, flags, bar):
+    _, path = weights
+    monkeypatch.setattr(meval.sys.stderr, 'isatty', lambda: tty, raising=False)
+    assert meval.main(_args(data_dir, '--weights', str(path), *flags)) == 0
+    err = capsys.readouterr().err
+    assert ('eval:' in err and 'it/s' in err or '%|' in err) == bar, err
+
+
+def test_eval_weights_folder_reads_its_model_safetensors_or_asks_for_the_file(data_dir, weights, tmp_path, capsys):
+    _, path = weights
+    folder = tmp_path / 'export'
+    folder.mkdir()
+    (folder / 'model.safetensors').write_bytes(path.read_bytes())
+    assert meval.main(_args(data_dir, '--weights', str(folder), '--json')) == 0
+    assert json.loads(capsys.readouterr().out)['weights'] == 'model.safetensors'
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert meval.main(_args(data_dir, '--weights', str(empty))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'mlan-eval: error: --weights {empty} is a folder without model.safetensors; pass the '
+                          'weights file itself')
+
+
+def test_eval_dataset_that_contradicts_the_model_name_is_named(data_dir, weights, capsys):
+    _, path = weights
+    argv = _args(data_dir, '--weights', str(path), '--dataset', 'cifar10')
+    argv[argv.index('--model') + 1] = 'resnet14_cifar100'
+    assert meval.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlan-eval: error: --dataset cifar10 conflicts with model 'resnet14_cifar100', which is "
+                          "built for cifar100 (100 classes): use resnet14_cifar10 for cifar10") and 'size' not in err
+
+
+def test_eval_pretrained_error_names_the_weights_flag(data_dir, capsys, monkeypatch, tmp_path):
+    import huggingface_hub.constants as hc
+    monkeypatch.setattr(hc, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setenv('MLAN_TIMM_WEIGHTS_DIR', str(tmp_path / 'no_weights'))
+    assert meval.main(_args(data_dir, '--pretrained')) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-eval: error: --pretrained: No pretrained weights available') and '--weights FILE' in err
+    assert 'pretrained=False' not in err and 'pretrained_cfg_overlay' not in err and err.count('\n') == 1
+
+
+def test_eval_unwritable_cache_dir_is_a_clear_error(tmp_path, weights, make_image_folder, make_tarballs, capsys):
+    """Root ignores permission bits, so the cache folder lies below a regular file (mkdir fails for anyone)."""
+    _, path = weights
+    tarballs = make_tarballs(make_image_folder(tmp_path / 'folder', train_per_class=1, test_per_class=1),
+                             tmp_path / 'tars')
+    (tmp_path / 'file').write_text('x')
+    argv = _args(tarballs, '--weights', str(path))
+    argv[argv.index('--cache-dir') + 1] = str(tmp_path / 'file' / 'cache')
+    assert meval.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-eval: error: Cannot extract dataset tarball') and 'is not writable' in err
+    assert '--cache-dir' in err and err.count('\n') == 1
+
+
+def test_extracted_cache_folder_honours_the_umask(tmp_path, make_image_folder, make_tarballs):
+    tarballs = make_tarballs(make_image_folder(tmp_path / 'folder', train_per_class=1, test_per_class=1),
+                             tmp_path / 'tars')
+    old = os.umask(0o022)
+    try:
+        mdata.build_dataset('cifar10', tarballs, 'test', cache_dir=tmp_path / 'cache')
+    finally:
+        os.umask(old)
+    (extracted,) = [p for p in (tmp_path / 'cache').iterdir()]
+    assert extracted.stat().st_mode & 0o777 == 0o755  # was 0700 (tempfile.mkdtemp)

@@ -1,5 +1,6 @@
 """mlan-export (HF folder + model card with the paper's number beside ours) and mlan-push (mocked HfApi)."""
 import json
+import os
 from unittest import mock
 
 import pytest
@@ -228,3 +229,105 @@ def test_export_uses_the_shared_complexity_counters():
     assert mexport.count_params is complexity.count_params is measure.count_params
     lin = torch.nn.Linear(3, 2)
     assert complexity.count_params(lin) == 8 and complexity.count_macs(lin, (3,)) == 6
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Variants, file modes, unwritable hub dir (issue 11)
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def variant_weights(tmp_path):
+    torch.manual_seed(4)
+    model = timm.create_model(TINY_MODEL, widths=[4, 8, 16]).eval()
+    path = tmp_path / 'v.safetensors'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model, path
+
+
+def test_variant_gets_its_own_folder_and_repo(weights, variant_weights, tmp_path, capsys):
+    _, path = weights
+    model, vpath = variant_weights
+    hub = tmp_path / 'hub'
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(hub)]) == 0
+    default_before = {p.name: p.read_bytes() for p in (hub / TINY_MODEL).iterdir()}
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(vpath), '--hub-dir', str(hub),
+                         '--model-kwargs', 'widths=[4,8,16]']) == 0
+    name = f'{TINY_MODEL}.widths_4_8_16'
+    assert f'-> {hub / name}' in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (hub / TINY_MODEL).iterdir()} == default_before  # untouched
+    card = (hub / name / 'README.md').read_text()
+    assert f"hf-hub:{zoo.HF_ORG}/{name}'" in card and f'# Model card for {name}' in card
+    cfg = json.loads((hub / name / 'config.json').read_text())
+    assert cfg['mlan_timm'] == dict(name=name, model_kwargs={'widths': [4, 8, 16]}, repo_id=f'{zoo.HF_ORG}/{name}')
+    loaded = timm.create_model(f'local-dir:{hub / name}', pretrained=True).eval()  # model_args rebuild the variant
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    # an explicit tag; a tag folder holding another variant is not replaced
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(vpath), '--hub-dir', str(hub),
+                         '--model-kwargs', 'widths=[4,8,16]', '--tag', 'narrow']) == 0
+    assert (hub / f'{TINY_MODEL}.narrow' / 'model.safetensors').is_file()
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(hub), '--tag', 'narrow']) == 2
+    assert 'holds an export with model_args' in capsys.readouterr().err
+    # the default repo is refused for a variant
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(vpath), '--hub-dir', str(hub),
+                         '--model-kwargs', 'widths=[4,8,16]', '--repo-id', f'{zoo.HF_ORG}/{TINY_MODEL}']) == 2
+    assert "its repo 'mlan-timm/resnet14_cifar10' is the default model's" in capsys.readouterr().err
+
+
+def test_push_of_a_variant_goes_to_its_own_repo(variant_weights, tmp_path, monkeypatch, capsys):
+    _, vpath = variant_weights
+    hub = tmp_path / 'hub'
+    mexport.export_model(TINY_MODEL, hub, weights=str(vpath), model_kwargs={'widths': [4, 8, 16]}, tag='narrow')
+    fake = mock.Mock()
+    fake.return_value.upload_folder.return_value = mock.Mock(commit_url='u')
+    monkeypatch.setattr('huggingface_hub.HfApi', fake)
+    monkeypatch.setenv('HF_TOKEN', 'hf_env')
+    assert mexport.push_main(['--model', TINY_MODEL, '--tag', 'narrow', '--hub-dir', str(hub)]) == 0
+    assert fake.return_value.create_repo.call_args.kwargs['repo_id'] == f'{zoo.HF_ORG}/{TINY_MODEL}.narrow'
+    # an older export of a variant in the default folder is not pushed to the default repo
+    (hub / f'{TINY_MODEL}.narrow').rename(hub / TINY_MODEL)
+    fake.reset_mock()
+    assert mexport.push_main(['--model', TINY_MODEL, '--hub-dir', str(hub)]) == 2
+    assert "is the default model's, which it would replace" in capsys.readouterr().err
+    fake.return_value.upload_folder.assert_not_called()
+    assert mexport.push_main(['--model', 'resnet20_cifar10', '--hub-dir', str(hub)]) == 2
+    assert 'no export folder' in capsys.readouterr().err
+
+
+def test_export_files_and_folder_honour_the_umask(weights, tmp_path):
+    _, path = weights
+    for umask, fmode, dmode in ((0o022, 0o644, 0o755), (0o027, 0o640, 0o750)):
+        old = os.umask(umask)
+        try:
+            out = mexport.export_model(TINY_MODEL, tmp_path / f'hub{umask:o}', weights=str(path))
+        finally:
+            os.umask(old)
+        assert out.stat().st_mode & 0o777 == dmode
+        assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == \
+            {'README.md': fmode, 'config.json': fmode, 'model.safetensors': fmode}
+
+
+def test_unwritable_hub_dir_is_a_clear_error(weights, tmp_path, capsys, monkeypatch):
+    """Root ignores permission bits: a hub dir below a regular file, and a monkeypatched os.access."""
+    _, path = weights
+    (tmp_path / 'file').write_text('x')
+    bad = tmp_path / 'file' / 'hub'
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-export: error: --hub-dir ') and 'is a file, not a folder' in err
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, 'access', lambda p, mode, **k: False if str(p) == str(ro) else real_access(p, mode, **k))
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(ro)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-export: error: --hub-dir ') and 'is not writable' in err and 'Traceback' not in err
+    assert list(ro.iterdir()) == []
+
+
+def test_missing_train_log_is_reported_before_any_work(weights, tmp_path, capsys, monkeypatch):
+    _, path = weights
+    monkeypatch.setattr(mexport, 'create_model', mock.Mock(side_effect=AssertionError('model built')))
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(tmp_path / 'hub'),
+                         '--train-log', 'nope/log.jsonl']) == 2
+    assert capsys.readouterr().err == 'mlan-export: error: Training log file not found: nope/log.jsonl\n'

@@ -1,9 +1,11 @@
 """mlan-train: the paper recipe, the lr schedule, logging of final and best epoch, checkpoints, kill + resume,
 clear errors."""
 import json
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,7 +250,9 @@ def test_bad_weights_file_and_offline_pretrained_exit_2(cifar_folder, tmp_path, 
     monkeypatch.setattr(hc, 'HF_HUB_OFFLINE', True)
     monkeypatch.setenv('MLAN_TIMM_WEIGHTS_DIR', str(tmp_path / 'no_weights'))
     assert mtrain.main(train_args(cifar_folder, tmp_path / 'y', epochs=1, extra=['--pretrained'])) == 2
-    assert 'mlan-train: error: No pretrained weights available' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-train: error: --pretrained: No pretrained weights available') and err.count('\n') == 1
+    assert '--initial-weights FILE' in err and 'pretrained=' not in err and 'pretrained_cfg_overlay' not in err
 
 
 @pytest.mark.parametrize('flag, value', [('--eval-every', '0'), ('--batch-size', '0'), ('--epochs', '0'),
@@ -277,8 +281,11 @@ def test_resume_checks_model_kwargs_and_starts_ema_from_resumed_weights(cifar_fo
     assert mtrain.main(argv) == 2
     err = capsys.readouterr().err
     assert "--model-kwargs {}" in err and "{'drop_rate': 0.5}" in err
-    # --resume PATH without -o continues in that run folder; --model-ema on a checkpoint without EMA
-    argv = train_args(cifar_folder, out, epochs=1, extra=['--resume', str(out / 'last.pth'), '--model-ema'])
+    # --resume PATH without -o continues in that run folder; --model-ema on a checkpoint without EMA. The run was
+    # killed after its last checkpoint, before its final weights: the resume writes them (and the EMA's)
+    (out / 'model.safetensors').unlink()
+    argv = train_args(cifar_folder, out, epochs=1,
+                      extra=['--resume', str(out / 'last.pth'), '--model-ema', '--max-steps', '2'])
     i = argv.index('-o')
     del argv[i:i + 2]
     assert mtrain.main(argv) == 0
@@ -294,3 +301,163 @@ def test_load_checkpoint_refuses_another_model(tmp_path, tiny_model):
     args = mtrain.parse_args(['--model', tiny_model])
     with pytest.raises(UsageError, match="is for model 'mlan_resnet20_cifar10', not 'resnet14_cifar10'"):
         mtrain.load_checkpoint(path, args, {}, 10)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Clear errors before any work; resume safety (issue 11)
+# ----------------------------------------------------------------------------------------------------------------
+def _no_work(monkeypatch):
+    """Fail the test if mlan-train builds a model or loads data."""
+    def boom(*a, **k):
+        raise AssertionError('model or data loaded before the output folder was checked')
+    monkeypatch.setattr(mtrain, 'create_model', boom)
+    monkeypatch.setattr(mtrain.mdata, 'build_loader', boom)
+
+
+def test_unwritable_output_is_refused_before_loading_data(cifar_folder, tmp_path, train_args, capsys, monkeypatch):
+    """Tests run as root, which ignores permission bits: a folder below a regular file is the real unwritable case,
+    and os.access is monkeypatched for the read-only-folder case."""
+    _no_work(monkeypatch)
+    (tmp_path / 'file').write_text('x')
+    assert mtrain.main(train_args(cifar_folder, tmp_path / 'file' / 'run', epochs=1)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-train: error: -o/--output ') and 'is a file, not a folder' in err, err
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, 'access', lambda p, mode, **k: False if Path(p) == ro else real_access(p, mode, **k))
+    assert mtrain.main(train_args(cifar_folder, ro / 'run', epochs=1)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-train: error: -o/--output ') and f'folder {ro} is not writable' in err
+    assert 'Traceback' not in err and not (ro / 'run').exists()
+
+
+def test_resume_from_a_truncated_real_checkpoint_is_a_clear_error(cifar_folder, tmp_path, train_args, capsys):
+    out = tmp_path / 'run'
+    argv = train_args(cifar_folder, out, epochs=1, extra=['--max-steps', '1'])
+    assert mtrain.main(argv) == 0
+    blob = (out / 'last.pth').read_bytes()
+    (out / 'last.pth').write_bytes(blob[:len(blob) // 2])
+    capsys.readouterr()
+    assert mtrain.main([*argv, '--resume']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-train: error: --resume: checkpoint') and 'unreadable' in err and err.count('\n') == 1
+
+
+def test_batch_size_zero_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        mtrain.main(['-b', '0'])
+    assert e.value.code == 2
+    assert 'mlan-train: error: argument --batch-size/-b: expected an integer >= 1, got 0' in capsys.readouterr().err
+
+
+@pytest.fixture
+def finished_run(cifar_folder, tmp_path, train_args):
+    out = tmp_path / 'run'
+    argv = train_args(cifar_folder, out, epochs=1, extra=['--max-steps', '1', '--subset', '20'])
+    assert mtrain.main(argv) == 0
+    return out, argv
+
+
+def _snapshot(out):
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_resume_refuses_changed_training_flags_and_keeps_args_json(finished_run, capsys):
+    out, argv = finished_run
+    before = _snapshot(out)
+    i = argv.index('--subset')
+    changed = argv[:i] + argv[i + 2:] + ['--epochs', '2', '--lr', '0.05', '--resume']  # drops --subset 20
+    capsys.readouterr()
+    assert mtrain.main(changed) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-train: error: --resume: this command changes what run') and err.count('\n') == 1
+    assert '--subset 20 (run) -> not given (now)' in err and '--lr 0.1 (run) -> 0.05 (now)' in err
+    assert '--override-resume-flags' in err and '--epochs' not in err  # more epochs is not a change of recipe
+    assert _snapshot(out) == before  # args.json, checkpoint, log untouched
+
+
+def test_resume_with_override_records_the_changes(finished_run, capsys):
+    out, argv = finished_run
+    capsys.readouterr()
+    assert mtrain.main([*argv, '--epochs', '2', '--lr', '0.05', '--resume', '--override-resume-flags']) == 0
+    err = capsys.readouterr().err
+    assert 'warning: --override-resume-flags' in err and '--lr 0.1 (run) -> 0.05 (now)' in err
+    saved = json.loads((out / 'args.json').read_text())
+    assert saved['lr'] == 0.05 and saved['subset'] == 20
+    assert saved['resume_overrides'] == [dict(epoch=1, changes={'--epochs': [1, 2], '--lr': [0.1, 0.05]})]
+    ckpt = torch.load(out / 'last.pth', map_location='cpu', weights_only=False)
+    assert ckpt['epoch'] == 2 and ckpt['args']['resume_overrides'] == saved['resume_overrides']
+    assert [json.loads(x)['lr'] for x in (out / 'log.jsonl').read_text().splitlines()] == [0.1, 0.05]
+
+
+def test_resume_of_a_finished_run_has_nothing_to_do(finished_run, capsys):
+    out, argv = finished_run
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert mtrain.main([*argv, '--resume']) == 0
+    assert 'mlan-train: nothing to do: ' in capsys.readouterr().out
+    assert _snapshot(out) == before
+
+
+def test_resume_with_same_flags_leaves_args_json_alone(cifar_folder, tmp_path, train_args):
+    out = tmp_path / 'run'
+    argv = train_args(cifar_folder, out, epochs=2, extra=['--max-steps', '1'])
+    assert mtrain.main(argv) == 0
+    (out / 'model.safetensors').unlink()  # as if killed before the end
+    ckpt = torch.load(out / 'last.pth', map_location='cpu', weights_only=False)
+    ckpt['epoch'], ckpt['history'] = 1, ckpt['history'][:1]
+    torch.save(ckpt, out / 'last.pth')
+    before = (out / 'args.json').read_bytes()
+    assert mtrain.main([*argv, '--resume', '--workers', '0', '--threads', '1']) == 0  # runtime flags may differ
+    assert (out / 'args.json').read_bytes() == before
+
+
+TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+            '-m', 'mlan_timm.tools.train']
+
+
+def _torchrun(argv, repo_root, subprocess_env):
+    return subprocess.run([*TORCHRUN, *argv], cwd=repo_root, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_torchrun_two_processes_gloo_matches_the_global_batch(cifar_folder, tmp_path, train_args, repo_root,
+                                                               subprocess_env):
+    """2 CPU processes (gloo) train with the global batch 8 split 4 + 4: rank 0 alone writes the run, metrics cover
+    all 40 train / 20 test images, and the result is close to one process with batch 8 (not bit-equal: each
+    process normalises its BatchNorm over its own 4 images; SyncBatchNorm is CUDA-only)."""
+    extra = ['--data-on-device', '--decay-milestones', '1']
+    dist_out, one_out = tmp_path / 'ddp', tmp_path / 'one'
+    res = _torchrun(train_args(cifar_folder, dist_out, epochs=2, extra=extra), repo_root, subprocess_env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert res.stdout.count('done: 2 epochs') == 1  # rank 0 reports
+    assert sorted(p.name for p in dist_out.iterdir()) == ['args.json', 'last.pth', 'log.jsonl', 'model.safetensors',
+                                                          'summary.json']
+    rows = [json.loads(x) for x in (dist_out / 'log.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in rows] == [0, 1] and all(r['train_images'] == 40 for r in rows)
+    assert json.loads((dist_out / 'summary.json').read_text())['world_size'] == 2
+    assert json.loads((dist_out / 'args.json').read_text())['world_size'] == 2
+    assert mtrain.main(train_args(cifar_folder, one_out, epochs=2, extra=extra)) == 0
+    one = [json.loads(x) for x in (one_out / 'log.jsonl').read_text().splitlines()]
+    assert [r['lr'] for r in rows] == [r['lr'] for r in one]
+    for a, b in zip(rows, one):
+        assert a['train_loss'] == pytest.approx(b['train_loss'], rel=0.1)
+    wa, wb = load_file(dist_out / 'model.safetensors'), load_file(one_out / 'model.safetensors')
+    keys = [k for k in wa if k.endswith('weight') and wa[k].dim() > 1]  # conv and fc weights
+    dist2 = sum(((wa[k] - wb[k]) ** 2).sum() for k in keys) / sum((wb[k] ** 2).sum() for k in keys)
+    assert dist2.sqrt() < 0.15  # measured 0.06; two independent initialisations are about 1.4 apart
+
+
+@pytest.mark.slow
+def test_torchrun_resume_continues_the_run(cifar_folder, tmp_path, train_args, repo_root, subprocess_env):
+    out = tmp_path / 'ddp'
+    argv = train_args(cifar_folder, out, epochs=1, extra=['--data-on-device'])
+    assert _torchrun(argv, repo_root, subprocess_env).returncode == 0
+    argv[argv.index('--epochs') + 1] = '2'
+    res = _torchrun([*argv, '--resume'], repo_root, subprocess_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count('Resuming from') == 1
+    assert [json.loads(x)['epoch'] for x in (out / 'log.jsonl').read_text().splitlines()] == [0, 1]
+    res = _torchrun([*argv, '--resume'], repo_root, subprocess_env)
+    assert res.returncode == 0 and res.stdout.count('nothing to do') == 1

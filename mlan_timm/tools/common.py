@@ -4,11 +4,14 @@ One syntax for model keyword arguments everywhere (``--model-kwargs attn=cbam dr
 mlan-eval / mlan-export, and ``name?attn=cbam&drop_rate=0.1`` model specs in mlan-bench): each item is
 ``key=value`` and the value is parsed by :func:`parse_kwarg_value` (JSON, then a Python literal, else a string).
 """
+import argparse
 import ast
 import contextlib
+import errno
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -25,7 +28,8 @@ __all__ = [
     'format_model_kwargs', 'create_model', 'model_kwargs_for_dataset', 'set_threads', 'resolve_device',
     'resolve_dataset', 'norm_stats',
     'load_weights_into', 'read_training_record', 'TRAINING_METADATA_KEY', 'amp_context', 'evaluate', 'unwrap',
-    'read_jsonl', 'run_cli', 'summarize_history',
+    'read_jsonl', 'run_cli', 'summarize_history', 'HelpFormatter', 'check_writable_dir', 'resolve_weights_path',
+    'progress_enabled',
 ]
 
 #: safetensors metadata key under which mlan-train stores its training record (JSON).
@@ -36,9 +40,21 @@ class UsageError(Exception):
     """A problem with the command line or inputs; the CLI prints ``mlan-<cmd>: error: <message>`` and exits 2."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default once: appended as ``(default: X)`` only where the help text does not
+    already say it (``(default: ...)`` written by hand) and the default is a value (not None / False / [])."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if '(default' in text or '%(default)' in text:
+            return text
+        if action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+            return text
+        return super()._get_help_string(action)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    import argparse
     try:
         v = int(text)
     except ValueError:
@@ -93,12 +109,33 @@ def check_model_registered(name: str):
         raise UsageError(f"Unknown model {name!r}: not registered with timm (after importing mlan_timm).{hint}")
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """``timm.create_model`` with mlan_timm registered, and a UsageError naming the problem for bad names/kwargs."""
+_PYTHON_ADVICE = ('pretrained=', 'pretrained_cfg_overlay', 'timm.create_model')
+
+
+def cli_pretrained_message(message: str, alternative: str) -> str:
+    """A weights error of ``create_model(pretrained=True)`` worded for a command line: the sentences giving Python
+    advice (``pretrained=False``, ``pretrained_cfg_overlay=...``) are replaced by the CLI's ``alternative``."""
+    sentences = [s for s in message.replace('. ', '.\n').split('\n') if s.strip()]
+    kept = [s for s in sentences if not any(a in s for a in _PYTHON_ADVICE)]
+    text = ' '.join(kept) if kept else sentences[0] if sentences else message
+    return f"--pretrained: {text} {alternative}"
+
+
+def create_model(name: str, pretrained: bool = False, weights_flag: str = '--weights FILE', **kwargs) -> nn.Module:
+    """``timm.create_model`` with mlan_timm registered, and a UsageError naming the problem for bad names/kwargs.
+
+    With ``pretrained=True`` a missing / unloadable source is a UsageError worded for the command line (pointing
+    to the tool's ``weights_flag``); the Python API (``timm.create_model``) keeps its own message."""
     import timm
     check_model_registered(name)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except PretrainedWeightsError as e:
+        if not pretrained:
+            raise
+        raise UsageError(cli_pretrained_message(
+            str(e), f"Use your own weights with {weights_flag} (e.g. a model.safetensors written by mlan-train or "
+                    f"mlan-export) instead of --pretrained.")) from e
     except TypeError as e:
         raise UsageError(f"Model {name!r} does not accept these arguments {sorted(kwargs)}: {e}") from e
     except ValueError as e:  # e.g. an unknown attn=... value: the model's own message names the problem
@@ -159,8 +196,17 @@ def flush_denormals() -> bool:
 
 
 def resolve_dataset(model_name: str, dataset: Optional[str] = None) -> str:
-    """``--dataset``, else the dataset in the model name (:func:`mlan_timm.zoo.dataset_of`); UsageError if neither."""
-    ds = dataset or zoo.dataset_of(model_name)
+    """``--dataset``, else the dataset in the model name (:func:`mlan_timm.zoo.dataset_of`); UsageError if neither,
+    or if ``--dataset`` contradicts the model name (``--dataset cifar10`` with a ``_cifar100`` model)."""
+    named = zoo.dataset_of(model_name.split('.')[0])
+    if dataset and named:
+        given = mdata.dataset_info(dataset).name if dataset.lower().replace('-', '') in zoo.DATASETS else dataset
+        if given != named:
+            base = model_name.split('.')[0]
+            other = f"use {base[:-len(named)] + given} for {given}, or " if base.endswith(named) else ''
+            raise UsageError(f"--dataset {given} conflicts with model {model_name!r}, which is built for {named} "
+                             f"({mdata.dataset_info(named).num_classes} classes): {other}pass --dataset {named}")
+    ds = dataset or named
     if ds is None:
         check_model_registered(model_name)  # an unknown model is the better message
         raise UsageError(f"Cannot tell the dataset from model name {model_name!r}; pass --dataset "
@@ -188,6 +234,21 @@ def load_weights_into(model: nn.Module, path: os.PathLike, model_name: str = '',
     from ..pretrained import load_state_dict_clearly, read_state_dict
     sd = read_state_dict(path, model_name=model_name, use_ema=use_ema)
     load_state_dict_clearly(model, sd, model_name=model_name, path=path)
+
+
+def resolve_weights_path(path: os.PathLike, flag: str = '--weights', file_name: str = 'model.safetensors') -> Path:
+    """``path`` itself when it is a file; for a folder (an mlan-export folder or an mlan-train run folder) the
+    ``file_name`` inside it; a UsageError naming ``flag`` when neither exists."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        inner = p / file_name
+        if inner.is_file():
+            return inner
+        raise UsageError(f"{flag} {path} is a folder without {file_name}; pass the weights file itself "
+                         f"(e.g. {flag} {inner})")
+    if not p.exists():
+        raise UsageError(f"{flag}: file not found: {path}")
+    return p
 
 
 def read_training_record(path: Optional[os.PathLike]) -> Optional[Dict[str, Any]]:
@@ -286,8 +347,58 @@ def read_jsonl(path: os.PathLike, what: str = 'Training log') -> List[Dict[str, 
     return rows
 
 
+def _existing_ancestor(p: Path) -> Path:
+    while True:
+        try:
+            if p.exists() or p.is_symlink() or p.parent == p:
+                return p
+        except OSError:  # e.g. a parent that is not searchable
+            return p
+        p = p.parent
+
+
+def check_writable_dir(path: os.PathLike, flag: str) -> Path:
+    """UsageError naming ``flag`` unless folder ``path`` exists and is writable or can be created; creates nothing.
+
+    Checks the nearest existing ancestor: it must be a folder, writable (``os.access``) and a file must really be
+    creatable in it (a probe temp file, which catches read-only file systems even for root)."""
+    p = Path(path).expanduser()
+    anc = _existing_ancestor(p)
+    what = f"{flag} {path}"
+    if not anc.is_dir():
+        if anc == p:
+            raise UsageError(f"{what}: {p} is a file, not a folder")
+        raise UsageError(f"{what}: cannot create the folder: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UsageError(f"{what}: folder {anc} is not writable (permission denied)" +
+                         ('' if anc == p else f", so {p} cannot be created"))
+    try:
+        with tempfile.TemporaryFile(dir=anc):
+            pass
+    except OSError as e:
+        raise UsageError(f"{what}: cannot write in folder {anc}: {e.strerror or e}") from e
+    return p
+
+
+def progress_enabled(flag: Optional[bool], stream=None) -> bool:
+    """``--progress`` / ``--no-progress`` when given, else on only when ``stream`` (stderr) is a terminal."""
+    if flag is not None:
+        return flag
+    stream = stream or sys.stderr
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+#: OS errors a CLI reports in one line (exit 1) instead of a traceback: permissions, read-only or full disks, ...
+_OS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+              getattr(errno, 'EDQUOT', -1)}
+
+
 def run_cli(prog: str, fn: Callable[[], int], extra_errors: Sequence[Tuple[type, int]] = ()) -> int:
-    """Run ``fn()``; UsageError, missing data and weights errors print ``{prog}: error: ...`` and return 2."""
+    """Run ``fn()``; UsageError, missing data and weights errors print ``{prog}: error: ...`` and return 2; OS errors
+    writing files (permissions, read-only or full disk) print ``{prog}: error: ...`` and return 1."""
     errors = tuple(extra_errors) + ((UsageError, 2), (mdata.DatasetNotFoundError, 2), (PretrainedWeightsError, 2))
     try:
         return fn()
@@ -295,3 +406,8 @@ def run_cli(prog: str, fn: Callable[[], int], extra_errors: Sequence[Tuple[type,
         code = next(c for t, c in errors if isinstance(e, t))
         print(f"{prog}: error: {e}", file=sys.stderr)
         return code
+    except OSError as e:
+        if e.errno not in _OS_ERRNOS:
+            raise
+        print(f"{prog}: error: {e.strerror or e}: {e.filename or ''}".rstrip(': '), file=sys.stderr)
+        return 1

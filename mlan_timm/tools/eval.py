@@ -1,7 +1,8 @@
 """Evaluate a model on a CIFAR test split: top-1 / top-5 accuracy, loss and images/s.
 
-Weights come from ``--pretrained`` (bundled or Hub), ``--weights file.safetensors`` or ``--checkpoint
-last.pth`` (an mlan-train checkpoint; ``--ema`` picks its EMA weights). Prints a table, or JSON with ``--json``.
+Weights come from ``--pretrained`` (bundled or Hub), ``--weights file.safetensors`` (or a folder holding
+``model.safetensors``: an mlan-export folder or an mlan-train run) or ``--checkpoint last.pth`` (an mlan-train
+checkpoint, or its run folder; ``--ema`` picks its EMA weights). Prints a table, or JSON with ``--json``.
 Weights written by mlan-train carry their training record: the JSON then also holds the run's final-epoch and
 best-epoch test top-1 / top-5 (``training``), and the images are normalised with the constants they were trained
 with.
@@ -18,6 +19,7 @@ from .. import data as mdata
 from .. import zoo
 from ..complexity import count_params
 from .common import (
+    HelpFormatter,
     UsageError,
     create_model,
     evaluate,
@@ -26,9 +28,11 @@ from .common import (
     norm_stats,
     parse_model_kwargs,
     positive_int,
+    progress_enabled,
     read_training_record,
     resolve_dataset,
     resolve_device,
+    resolve_weights_path,
     run_cli,
     set_threads,
 )
@@ -38,18 +42,22 @@ __all__ = ['build_parser', 'run_eval', 'main', 'format_table']
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='mlan-eval', description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument('--model', required=True, help='timm model name, e.g. mlan_resnet20_cifar10')
     p.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE')
     src = p.add_mutually_exclusive_group()
     src.add_argument('--pretrained', action='store_true', help='bundled / Hub weights')
-    src.add_argument('--weights', default=None, help='a .safetensors (or state-dict .pth) file')
-    src.add_argument('--checkpoint', default=None, help='an mlan-train checkpoint (last.pth)')
+    src.add_argument('--weights', default=None,
+                     help='a .safetensors (or state-dict .pth) file, or a folder holding model.safetensors '
+                          '(an mlan-export folder or an mlan-train run)')
+    src.add_argument('--checkpoint', default=None, help='an mlan-train checkpoint (last.pth) or its run folder')
     p.add_argument('--ema', action='store_true', help="use the checkpoint's EMA weights")
-    p.add_argument('--data-dir', default=None)
-    p.add_argument('--dataset', default=None, choices=sorted(zoo.DATASETS))
-    p.add_argument('--download', action='store_true')
-    p.add_argument('--cache-dir', default=None)
+    p.add_argument('--data-dir', default=None, help='CIFAR data (torchvision layout, ImageFolder or tarballs)')
+    p.add_argument('--dataset', default=None, choices=sorted(zoo.DATASETS),
+                   help='dataset (default: from the model name suffix; must agree with it)')
+    p.add_argument('--download', action='store_true', help='let torchvision download CIFAR into --data-dir')
+    p.add_argument('--cache-dir', default=None,
+                   help='where tarballs are extracted / decoded (default: ~/.cache/mlan_timm or $MLAN_TIMM_CACHE)')
     p.add_argument('--split', default='test', choices=['test', 'train'])
     p.add_argument('--subset', type=positive_int, default=None, help='evaluate on a fixed random subset of N images')
     p.add_argument('--batch-size', '-b', type=positive_int, default=256)
@@ -60,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
-    p.add_argument('--progress', action='store_true')
+    p.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
+                   help='tqdm progress bar on stderr (default: on when stderr is a terminal)')
     return p
 
 
@@ -79,9 +88,14 @@ def run_eval(args) -> Dict[str, Any]:
     if args.ema and not args.checkpoint:
         raise UsageError("--ema picks the EMA weights of an mlan-train checkpoint: it needs --checkpoint FILE "
                          f"(not {'--pretrained' if args.pretrained else '--weights'})")
+    path = None
+    if args.weights:
+        path = resolve_weights_path(args.weights, '--weights', 'model.safetensors')
+    elif args.checkpoint:
+        path = resolve_weights_path(args.checkpoint, '--checkpoint', 'last.pth')
     kwargs = parse_model_kwargs(args.model_kwargs)
-    model = create_model(args.model, pretrained=args.pretrained, **model_kwargs_for_dataset(kwargs, dataset))
-    path = args.weights or args.checkpoint
+    model = create_model(args.model, pretrained=args.pretrained, weights_flag='--weights FILE (or --checkpoint FILE)',
+                         **model_kwargs_for_dataset(kwargs, dataset))
     record = None
     if path:
         load_weights_into(model, path, args.model, use_ema=args.ema)
@@ -95,7 +109,7 @@ def run_eval(args) -> Dict[str, Any]:
     loader = mdata.build_loader(dataset, args.data_dir, args.split, args.batch_size, on_device=args.data_on_device,
                                 device=device, workers=args.workers, download=args.download,
                                 cache_dir=args.cache_dir, subset=args.subset, mean=mean, std=std)
-    res = evaluate(model, loader, device, args.amp, args.channels_last, progress=args.progress)
+    res = evaluate(model, loader, device, args.amp, args.channels_last, progress=progress_enabled(args.progress))
     source = 'pretrained' if args.pretrained else Path(path).name
     out = dict(model=args.model, weights=source + (' (ema)' if args.ema else ''), dataset=dataset,
                split=args.split, images=res['images'], top1=res['top1'], top5=res['top5'], loss=res['loss'],

@@ -1,10 +1,15 @@
 """Export trained weights as a Hugging Face Hub model folder, and push such a folder to the Hub.
 
-``mlan-export`` writes ``<hub dir>/<model_name>/`` with timm's HF format (``config.json`` via timm's
+``mlan-export`` writes ``<hub dir>/<name>/`` with timm's HF format (``config.json`` via timm's
 ``save_for_hf``: architecture, num_classes, label_names, pretrained_cfg, model_args), ``model.safetensors``
 and a ``README.md`` model card built from evaluation results, the training log and the paper's tables
 (:mod:`mlan_timm.paper_tables`). The folder is assembled in a temporary directory next to the target and swapped
 in, so an existing export is never half-overwritten.
+
+``<name>`` is the model name for the model as registered (default kwargs), and ``<model>.<tag>`` for a variant
+built with ``--model-kwargs`` (e.g. ``mlan_resnet20_cifar10.fusion_concat``, see :func:`export_name`), so a variant
+never replaces the default model's folder or Hub repo; the Hub repo is ``mlan-timm/<name>`` unless ``--repo-id``
+says otherwise. ``--tag`` names the variant explicitly.
 
 ``mlan-push`` uploads such a folder with ``huggingface_hub`` (needs a token: ``--token`` or ``$HF_TOKEN``).
 """
@@ -12,18 +17,21 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from .. import paper_tables, zoo
+from ..atomic import honour_umask, make_temp_dir
 from ..complexity import count_macs, count_params
 from .common import (
+    HelpFormatter,
     UsageError,
+    check_writable_dir,
     create_model,
     load_weights_into,
     model_kwargs_for_dataset,
@@ -31,12 +39,13 @@ from .common import (
     read_jsonl,
     read_training_record,
     resolve_dataset,
+    resolve_weights_path,
     run_cli,
     summarize_history,
 )
 
-__all__ = ['count_macs', 'count_params', 'paper_variant_of', 'paper_result', 'export_model', 'render_model_card',
-           'push_folder', 'main', 'push_main']
+__all__ = ['count_macs', 'count_params', 'paper_variant_of', 'paper_result', 'export_name', 'export_model',
+           'render_model_card', 'push_folder', 'main', 'push_main']
 
 NOT_AVAILABLE = 'not available'
 NOT_IN_PAPER = 'not in the paper'
@@ -182,6 +191,72 @@ def _load_json_arg(path: Optional[str], what: str):
         raise UsageError(f"{what} file {p} is not valid JSON: {e}") from e
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Names of exports: one folder / Hub repo per variant
+# ----------------------------------------------------------------------------------------------------------------
+_TAG_RE = re.compile(r'^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$')
+_MAX_TAG = 60
+
+
+def _tag_token(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))
+    return re.sub(r'[^A-Za-z0-9]+', '_', text).strip('_') or 'x'
+
+
+def variant_tag(model_kwargs: Optional[Dict[str, Any]]) -> str:
+    """The pretrained tag of a variant: ``{'fusion': 'concat'}`` -> ``'fusion_concat'``, ``{'attn': 'cbam',
+    'widths': [16, 32, 64]}`` -> ``'attn_cbam-widths_16_32_64'`` (sorted keys; ``''`` for no kwargs)."""
+    kwargs = {k: v for k, v in (model_kwargs or {}).items() if k != 'num_classes'}
+    return '-'.join(f"{_tag_token(k)}_{_tag_token(v)}" for k, v in sorted(kwargs.items()))
+
+
+def export_name(model_name: str, model_kwargs: Optional[Dict[str, Any]] = None, tag: Optional[str] = None) -> str:
+    """Folder name under ``--hub-dir`` and Hub repo name of an export: the architecture name for the registered
+    model, ``<architecture>.<tag>`` for a variant. The tag is ``tag`` when given, else the tag of ``model_name``
+    (``mlan_resnet20_cifar10.mytag``), else :func:`variant_tag` of ``model_kwargs`` (``fusion_concat``).
+
+    A name is a valid timm pretrained tag and Hugging Face repo name (letters, digits, ``_``, single ``-``)."""
+    base, _, name_tag = model_name.partition('.')
+    tag = tag or name_tag or variant_tag(model_kwargs)
+    if not tag:
+        return base
+    if not _TAG_RE.match(tag):
+        raise UsageError(f"--tag {tag!r}: use letters, digits, '_' and single '-' (a timm pretrained tag that is also "
+                         "a valid Hugging Face repo name)")
+    if len(tag) > _MAX_TAG:
+        raise UsageError(f"the variant tag {tag!r} derived from --model-kwargs is longer than {_MAX_TAG} characters; "
+                         "name the variant with --tag NAME")
+    return f"{base}.{tag}"
+
+
+#: config.json key where mlan-export records the variant (``{'model_kwargs': {...}, 'name': ...}``); timm ignores it
+CONFIG_KEY = 'mlan_timm'
+_TIMM_EXPORT_ARGS = ('num_classes', 'in_chans', 'global_pool', 'img_size')  # save_for_hf adds these itself
+
+
+def _config_model_args(folder: Path) -> Optional[Dict[str, Any]]:
+    """The variant kwargs of an export folder ({} for the registered model), None without a readable config.json.
+
+    From the ``mlan_timm`` record mlan-export writes, else (older exports) timm's ``model_args`` less the
+    arguments timm's ``save_for_hf`` records for every model."""
+    try:
+        cfg = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return None
+    if isinstance(cfg.get(CONFIG_KEY), dict):
+        return dict(cfg[CONFIG_KEY].get('model_kwargs') or {})
+    return {k: v for k, v in (cfg.get('model_args') or {}).items() if k not in _TIMM_EXPORT_ARGS}
+
+
+def _check_default_repo(repo_id: str, architecture: str, model_args: Dict[str, Any], what: str):
+    """A variant (non-empty model_args) must not go to the default model's repo ``mlan-timm/<architecture>``."""
+    if model_args and repo_id == f"{zoo.HF_ORG}/{architecture}":
+        raise UsageError(
+            f"{what} is a variant of {architecture} (model_args {model_args}); its repo {repo_id!r} is the default "
+            f"model's, which it would replace: use --repo-id {zoo.HF_ORG}/{export_name(architecture, model_args)} "
+            f"(the default for this variant)")
+
+
 def _recipe_of(train_log: Optional[os.PathLike], checkpoint: Optional[str]) -> Dict[str, Any]:
     if train_log and (Path(train_log).parent / 'args.json').is_file():
         return json.loads((Path(train_log).parent / 'args.json').read_text(encoding='utf-8'))
@@ -196,27 +271,45 @@ def _recipe_of(train_log: Optional[os.PathLike], checkpoint: Optional[str]) -> D
 def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optional[str] = None,
                  checkpoint: Optional[str] = None, use_ema: bool = False, model_kwargs: Optional[dict] = None,
                  eval_results: Optional[Dict[str, Any]] = None, train_log: Optional[os.PathLike] = None,
-                 repo_id: Optional[str] = None, model: Optional[torch.nn.Module] = None) -> Path:
-    """Write ``<hub_dir>/<model_name>/`` (config.json, model.safetensors, README.md); returns that path.
+                 repo_id: Optional[str] = None, model: Optional[torch.nn.Module] = None,
+                 tag: Optional[str] = None) -> Path:
+    """Write ``<hub_dir>/<name>/`` (config.json, model.safetensors, README.md); returns that path.
 
-    The card's training rows come from ``train_log`` (a run's log.jsonl) or else from the training record
-    mlan-train stores in its weights; the paper row from :func:`paper_result`."""
+    ``<name>`` is :func:`export_name` (``<model>`` or, for a variant, ``<model>.<tag>``); the Hub repo defaults to
+    ``mlan-timm/<name>``. An existing folder holding another variant is not replaced. The card's training rows
+    come from ``train_log`` (a run's log.jsonl) or else from the training record mlan-train stores in its weights;
+    the paper row from :func:`paper_result`."""
     from timm.models import save_for_hf
     base = model_name.split('.')[0]
     model_kwargs = {k: v for k, v in (model_kwargs or {}).items() if k != 'num_classes'}
+    name = export_name(model_name, model_kwargs, tag)
+    repo_id = repo_id or f"{zoo.HF_ORG}/{name}"
+    _check_default_repo(repo_id, base, model_kwargs, f"This export ({name})")
+    hub_root = check_writable_dir(hub_dir, '--hub-dir')
+    target = hub_root / name
+    if target.exists():
+        old_args = _config_model_args(target)
+        if old_args is not None and json.loads(json.dumps(old_args)) != json.loads(json.dumps(model_kwargs)):
+            raise UsageError(f"{target} holds an export with model_args {old_args}, not {model_kwargs}; it is not "
+                             f"replaced: name this variant with --tag NAME (or remove {target})")
     if use_ema and not checkpoint:
         raise UsageError("--ema picks the EMA weights of an mlan-train checkpoint: it needs --checkpoint FILE, "
                          "not --weights")
+    if train_log and not Path(train_log).is_file():
+        raise UsageError(f"Training log file not found: {train_log}")
     if model is None:
-        dataset = resolve_dataset(model_name)
+        dataset = resolve_dataset(base)
         if not (weights or checkpoint):
             raise UsageError("Nothing to export: give --weights FILE or --checkpoint FILE")
-        model = create_model(model_name, **model_kwargs_for_dataset(model_kwargs, dataset))
-        load_weights_into(model, weights or checkpoint, model_name, use_ema=use_ema)
+        if weights:
+            weights = str(resolve_weights_path(weights, '--weights', 'model.safetensors'))
+        else:
+            checkpoint = str(resolve_weights_path(checkpoint, '--checkpoint', 'last.pth'))
+        model = create_model(base, **model_kwargs_for_dataset(model_kwargs, dataset))
+        load_weights_into(model, weights or checkpoint, base, use_ema=use_ema)
     else:
         dataset = zoo.dataset_of(base) or ('cifar100' if model.num_classes == 100 else 'cifar10')
     model = model.cpu().eval()
-    repo_id = repo_id or f"{zoo.HF_ORG}/{base}"
 
     log_rows = read_jsonl(train_log) if train_log else []
     recipe = _recipe_of(train_log, checkpoint)
@@ -233,18 +326,19 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
     model_config = {}
     if pcfg.get('label_names') and len(pcfg['label_names']) == model.num_classes:
         model_config['label_names'] = list(pcfg['label_names'])
-    hub_root = Path(hub_dir)
     hub_root.mkdir(parents=True, exist_ok=True)
-    target = hub_root / base
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{base}.', dir=hub_root))
+    tmp = make_temp_dir(f'.{name}.', hub_root)
     try:
         save_for_hf(model, str(tmp), model_config=model_config, model_args=model_kwargs or None,
                     safe_serialization=True)
         cfg = json.loads((tmp / 'config.json').read_text(encoding='utf-8'))
+        cfg.setdefault('model_args', dict(model_kwargs))  # timm < 1.0.31 writes it only for non-empty kwargs
+        cfg[CONFIG_KEY] = dict(name=name, model_kwargs=model_kwargs, repo_id=repo_id)
+        (tmp / 'config.json').write_text(json.dumps(cfg, indent=2), encoding='utf-8')
         ev = dict(eval_results or {})
         if ev.get('weights'):
             ev['weights'] = Path(str(ev['weights']).replace(' (ema)', '')).name  # no local paths in the card
-        info = dict(model_name=base, dataset=dataset, num_classes=model.num_classes,
+        info = dict(model_name=name, dataset=dataset, num_classes=model.num_classes,
                     architecture=cfg.get('architecture', base), params=count_params(model),
                     macs=count_macs(model, tuple(pcfg.get('input_size', (3, 32, 32)))),
                     model_args=cfg.get('model_args'), license=pcfg.get('license', 'apache-2.0'),
@@ -252,7 +346,7 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
                     paper=paper_result(base, model_kwargs), repo_id=repo_id,
                     date=datetime.date.today().isoformat())
         (tmp / 'README.md').write_text(render_model_card(info), encoding='utf-8')
-        os.chmod(tmp, 0o755)
+        honour_umask(tmp)  # mkdtemp's 0700 and the 0600 of files written through temp files
         _swap_in(tmp, target)
     finally:
         if tmp.exists():
@@ -283,15 +377,23 @@ def _swap_in(new: Path, target: Path):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='mlan-export', description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--model', required=True)
-    p.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE')
+                                formatter_class=HelpFormatter)
+    p.add_argument('--model', required=True, help='model name, e.g. mlan_resnet20_cifar10')
+    p.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
+                   help='create_model kwargs of a variant, e.g. fusion=concat: exported as <model>.<tag> '
+                        '(e.g. mlan_resnet20_cifar10.fusion_concat), never over the default model')
+    p.add_argument('--tag', default=None,
+                   help='name of the variant: export to <hub dir>/<model>.<tag>, repo mlan-timm/<model>.<tag> '
+                        '(default: derived from --model-kwargs, e.g. fusion_concat)')
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--weights', help='a .safetensors file (e.g. <run>/model.safetensors)')
-    src.add_argument('--checkpoint', help='an mlan-train checkpoint (<run>/last.pth)')
+    src.add_argument('--weights', help='a .safetensors file (e.g. <run>/model.safetensors), or a folder holding '
+                                       'model.safetensors')
+    src.add_argument('--checkpoint', help='an mlan-train checkpoint (<run>/last.pth), or its run folder')
     p.add_argument('--ema', action='store_true', help="export the checkpoint's EMA weights")
     p.add_argument('--hub-dir', default='hub', help='parent folder of the export')
-    p.add_argument('--repo-id', default=None, help=f'Hub repo id for the usage snippet (default: {zoo.HF_ORG}/<model>)')
+    p.add_argument('--repo-id', default=None,
+                   help=f'Hub repo id for the usage snippet (default: {zoo.HF_ORG}/<model>, or '
+                        f'{zoo.HF_ORG}/<model>.<tag> for a variant)')
     p.add_argument('--eval-json', default=None, help='output of `mlan-eval --json` for these weights')
     p.add_argument('--train-log', default=None, help="the run's log.jsonl")
     p.add_argument('--paper-results', default=None,
@@ -309,8 +411,9 @@ def main(argv=None) -> int:
         ev = _load_json_arg(args.eval_json, '--eval-json')
         out = export_model(args.model, args.hub_dir, weights=args.weights, checkpoint=args.checkpoint,
                            use_ema=args.ema, model_kwargs=parse_model_kwargs(args.model_kwargs), eval_results=ev,
-                           train_log=args.train_log, repo_id=args.repo_id)
-        print(f"exported {args.model} -> {out}")
+                           train_log=args.train_log, repo_id=args.repo_id, tag=args.tag)
+        print(f"exported {out.name} -> {out} (push with: mlan-push --model {out.name}"
+              f"{'' if out.parent == Path('hub') else f' --hub-dir {out.parent}'})")
         return 0
 
     return run_cli('mlan-export', run)
@@ -329,6 +432,7 @@ def push_folder(folder: os.PathLike, repo_id: str, token: Optional[str], private
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
     if missing:
         raise UsageError(f"{folder} is not an mlan-export folder: missing {', '.join(missing)}")
+    _check_default_repo(repo_id, folder.name.split('.')[0], _config_model_args(folder) or {}, f"Folder {folder}")
     if not token:
         raise UsageError("No Hugging Face token: pass --token or set HF_TOKEN (nothing was uploaded)")
     if api is None:
@@ -342,11 +446,15 @@ def push_folder(folder: os.PathLike, repo_id: str, token: Optional[str], private
 
 
 def build_push_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='mlan-push', description='Upload hub/<model>/ to the Hugging Face Hub.')
-    p.add_argument('--model', required=True, help='model name = folder name under --hub-dir')
-    p.add_argument('--hub-dir', default='hub')
-    p.add_argument('--repo-id', default=None, help=f'default: {zoo.HF_ORG}/<model>')
-    p.add_argument('--token', default=None, help='default: $HF_TOKEN')
+    p = argparse.ArgumentParser(prog='mlan-push', description='Upload hub/<model>/ to the Hugging Face Hub.',
+                                formatter_class=HelpFormatter)
+    p.add_argument('--model', required=True,
+                   help='folder name under --hub-dir: <model>, or <model>.<tag> for a variant (what mlan-export '
+                        'printed)')
+    p.add_argument('--tag', default=None, help='variant tag: pushes <hub dir>/<model>.<tag>')
+    p.add_argument('--hub-dir', default='hub', help='parent folder of the export')
+    p.add_argument('--repo-id', default=None, help=f'(default: {zoo.HF_ORG}/<folder name>)')
+    p.add_argument('--token', default=None, help='(default: $HF_TOKEN)')
     p.add_argument('--private', action='store_true')
     p.add_argument('--revision', default=None)
     p.add_argument('--commit-message', default=None)
@@ -357,10 +465,16 @@ def push_main(argv=None) -> int:
     args = build_push_parser().parse_args(argv)
 
     def run():
-        url = push_folder(Path(args.hub_dir) / args.model, args.repo_id or f'{zoo.HF_ORG}/{args.model}',
+        name = export_name(args.model, tag=args.tag)
+        folder = Path(args.hub_dir) / name
+        if not folder.is_dir():
+            variants = sorted(p.name for p in Path(args.hub_dir).glob(f"{args.model.split('.')[0]}.*") if p.is_dir())
+            hint = f" (variants there: {', '.join(variants)})" if variants else ''
+            raise UsageError(f"no export folder {folder}{hint}; run mlan-export first")
+        url = push_folder(folder, args.repo_id or f'{zoo.HF_ORG}/{name}',
                           args.token or os.environ.get('HF_TOKEN'), private=args.private, revision=args.revision,
                           commit_message=args.commit_message)
-        print(f"pushed {args.model} -> {url}")
+        print(f"pushed {name} -> {url}")
         return 0
 
     return run_cli('mlan-push', run)

@@ -15,10 +15,20 @@ are passed to ``create_scheduler_v2`` as ``m + 1``; ``tests/test_train.py`` chec
 The paper reports the best test accuracy over all epochs; the log, ``summary.json``, the checkpoint and the
 saved weights' metadata record both the final-epoch and the best-epoch test top-1 / top-5 (and the best epoch).
 
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) mlan-train trains with ``DistributedDataParallel`` (nccl on
+CUDA, one GPU per process at ``cuda:LOCAL_RANK``; gloo on CPU). ``--batch-size`` stays the *global* batch, split
+evenly over the processes, each taking its share of every global batch (:func:`mlan_timm.data.shard_batches`);
+train and test metrics are reduced over all processes; rank 0 alone writes the checkpoint, log and weights.
+
+Resume safety: ``--resume`` refuses flags that change what is trained (:data:`RESUME_REFUSED_FLAGS`) unless
+``--override-resume-flags`` is given; every accepted change (and a larger ``--epochs``) is printed and recorded in
+``args.json`` under ``resume_overrides``; a finished run is left alone ("nothing to do").
+
 Run ``mlan-train --help`` (or ``python -m mlan_timm.tools.train --help``) for every knob; see docs/training.md.
 """
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -35,8 +45,10 @@ from .. import zoo
 from ..atomic import atomic_save_file, atomic_torch_save, atomic_write_text
 from .common import (
     TRAINING_METADATA_KEY,
+    HelpFormatter,
     UsageError,
     amp_context,
+    check_writable_dir,
     create_model,
     evaluate,
     load_weights_into,
@@ -55,7 +67,7 @@ from .common import (
 __all__ = ['RECIPES', 'TrainHooks', 'NonFiniteLossError', 'build_parser', 'parse_args', 'build_optimizer',
            'build_scheduler', 'train_step', 'train_one_epoch', 'evaluate', 'save_checkpoint', 'load_checkpoint',
            'summarize_history', 'TrainSetup', 'prepare_train', 'begin_epoch', 'finish_epoch', 'finish_train',
-           'train', 'main']
+           'train', 'main', 'RESUME_REFUSED_FLAGS', 'RESUME_RECORDED_FLAGS']
 
 #: Training recipes: argparse defaults that ``--recipe NAME`` selects; explicit flags override them.
 RECIPES: Dict[str, Dict[str, Any]] = {
@@ -63,6 +75,18 @@ RECIPES: Dict[str, Dict[str, Any]] = {
                   no_wd_norm_bias=False, sched='multistep', decay_milestones=[50, 100, 150], decay_rate=0.1,
                   warmup_epochs=0, smoothing=0.0, seed=2021, padding_mode='reflect'),
 }
+
+
+#: mlan-train options that define what is trained: ``--resume`` refuses a change of any of them (naming each) unless
+#: ``--override-resume-flags`` is given. ``epochs`` may grow (training on), not shrink.
+RESUME_REFUSED_FLAGS = (
+    'model', 'pretrained', 'initial_weights', 'dataset', 'data_dir', 'subset', 'test_subset', 'padding_mode',
+    'recipe', 'epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'no_wd_norm_bias', 'sched',
+    'decay_milestones', 'decay_rate', 'decay_epochs', 'min_lr', 'warmup_epochs', 'warmup_lr', 'sched_on_updates',
+    'smoothing', 'clip_grad', 'seed', 'max_steps')
+#: Options that may change at a resume (runtime choices that still show in the numbers): allowed, printed and
+#: recorded in ``args.json``. Every other option (device, workers, threads, output, progress, compile, ...) is free.
+RESUME_RECORDED_FLAGS = ('amp', 'model_ema', 'model_ema_decay', 'data_on_device', 'eval_every', 'sync_bn')
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,7 +108,8 @@ def build_parser(recipe: str = 'paper') -> argparse.ArgumentParser:
     """The mlan-train parser, with the defaults of ``recipe`` (see :data:`RECIPES`)."""
     p = argparse.ArgumentParser(
         prog='mlan-train', description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog='Distributed: torchrun --nproc_per_node N -m mlan_timm.tools.train ... (see docs/training.md)',
+        formatter_class=HelpFormatter)
     g = p.add_argument_group('model')
     g.add_argument('--model', default='mlan_resnet20_cifar10', help='timm model name')
     g.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
@@ -110,7 +135,8 @@ def build_parser(recipe: str = 'paper') -> argparse.ArgumentParser:
     g.add_argument('--recipe', default=recipe, choices=sorted(RECIPES),
                    help='defaults of the flags below; explicit flags override them')
     g.add_argument('--epochs', type=positive_int, help='training epochs')
-    g.add_argument('--batch-size', '-b', type=positive_int, help='training batch size')
+    g.add_argument('--batch-size', '-b', type=positive_int,
+                   help='training batch size; under torchrun the global batch, split evenly over the processes')
     g.add_argument('--opt', help="timm optimizer name (create_optimizer_v2): 'momentum' is SGD with momentum, "
                                  "no Nesterov (the paper); timm's 'sgd' is Nesterov")
     g.add_argument('--lr', type=float, help='initial learning rate')
@@ -143,12 +169,17 @@ def build_parser(recipe: str = 'paper') -> argparse.ArgumentParser:
     g.add_argument('--deterministic', action='store_true',
                    help='torch.use_deterministic_algorithms (CUDA needs CUBLAS_WORKSPACE_CONFIG=:4096:8)')
     g.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    g.add_argument('--sync-bn', action='store_true',
+                   help='under torchrun on CUDA: SyncBatchNorm, batch statistics over the global batch')
     g.add_argument('--max-steps', type=positive_int, default=None, help='stop each epoch after N steps (smoke runs)')
     g = p.add_argument_group('output')
     g.add_argument('--output', '-o', default=None, help='run directory (default: runs/<model>-<time>)')
     g.add_argument('--resume', nargs='?', const='auto', default=None,
                    help='resume from a checkpoint: plain --resume needs -o RUN_DIR and uses RUN_DIR/last.pth; '
                         '--resume PATH without -o continues in the folder of PATH')
+    g.add_argument('--override-resume-flags', action='store_true',
+                   help='let --resume continue with changed data / recipe flags (each change is printed and '
+                        'recorded in args.json); without it such a resume is refused')
     g.add_argument('--no-progress', action='store_true', help='no tqdm bars')
     g.add_argument('--eval-every', type=positive_int, default=1, help='evaluate every N epochs (and always the last)')
     p.set_defaults(**RECIPES[recipe])
@@ -296,7 +327,8 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer, scheduler, 
     train_time = time.perf_counter() - t0
     rec = dict(epoch=epoch, lr=lr, train_loss=loss_sum.item() / max(n_img, 1),
                train_top1=100.0 * correct.item() / max(n_img, 1),
-               train_img_per_s=n_img / train_time if train_time > 0 else None, train_time=train_time)
+               train_img_per_s=n_img / train_time if train_time > 0 else None, train_time=train_time,
+               train_images=n_img)
     return rec, num_updates
 
 
@@ -316,7 +348,12 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, ema, scaler, epo
 
 
 def load_checkpoint(path: Path, args, model_kwargs: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
-    """Read a resume checkpoint and check it belongs to this run (model and kwargs); UsageError otherwise."""
+    """Read a resume checkpoint and check it belongs to this run; UsageError otherwise.
+
+    The model and its kwargs must be the checkpoint's; so must every flag of :data:`RESUME_REFUSED_FLAGS` unless
+    ``args.override_resume_flags`` (``--epochs`` may grow). The changes found (refused ones allowed by the
+    override, a larger ``--epochs``, :data:`RESUME_RECORDED_FLAGS`) are returned in ``ckpt['resume_changes']``
+    as ``{flag: [old, new]}``."""
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as e:
@@ -332,7 +369,64 @@ def load_checkpoint(path: Path, args, model_kwargs: Dict[str, Any], num_classes:
     if ckpt_kwargs != model_kwargs:
         raise UsageError(f"--resume: checkpoint {path} was trained with --model-kwargs {ckpt_kwargs}, "
                          f"but this run has {model_kwargs}; pass the same --model-kwargs")
+    refused, recorded = _resume_changes(ckpt, args)
+    if refused and not getattr(args, 'override_resume_flags', False):
+        run = Path(path).parent
+        raise UsageError(
+            f"--resume: this command changes what run {run} trains: {_describe_changes(refused)}. Resume with the "
+            f"run's flags (they are in {run / 'args.json'}), or pass --override-resume-flags to continue with the "
+            f"new values (recorded in args.json)")
+    ckpt['resume_changes'] = dict(refused, **recorded)
     return ckpt
+
+
+def _flag_name(key: str) -> str:
+    return {'batch_size': '--batch-size/-b', 'output': '-o/--output'}.get(key, '--' + key.replace('_', '-'))
+
+
+def _flag_value(v) -> str:
+    if v is None:
+        return 'not given'
+    if isinstance(v, bool):
+        return 'on' if v else 'off'
+    if isinstance(v, (list, tuple)):
+        return ' '.join(map(str, v))
+    return str(v)
+
+
+def _describe_changes(changes: Dict[str, List[Any]]) -> str:
+    return '; '.join(f"{_flag_name(k)} {_flag_value(old)} (run) -> {_flag_value(new)} (now)"
+                     for k, (old, new) in changes.items())
+
+
+def _same_flag(key: str, old, new) -> bool:
+    if key in ('data_dir', 'initial_weights') and old and new:
+        return os.path.abspath(os.path.expanduser(str(old))) == os.path.abspath(os.path.expanduser(str(new)))
+    if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
+        return list(old or []) == list(new or [])
+    return old == new
+
+
+def _resume_changes(ckpt: Dict[str, Any], args) -> Tuple[Dict[str, List[Any]], Dict[str, List[Any]]]:
+    """``(refused, recorded)`` changes of this command against the checkpoint's arguments, ``{key: [old, new]}``.
+
+    Keys the checkpoint does not hold (older mlan-train versions) are not compared."""
+    saved = ckpt.get('args') or {}
+    refused, recorded = {}, {}
+    for key in RESUME_REFUSED_FLAGS:
+        if key not in saved or key == 'dataset':
+            continue
+        old, new = saved[key], getattr(args, key, None)
+        if key == 'epochs' and old is not None and new is not None and new > old:
+            recorded[key] = [old, new]  # training on: allowed, recorded
+        elif not _same_flag(key, old, new):
+            refused[key] = [old, new]
+    if ckpt.get('dataset') and args.dataset and ckpt['dataset'] != args.dataset:
+        refused['dataset'] = [ckpt['dataset'], args.dataset]
+    for key in RESUME_RECORDED_FLAGS:
+        if key in saved and saved[key] != getattr(args, key, None):
+            recorded[key] = [saved[key], getattr(args, key, None)]
+    return refused, recorded
 
 
 def _resume_path(args) -> Optional[Path]:
@@ -380,8 +474,99 @@ def _save_final(model, ema, out_dir: Path, summary: Dict[str, Any]):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Distributed (torchrun)
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class _Dist:
+    """This process's place in a torchrun job (``world == 1``: a plain single-process run)."""
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _dist_from_env() -> _Dist:
+    try:
+        world = int(os.environ.get('WORLD_SIZE', '1'))
+        rank = int(os.environ.get('RANK', '0'))
+        local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    except ValueError as e:
+        raise UsageError(f"WORLD_SIZE / RANK / LOCAL_RANK are not integers: {e}") from e
+    return _Dist(world, rank, local_rank)
+
+
+def _train_device(spec: str, d: _Dist) -> torch.device:
+    """``--device`` for this process: under torchrun a CUDA run uses ``cuda:LOCAL_RANK``."""
+    device = resolve_device(spec)
+    if d.enabled and device.type == 'cuda':
+        if device.index is not None and device.index != d.local_rank:
+            raise UsageError(f"--device {spec} under torchrun: each process uses cuda:LOCAL_RANK; pass --device cuda")
+        if d.local_rank >= torch.cuda.device_count():
+            raise UsageError(f"LOCAL_RANK {d.local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
+        device = torch.device('cuda', d.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _init_process_group(d: _Dist, device: torch.device):
+    import torch.distributed as dist
+    if d.enabled and not dist.is_initialized():
+        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+
+
+def _all_reduce_sums(values: List[float], device: torch.device, op: str = 'sum') -> List[float]:
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == 'cuda' else 'cpu')
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == 'max' else dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _reduce_train_record(rec: Dict[str, Any], d: _Dist, device: torch.device) -> Dict[str, Any]:
+    """Train metrics of one epoch over all processes (image-weighted means, summed images, slowest time)."""
+    if not d.enabled:
+        return rec
+    n = rec['train_images']
+    tot_n, loss, correct = _all_reduce_sums([n, rec['train_loss'] * n, rec['train_top1'] * n], device)
+    (t,) = _all_reduce_sums([rec['train_time']], device, op='max')
+    return dict(rec, train_loss=loss / max(tot_n, 1), train_top1=correct / max(tot_n, 1), train_images=int(tot_n),
+                train_time=t, train_img_per_s=tot_n / t if t > 0 else None)
+
+
+def _evaluate_all(model, loader, device, args, d: _Dist) -> Dict[str, float]:
+    """:func:`evaluate` on this process's test shard, reduced over the processes (each test image counted once)."""
+    ev = evaluate(model, loader, device, args.amp, args.channels_last)
+    if not d.enabled:
+        return ev
+    n = ev['images']
+    tot_n, loss, top1, top5 = _all_reduce_sums([n, ev['loss'] * n, ev['top1'] * n, ev['top5'] * n], device)
+    (secs,) = _all_reduce_sums([ev['seconds']], device, op='max')
+    tot_n = max(tot_n, 1)
+    return dict(ev, images=int(tot_n), loss=loss / tot_n, top1=top1 / tot_n, top5=top5 / tot_n, seconds=secs,
+                img_per_s=tot_n / secs if secs > 0 else float('nan'))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class RunStart:
+    """What :func:`check_run` settles before anything is built: processes, device, data, run folder, checkpoint."""
+    d: _Dist
+    device: torch.device
+    dataset: str
+    model_kwargs: Dict[str, Any]
+    out_dir: Path
+    resume_from: Optional[Path]
+    ckpt: Optional[Dict[str, Any]]
+
+
 @dataclass
 class TrainSetup:
     """A run as :func:`prepare_train` leaves it before its first epoch (mlan-train and mlan-train-many share it).
@@ -392,7 +577,8 @@ class TrainSetup:
     dataset: str
     model_kwargs: Dict[str, Any]
     model: nn.Module
-    train_model: nn.Module  # the model, or its torch.compile wrapper
+    train_model: nn.Module  # the model, or its DDP / torch.compile wrapper
+    eval_model: nn.Module  # what is evaluated: the train model, or the plain model under torchrun
     train_loader: Any
     test_loader: Any
     optimizer: torch.optim.Optimizer
@@ -408,17 +594,43 @@ class TrainSetup:
     log_path: Path
     ckpt_path: Path
     run_info: Dict[str, Any]
+    d: _Dist
 
 
-def prepare_train(args) -> TrainSetup:
-    """Everything mlan-train does before its first epoch: checks, seeding, model, data, optimizer, scheduler,
-    resume from a checkpoint, run folder, ``args.json`` and the log rewritten from the checkpoint's history."""
+def _write_args_json(out_dir: Path, args, mean, std, ckpt: Optional[Dict[str, Any]], start_epoch: int,
+                     world: int):
+    """``args.json``: written for a new run; at a resume rewritten only to record accepted flag changes."""
+    path = out_dir / 'args.json'
+    changes = (ckpt or {}).get('resume_changes') or {}
+    if ckpt is not None and not changes and path.is_file():
+        return  # same flags: the run's record stays as it is
+    overrides = list(getattr(args, 'resume_overrides', None) or [])
+    if ckpt is not None and changes:
+        overrides.append(dict(epoch=start_epoch, changes={_flag_name(k): v for k, v in changes.items()}))
+    args.resume_overrides = overrides
+    atomic_write_text(path, json.dumps(dict(vars(args), mean=mean, std=std, world_size=world), indent=2,
+                                       default=str))
+
+
+def _nothing_to_do(ckpt: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
+    return dict(ckpt.get('summary') or {}, output=str(out_dir), nothing_to_do=True, completed_epochs=ckpt['epoch'])
+
+
+def check_run(args) -> RunStart:
+    """mlan-train's checks before anything is built: flags, torchrun world, a writable run folder, and the
+    checkpoint to resume (whose flags must match, see :data:`RESUME_REFUSED_FLAGS`)."""
     set_threads(args.threads)
-    device = resolve_device(args.device)
+    d = _dist_from_env()
+    device = _train_device(args.device, d)
     dataset = resolve_dataset(args.model, args.dataset)
     num_classes = mdata.dataset_info(dataset).num_classes
     if args.data_dir is None and not args.download:
         raise UsageError("--data-dir is required (or --download with --data-dir to fetch CIFAR via torchvision)")
+    if d.enabled and args.batch_size % d.world:
+        raise UsageError(f"--batch-size {args.batch_size} is the global batch: it must be a multiple of the "
+                         f"{d.world} torchrun processes")
+    if args.sync_bn and not (d.enabled and device.type == 'cuda'):
+        raise UsageError("--sync-bn needs a torchrun job on CUDA (PyTorch's SyncBatchNorm has no CPU support)")
     resume_from = _resume_path(args)
     if args.output:
         out_dir = Path(args.output)
@@ -426,32 +638,66 @@ def prepare_train(args) -> TrainSetup:
         out_dir = resume_from.parent  # --resume PATH: continue the run in its own folder
     else:
         out_dir = Path(f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_writable_dir(out_dir, '-o/--output')  # before any model or data is loaded
     if args.initial_weights and not Path(args.initial_weights).is_file():
         raise UsageError(f"--initial-weights: file not found: {args.initial_weights}")
 
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
+    if model_kwargs.get('num_classes') == num_classes:
+        del model_kwargs['num_classes']  # redundant: the dataset's class count is used anyway
+    ckpt = None
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, args, model_kwargs, num_classes)
+        if ckpt.get('dataset') and ckpt['dataset'] != dataset and 'dataset' not in ckpt['resume_changes']:
+            changes = {'dataset': [ckpt['dataset'], dataset]}
+            if not args.override_resume_flags:
+                raise UsageError(f"--resume: this command changes what run {out_dir} trains: "
+                                 f"{_describe_changes(changes)}; pass the run's --dataset")
+            ckpt['resume_changes'].update(changes)
+
+    return RunStart(d, device, dataset, model_kwargs, out_dir, resume_from, ckpt)
+
+
+def is_finished(start: RunStart, args) -> bool:
+    """A resumed run whose epochs are all done and whose final files exist: nothing to train."""
+    ckpt, out_dir = start.ckpt, start.out_dir
+    return (ckpt is not None and int(ckpt['epoch']) >= args.epochs and (out_dir / 'model.safetensors').is_file()
+            and (out_dir / 'summary.json').is_file())
+
+
+def prepare_train(args, start: Optional[RunStart] = None) -> TrainSetup:
+    """Everything mlan-train does before its first epoch: checks (:func:`check_run`, unless ``start`` is given),
+    seeding, model, data, optimizer, scheduler, resume from a checkpoint, run folder, ``args.json`` and the log
+    rewritten from the checkpoint's history. Under torchrun the process group must be initialised first."""
+    start = start if start is not None else check_run(args)
+    d, device, dataset, model_kwargs = start.d, start.device, start.dataset, start.model_kwargs
+    out_dir, resume_from, ckpt = start.out_dir, start.resume_from, start.ckpt
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     seed_everything(args.seed)
+    if not d.main:
+        args.no_progress = True  # one progress bar: rank 0's
 
-    model_kwargs = parse_model_kwargs(args.model_kwargs)
-    if model_kwargs.get('num_classes') == num_classes:
-        del model_kwargs['num_classes']  # redundant: the dataset's class count is used anyway
-    model = create_model(args.model, pretrained=args.pretrained, **model_kwargs_for_dataset(model_kwargs, dataset))
+    model = create_model(args.model, pretrained=args.pretrained, weights_flag='--initial-weights FILE',
+                         **model_kwargs_for_dataset(model_kwargs, dataset))
     if args.initial_weights:
         load_weights_into(model, args.initial_weights, args.model)
+    if args.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     mean, std = norm_stats(dataset)
 
     common = dict(device=device, workers=args.workers, download=args.download, cache_dir=args.cache_dir,
-                  on_device=args.data_on_device, mean=mean, std=std, seed=args.seed)
-    train_loader = mdata.build_loader(dataset, args.data_dir, 'train', args.batch_size, subset=args.subset,
-                                      padding_mode=args.padding_mode, **common)
-    test_loader = mdata.build_loader(dataset, args.data_dir, 'test', max(args.batch_size, 256),
+                  on_device=args.data_on_device, mean=mean, std=std, seed=args.seed, rank=d.rank,
+                  world_size=d.world)
+    train_loader = mdata.build_loader(dataset, args.data_dir, 'train', args.batch_size // d.world,
+                                      subset=args.subset, padding_mode=args.padding_mode, **common)
+    test_loader = mdata.build_loader(dataset, args.data_dir, 'test', max(args.batch_size // d.world, 256),
                                      subset=args.test_subset, **common)
     steps_per_epoch = len(train_loader) if args.max_steps is None else min(len(train_loader), args.max_steps)
 
@@ -462,12 +708,24 @@ def prepare_train(args) -> TrainSetup:
     criterion = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
 
     start_epoch, history = 0, []
-    ckpt = None
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, args, model_kwargs, num_classes)
+    if ckpt is not None:
         model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
+        changed = ckpt.get('resume_changes') or {}
+        fresh = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
+        try:
+            optimizer.load_state_dict(ckpt['optimizer'])
+        except ValueError as e:  # e.g. --no-wd-norm-bias changed the parameter groups (only with the override)
+            if not changed:
+                raise
+            print(f"mlan-train: note: the optimizer state of the checkpoint does not fit the new flags ({e}); "
+                  "the optimizer restarts (momentum buffers reset)", file=sys.stderr, flush=True)
+        else:
+            if changed:  # the new lr / momentum / weight decay apply from here on
+                for g, f in zip(optimizer.param_groups, fresh):
+                    g.update(f)
+        if not changed:
+            # timm schedulers hold only what their flags give; with changed flags the new schedule applies
+            scheduler.load_state_dict(ckpt['scheduler'])
     # created after a resume's model weights are loaded: a checkpoint without EMA starts the EMA from them
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
     if ckpt is not None:
@@ -478,44 +736,61 @@ def prepare_train(args) -> TrainSetup:
         _set_rng_state(ckpt['rng'])
         start_epoch = int(ckpt['epoch'])
         history = list(ckpt['history'])[:start_epoch] if 'history' in ckpt else _old_log(out_dir, start_epoch)
-        print(f"Resuming from {resume_from}: {start_epoch} epoch(s) done, continuing at epoch {start_epoch}",
-              flush=True)
+        args.resume_overrides = list((ckpt.get('args') or {}).get('resume_overrides') or [])
+        if d.main:
+            print(f"Resuming from {resume_from}: {start_epoch} epoch(s) done, continuing at epoch {start_epoch}",
+                  flush=True)
+            if ckpt['resume_changes']:
+                print(f"mlan-train: {'warning: --override-resume-flags: ' if args.override_resume_flags else ''}"
+                      f"continuing with changed flags (recorded in {out_dir / 'args.json'}): "
+                      f"{_describe_changes(ckpt['resume_changes'])}", file=sys.stderr, flush=True)
 
-    train_model = torch.compile(model, mode=args.compile_mode) if args.compile else model
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ddp_model = model
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    train_model = torch.compile(ddp_model, mode=args.compile_mode) if args.compile else ddp_model
+    # evaluation needs no gradient sync: the plain model (compiled only in single-process runs)
+    eval_model = model if d.enabled else train_model
     log_path = out_dir / 'log.jsonl'
-    _write_log(log_path, history)  # the log always equals the checkpoint's history (drops re-run epochs)
-    atomic_write_text(out_dir / 'args.json', json.dumps(dict(vars(args), mean=mean, std=std), indent=2, default=str))
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_log(log_path, history)  # the log always equals the checkpoint's history (drops re-run epochs)
+        _write_args_json(out_dir, args, mean, std, ckpt, start_epoch, d.world)
 
     test_images = len(test_loader.dataset)
     run_info = dict(model=args.model, model_kwargs=model_kwargs, dataset=dataset, recipe=args.recipe,
                     epochs=num_epochs, test_images=test_images, mean=list(mean), std=list(std))
+    if d.enabled:
+        run_info['world_size'] = d.world
     ckpt_path = out_dir / 'last.pth'
     return TrainSetup(args=args, device=device, dataset=dataset, model_kwargs=model_kwargs, model=model,
-                      train_model=train_model, train_loader=train_loader, test_loader=test_loader,
-                      optimizer=optimizer, scheduler=scheduler, num_epochs=num_epochs,
+                      train_model=train_model, eval_model=eval_model, train_loader=train_loader,
+                      test_loader=test_loader, optimizer=optimizer, scheduler=scheduler, num_epochs=num_epochs,
                       steps_per_epoch=steps_per_epoch, scaler=scaler, criterion=criterion, ema=ema,
                       start_epoch=start_epoch, history=history, out_dir=out_dir, log_path=log_path,
-                      ckpt_path=ckpt_path, run_info=run_info)
+                      ckpt_path=ckpt_path, run_info=run_info, d=d)
 
 
 def begin_epoch(s: TrainSetup, epoch: int):
-    """Reseed for ``epoch``: every source of randomness is a function of (seed, epoch), so resumed runs replay
-    the same epochs."""
-    seed_everything(s.args.seed * 1000 + epoch)
+    """Reseed for ``epoch``: every source of randomness is a function of (seed, epoch, rank), so resumed runs
+    replay the same epochs."""
+    seed_everything(s.args.seed * 1000 + epoch + (1_000_003 * s.d.rank if s.d.enabled else 0))
     s.train_loader.set_epoch(epoch)
 
 
 def finish_epoch(s: TrainSetup, epoch: int, rec: Dict[str, Any], t0: float,
                  hooks: Optional[TrainHooks] = None) -> Dict[str, Any]:
-    """After epoch ``epoch``'s training (``rec``: its train metrics; ``t0``: when it began): evaluate when due,
-    the running best, ``rec['time']``, the checkpoint, then the log line and the printed line."""
-    args, device, history, ema = s.args, s.device, s.history, s.ema
+    """After epoch ``epoch``'s training (``rec``: this process's train metrics; ``t0``: when it began): metrics
+    reduced over processes, evaluation when due, the running best, ``rec['time']``, then (rank 0) the checkpoint,
+    the log line and the printed line."""
+    args, device, history, ema, d = s.args, s.device, s.history, s.ema, s.d
+    rec = _reduce_train_record(rec, d, device)
     if (epoch + 1) % args.eval_every == 0 or epoch + 1 == s.num_epochs:
-        ev = evaluate(s.train_model, s.test_loader, device, args.amp, args.channels_last)
+        ev = _evaluate_all(s.eval_model, s.test_loader, device, args, d)
         rec.update(test_top1=ev['top1'], test_top5=ev['top5'], test_loss=ev['loss'], eval_time=ev['seconds'])
         if ema is not None:
-            ev = evaluate(ema.module, s.test_loader, device, args.amp, args.channels_last)
+            ev = _evaluate_all(ema.module, s.test_loader, device, args, d)
             rec.update(ema_test_top1=ev['top1'], ema_test_top5=ev['top5'], ema_test_loss=ev['loss'])
     best = summarize_history(history + [rec])
     rec.update(best_epoch=best['best_epoch'], best_test_top1=best['best_test_top1'],
@@ -523,41 +798,60 @@ def finish_epoch(s: TrainSetup, epoch: int, rec: Dict[str, Any], t0: float,
     rec['time'] = time.perf_counter() - t0
     history.append(rec)
     summary = dict(s.run_info, **summarize_history(history))
-    # checkpoint first, then the log: a logged epoch always has its checkpoint on disk, and a resume rewrites
-    # the log from the checkpoint's history
-    save_checkpoint(s.ckpt_path, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, ema=ema,
-                    scaler=s.scaler, epoch=epoch + 1, device=device, args=args, history=history, dataset=s.dataset,
-                    model_kwargs=s.model_kwargs, summary=summary)
-    with open(s.log_path, 'a', encoding='utf-8') as f:
-        f.write(json.dumps(rec) + '\n')
-    print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in rec.items()), flush=True)
+    if d.main:
+        # checkpoint first, then the log: a logged epoch always has its checkpoint on disk, and a resume rewrites
+        # the log from the checkpoint's history
+        save_checkpoint(s.ckpt_path, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, ema=ema,
+                        scaler=s.scaler, epoch=epoch + 1, device=device, args=args, history=history,
+                        dataset=s.dataset, model_kwargs=s.model_kwargs, summary=summary)
+        with open(s.log_path, 'a', encoding='utf-8') as f:
+            f.write(json.dumps(rec) + '\n')
+        print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in rec.items()), flush=True)
     if hooks is not None and hooks.on_epoch_end is not None:
         hooks.on_epoch_end(epoch, rec)
     return rec
 
 
 def finish_train(s: TrainSetup) -> Dict[str, Any]:
-    """After the last epoch: ``model.safetensors`` (and the EMA's) and ``summary.json``; returns the summary."""
+    """After the last epoch: (rank 0) ``model.safetensors`` (and the EMA's) and ``summary.json``; returns the
+    summary."""
     summary = dict(s.run_info, **summarize_history(s.history))
-    _save_final(s.model, s.ema, s.out_dir, summary)
-    atomic_write_text(s.out_dir / 'summary.json', json.dumps(summary, indent=2))
+    if s.d.main:
+        _save_final(s.model, s.ema, s.out_dir, summary)
+        atomic_write_text(s.out_dir / 'summary.json', json.dumps(summary, indent=2))
+    if s.d.enabled:
+        import torch.distributed as dist
+        dist.barrier()  # every rank returns once rank 0's files are on disk
     return dict(summary, output=str(s.out_dir))
 
 
 def train(args, hooks: Optional[TrainHooks] = None) -> Dict[str, Any]:
-    """Run mlan-train with parsed ``args``; returns the run summary (also written to ``<run dir>/summary.json``)."""
+    """Run mlan-train with parsed ``args``; returns the run summary (also written to ``<run dir>/summary.json``).
+
+    Under torchrun (``WORLD_SIZE`` > 1) this is one process of a DistributedDataParallel job (see the module
+    docstring); every process returns the summary, rank 0 writes the files."""
     hooks = hooks or TrainHooks()
-    s = prepare_train(args)
-    num_updates = s.start_epoch * s.steps_per_epoch
-    for epoch in range(s.start_epoch, s.num_epochs):
-        begin_epoch(s, epoch)
-        t0 = time.perf_counter()
-        rec, num_updates = train_one_epoch(
-            epoch, s.model, s.train_loader, s.optimizer, s.scheduler, s.criterion, s.device, args, num_updates,
-            s.steps_per_epoch, s.num_epochs, ema=s.ema, scaler=s.scaler, train_model=s.train_model,
-            on_step=hooks.on_step)
-        finish_epoch(s, epoch, rec, t0, hooks)
-    return finish_train(s)
+    start = check_run(args)
+    if is_finished(start, args):
+        return _nothing_to_do(start.ckpt, start.out_dir)
+    _init_process_group(start.d, start.device)
+    try:
+        s = prepare_train(args, start)
+        num_updates = s.start_epoch * s.steps_per_epoch
+        for epoch in range(s.start_epoch, s.num_epochs):
+            begin_epoch(s, epoch)
+            t0 = time.perf_counter()
+            rec, num_updates = train_one_epoch(
+                epoch, s.model, s.train_loader, s.optimizer, s.scheduler, s.criterion, s.device, args, num_updates,
+                s.steps_per_epoch, s.num_epochs, ema=s.ema, scaler=s.scaler, train_model=s.train_model,
+                on_step=hooks.on_step)
+            finish_epoch(s, epoch, rec, t0, hooks)
+        return finish_train(s)
+    finally:
+        if start.d.enabled:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def main(argv=None, hooks: Optional[TrainHooks] = None) -> int:
@@ -573,7 +867,13 @@ def main(argv=None, hooks: Optional[TrainHooks] = None) -> int:
     except KeyboardInterrupt:
         print("mlan-train: interrupted; resume with --resume", file=sys.stderr)
         return 130
-    if rc == 0 and summary.get('final_epoch') is not None:
+    if int(os.environ.get('RANK', '0')) != 0:
+        return rc  # under torchrun, rank 0 reports
+    if rc == 0 and summary.get('nothing_to_do'):
+        print(f"mlan-train: nothing to do: {summary['output']} has completed all {summary['completed_epochs']} "
+              f"epochs (final epoch {summary.get('final_epoch')}, best epoch {summary.get('best_epoch')}: test "
+              f"top-1 {summary.get('best_test_top1')}); pass a larger --epochs to train on", flush=True)
+    elif rc == 0 and summary.get('final_epoch') is not None:
         def fmt(v):
             return 'n/a' if v is None else f'{v:.2f}'
         print(f"done: {summary['epochs']} epochs; test top-1 / top-5: final epoch {summary['final_epoch']} "
