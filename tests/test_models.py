@@ -173,3 +173,52 @@ def test_cfg_says_dataset_and_normalisation():
     assert len(labels) == 100 and labels == sorted(labels) and labels[0] == "apple" and labels[-1] == "worm"
     assert tuple(c10["mean"]) == tuple(c100["mean"]) == zoo.PAPER_MEAN  # the paper recipe's constants
     assert c10["num_classes"] == 10 and c100["num_classes"] == 100
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("mlan_resnet14_cifar10", {}), ("mlan_v2_resnet14_cifar10", {}),
+    ("mlan_resnet20_cifar100", dict(fusion="weighted")),
+    ("mlan_resnet14_cifar10", dict(fusion="concat", mask_kernel_size=1)), ("mlan_resnet14_cifar10", dict(num_masks=1)),
+])
+def test_fast_path_equals_the_equations_forward_and_backward(name, kwargs):
+    """The concatenation-free group path computes the reference's outputs and gradients (one switch per model)."""
+    torch.manual_seed(0)
+    fast = timm.create_model(name, **kwargs)
+    ref = timm.create_model(name, **kwargs)
+    ref.load_state_dict(fast.state_dict())
+    ref.set_fast_paths(False)
+    assert all(g.fast_path and g.has_fast_path() for g in fast.groups)
+    assert not any(g.fast_path for g in ref.groups)
+    x = torch.randn(3, 3, 32, 32)
+    for model in (fast, ref):
+        model.train()
+        model(x).square().mean().backward()
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-4, atol=1e-5)
+    for (n, p), q in zip(fast.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_fast_path_really_skips_the_concatenation(monkeypatch):
+    """The fast path never builds the 2C / 2pC-channel concatenations (what makes it faster)."""
+    model = timm.create_model("mlan_resnet14_cifar10").eval()
+    widths = []
+    real_cat = torch.cat
+
+    def spy(tensors, dim=0, **kw):
+        out = real_cat(tensors, dim, **kw)
+        if out.dim() == 4 and out.shape[0] == 5:  # activations (batch 5), not stacked weights
+            widths.append(out.shape[1])
+        return out
+    monkeypatch.setattr(torch, "cat", spy)
+    with torch.no_grad():
+        model(torch.randn(5, 3, 32, 32))
+        assert widths == []
+        model.set_fast_paths(False)
+        model(torch.randn(5, 3, 32, 32))
+    assert 16 in widths and 2 * 2 * 8 in widths  # LA's 2C and BA's 2pC concatenations, reference path only
+
+
+def test_fast_path_applies_only_to_shared_mask_aggregation():
+    for attn in ("fma", "se", "cbam", "gc", "ta"):
+        model = timm.create_model("mlan_resnet14_cifar10", attn=attn)
+        assert not any(g.has_fast_path() for g in model.groups), attn

@@ -7,6 +7,7 @@ the same parameters and the same function as ``N`` separate convolutions, in one
 that reproduces the paper's parameter counts (docs/architecture.md, choice A1).
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["check_mask_args", "SharedMaskAttention", "SharedMaskAttentionV2", "FullMaskAttention"]
@@ -38,6 +39,21 @@ class SharedMaskAttention(nn.Module):
         """The shared mask ``M_mean`` (eq. 2), shape (B, 1, H, W), values in (0, 1)."""
         return self.conv(x).sigmoid().mean(1, keepdim=True)
 
+    def mask_partial(self, part: torch.Tensor, offset: int) -> torch.Tensor:
+        """What channels ``[offset, offset + C)`` of a concatenated input contribute to its mask: the mask convs
+        restricted to those channels (no bias). Summed over all parts, :meth:`mask_from_partials` gives
+        ``mask(cat(parts))`` without building the concatenation (a conv over a concatenation is the sum of the
+        convs over its parts)."""
+        c = part.shape[1]
+        weight = self.conv.weight[:, offset:offset + c].contiguous()  # a strided slice is slow in oneDNN
+        return F.conv2d(part, weight, None, padding=self.conv.padding)
+
+    def mask_from_partials(self, total: torch.Tensor) -> torch.Tensor:
+        """The mask from the sum of :meth:`mask_partial` over every part of the input."""
+        bias = self.conv.bias
+        logits = total if bias is None else total + bias.view(1, -1, 1, 1)
+        return logits.sigmoid().mean(1, keepdim=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.mask(x)
 
@@ -54,6 +70,13 @@ class SharedMaskAttentionV2(SharedMaskAttention):
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.mean(1, keepdim=True)).sigmoid().mean(1, keepdim=True)
+
+    def mask_partial(self, part: torch.Tensor, offset: int) -> torch.Tensor:
+        """A part's channel sum: summed over the parts it is the concatenation's channel sum."""
+        return part.sum(1, keepdim=True)
+
+    def mask_from_partials(self, total: torch.Tensor) -> torch.Tensor:
+        return self.conv(total / self.channels).sigmoid().mean(1, keepdim=True)
 
 
 class FullMaskAttention(nn.Module):

@@ -18,11 +18,12 @@ and MLAN models, and an MLAN model loads its backbone's weights with ``strict=Fa
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from timm.layers import DropPath
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from torch import nn
 
-from ..layers import AttentionAggregation, create_fusion
+from ..layers import AttentionAggregation, SharedMaskAttention, create_fusion
 
 __all__ = ["AttnFactory", "BasicBlock", "SingleLevelBlock", "MLANBlock", "MLANGroup", "PlainGroup"]
 
@@ -110,6 +111,28 @@ class MLANBlock(BasicBlock):
         block_attn = self.block_attn([self.layer_attn[0](out1), self.layer_attn[1](out2)])
         return self.act2(self.fusion(out2, self.attn_proj(block_attn), x)), block_attn
 
+    @torch.jit.unused
+    def forward_streaming(self, x: torch.Tensor, group_attn: SharedMaskAttention, group_proj: torch.Tensor,
+                          offset: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for a shared-mask LA, handing the group what BA needs instead of the block attention.
+
+        With ``b = M * cat(a1, a2)`` (M: LA's mask, shared over channels): ``conv1x1(b) = M * (P1 a1 + P2 a2)``,
+        and the group's BA and projection see ``b`` at channels ``[offset, offset + 2C)`` of their input only
+        through ``group_attn.mask_partial`` and the weight slice ``group_proj[:, offset:offset + 2C]``. Returns
+        ``(block output, BA partial, this block's share of conv1x1(g) before BA's mask)``; no 2C-channel tensor
+        is built. Reference: :meth:`forward` + :class:`MLANGroup`'s concatenation (tests/test_models.py).
+        """
+        out1, out2 = self.conv_layers(x)
+        a1, a2 = self.layer_attn[0](out1), self.layer_attn[1](out2)
+        la, c = self.block_attn.attn, a1.shape[1]
+        mask = la.mask_from_partials(la.mask_partial(a1, 0) + la.mask_partial(a2, c))
+        # the block's and the group's 1x1 projections of b in one conv per part, scaled by the shared mask
+        w = torch.cat([self.attn_proj.weight, group_proj[:, offset:offset + 2 * c]], 0)
+        proj = (F.conv2d(a1, w[:, :c].contiguous()) + F.conv2d(a2, w[:, c:].contiguous())) * mask
+        group_partial = (group_attn.mask_partial(a1 * mask, offset)
+                         + group_attn.mask_partial(a2 * mask, offset + c))
+        return self.act2(self.fusion(out2, proj[:, :c], x)), group_partial, proj[:, c:]
+
 
 class PlainGroup(nn.Module):
     """A group: optional D block (``down_block``), then ``blocks`` in sequence (plain, classic, single-level)."""
@@ -129,7 +152,15 @@ class PlainGroup(nn.Module):
 
 class MLANGroup(nn.Module):
     """Group level: optional D block, then ``p`` MLAN blocks; ``g = BA(b_1 .. b_p)`` (2pC channels),
-    ``g_A = conv1x1(g)``, output ``ReLU(F(y_p, g_A, x_G))`` with ``x_G`` the group input after the D block."""
+    ``g_A = conv1x1(g)``, output ``ReLU(F(y_p, g_A, x_G))`` with ``x_G`` the group input after the D block.
+
+    Fast path (``fast_path``, on by default; one switch per model: ``CifarResNet.set_fast_paths``): when LA and BA
+    are shared-mask attentions (SMA, SMAv2), the block and group attentions are never concatenated or masked at
+    full width. A mask shared over channels commutes with the 1x1 projections, and a conv over a concatenation is
+    the sum of convs over its parts, so ``g_A = M_g * sum_i M_i * P_i(a_i)`` with ``M_g`` from per-part partial
+    convs (:meth:`MLANBlock.forward_streaming`). Same function and gradients as the reference forward (tested),
+    a fraction of the memory traffic.
+    """
 
     def __init__(
             self,
@@ -149,8 +180,37 @@ class MLANGroup(nn.Module):
         self.fusion = create_fusion(fusion, channels)
         self.act = nn.ReLU(inplace=True)
         self.grad_checkpointing = False
+        self.fast_path = True
+
+    def has_fast_path(self) -> bool:
+        """Whether the concatenation-free path applies: LA and BA are shared-mask attentions."""
+        return isinstance(self.group_attn.attn, SharedMaskAttention) and all(
+            isinstance(b.block_attn.attn, SharedMaskAttention) for b in self.blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast_path and not torch.jit.is_scripting() and self.has_fast_path():
+            return self.forward_streaming(x)
+        return self.forward_reference(x)
+
+    @torch.jit.unused
+    def forward_streaming(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path (see the class docstring)."""
+        x = self.down_block(x)
+        group_input = x
+        ba, c = self.group_attn.attn, x.shape[1]
+        partial, proj = None, None
+        for i, block in enumerate(self.blocks):
+            if self.grad_checkpointing:
+                x, p, q = checkpoint(block.forward_streaming, x, ba, self.attn_proj.weight, 2 * c * i)
+            else:
+                x, p, q = block.forward_streaming(x, ba, self.attn_proj.weight, 2 * c * i)
+            partial = p if partial is None else partial + p
+            proj = q if proj is None else proj + q
+        group_attn = ba.mask_from_partials(partial) * proj
+        return self.act(self.fusion(x, group_attn, group_input))
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Eqs. 4-11 as written: concatenate, attend, project."""
         x = self.down_block(x)
         group_input = x
         block_attns: List[torch.Tensor] = []

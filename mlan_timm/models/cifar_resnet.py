@@ -189,6 +189,17 @@ class CifarResNet(nn.Module):
             group.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def set_fast_paths(self, enable: bool = True) -> None:
+        """Switch this model's fast paths (on by default) on or off; off runs the equations as written.
+
+        The one fast path so far is :class:`MLANGroup`'s concatenation-free block and group attention for
+        shared-mask LA/BA; it computes the same function (tests/test_models.py compares outputs and gradients).
+        """
+        for m in self.modules():
+            if isinstance(m, MLANGroup):
+                m.fast_path = enable
+
+    @torch.jit.ignore
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
         return "fc" if name_only else self.fc
 
