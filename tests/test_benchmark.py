@@ -51,14 +51,15 @@ def test_fast_paths_spec_option_builds_the_reference():
     assert B.count_macs(ref.build()) == B.count_macs(fast.build())  # same function, same MACs
 
 
-def test_speed_plan_references_and_train_steps_only_in_target1_groups():
+def test_speed_plan_train_steps_only_in_target1_groups():
     t1 = B.speed_plan("cifar100", 20, target1=True)
     assert t1["mlan (reference)"][0].key == "mlan_resnet20_cifar100?fast_paths=False"
     assert t1["se"][0].key == "mlan_resnet20_cifar100?attn=se"
     assert {k for k, (_, kinds) in t1.items() if "train" in kinds} == {"backbone", "mlan", "mlan (reference)"}
     assert all(kinds[:2] == ("b1", "b128") for _, kinds in t1.values())
     other = B.speed_plan("cifar10", 14, target1=False, b1=False)
-    assert set(other) == {"backbone", "mlan", "smav2", "se", "cbam", "ta", "gc"}
+    assert set(other) == set(t1) == {"backbone", "mlan", "mlan (reference)", "smav2", "smav2 (reference)", "se", "cbam",
+                                     "ta", "gc"}
     assert all(kinds == ("b128",) for _, kinds in other.values())
     assert set(B.speed_plan("cifar10", 20, target1=True, compile=True)) == set(B.COMPILE_SPEED_MODELS)
 

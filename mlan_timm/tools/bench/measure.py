@@ -131,13 +131,14 @@ def paper_grid() -> Dict[str, PaperTable]:
 
 
 #: Models of the speed section: (label, paper variant, extra spec kwargs, where). ``where``: "all" groups, or only
-#: the "target1" groups (the fast-path references). The first is the backbone every ratio of target 1 divides by.
+#: the "target1" groups. The first is the backbone every ratio of target 1 divides by. The references
+#: (``fast_paths=False``) are in every group: the fast path is checked at every depth, interleaved with it.
 SPEED_MODELS = (
     ("backbone", "backbone", {}, "all"),
     ("mlan", "multilevel_sma", {}, "all"),
-    ("mlan (reference)", "multilevel_sma", {"fast_paths": False}, "target1"),
+    ("mlan (reference)", "multilevel_sma", {"fast_paths": False}, "all"),
     ("smav2", "multilevel_sma_v2", {}, "all"),
-    ("smav2 (reference)", "multilevel_sma_v2", {"fast_paths": False}, "target1"),
+    ("smav2 (reference)", "multilevel_sma_v2", {"fast_paths": False}, "all"),
     ("se", "multilevel_se", {}, "all"),
     ("cbam", "multilevel_cbam", {}, "all"),
     ("ta", "multilevel_ta", {}, "all"),
