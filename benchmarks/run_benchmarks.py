@@ -1,15 +1,17 @@
 """Re-run the project's benchmarks and regenerate docs/benchmarks.md from benchmarks/results/*.json.
 
-    python benchmarks/run_benchmarks.py                 # CPU: measure, then render (merging saved CUDA results)
+    python benchmarks/run_benchmarks.py                 # CPU: measure everything, render (merging saved GPU results)
     python benchmarks/run_benchmarks.py --cuda --out-dir DIR   # on a GPU machine: write CUDA JSONs into DIR
     python benchmarks/run_benchmarks.py --render-only   # re-render docs from the saved JSONs, no measuring
     python benchmarks/run_benchmarks.py --quick --out-dir DIR  # smoke run: tiny subset, results and Markdown in DIR
 
-Raw results live in benchmarks/results/: ``cpu.json`` (mlan-bench --paper-tables on CPU), ``fast_path_cpu.json``
-(benchmarks/fast_path_speedup.py), ``profile_cpu.json`` (mlan-bench --profile), ``cpu_compile.json``
-(``--cpu-compile``), and, when a GPU run was made, ``cuda.json``, ``cuda_compile.json`` and
-``fast_path_cuda.json`` (copy them there from ``--out-dir``). The docs are always rendered by ``mlan-bench``
-from these files, so every number in docs/benchmarks.md has the command that measured it beside it.
+Everything is measured by ``mlan-bench``. Raw results live in benchmarks/results/: ``cpu.json`` (``mlan-bench
+--paper-tables`` on CPU: params and MACs of every paper grid, and the speed section of issue 10's targets, which
+also times each fast path against its reference, ``?fast_paths=False``, in the same interleaved run),
+``profile_cpu.json`` (``mlan-bench --profile``), ``cpu_compile.json`` (``--cpu-compile``, optional), and, once a
+GPU run was made, ``cuda.json`` and ``cuda_compile.json`` (copy them there from ``--out-dir``). The docs are always
+rendered by ``mlan-bench`` from these files, so every number in docs/benchmarks.md has the command that measured it
+beside it.
 """
 import argparse
 import os
@@ -19,6 +21,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join("benchmarks", "results")  # relative to ROOT (commands run there; docs show short paths)
+DOCS_MD = os.path.join("docs", "benchmarks.md")
+#: CPU defaults, sized so that the whole CPU regeneration takes about 10-15 minutes on 2 cores.
+CPU_MIN_RUN_TIME, CPU_ROUNDS = "0.2", "5"
 
 
 def sh(*cmd):
@@ -30,68 +35,70 @@ def bench(*args):
     sh(sys.executable, "-m", "mlan_timm.tools.bench", *args)
 
 
+def render(report, md_out, root=".", results_dir=RESULTS):
+    """Render ``report`` merged with the other result files found in ``results_dir``."""
+    cmd = ["--render-only", report, "--md-out", md_out, "--root", root]
+    if os.path.isfile(os.path.join(ROOT, results_dir, "profile_cpu.json")):
+        cmd += ["--profile-json", os.path.join(results_dir, "profile_cpu.json")]
+    for name in ("cpu_compile.json", "cuda.json", "cuda_compile.json"):
+        if os.path.isfile(os.path.join(ROOT, results_dir, name)):
+            cmd += ["--merge", os.path.join(results_dir, name)]
+    bench(*cmd)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cuda", action="store_true", help="GPU run: write CUDA results into --out-dir")
     p.add_argument("--out-dir", default=RESULTS)
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--cpu-compile", action="store_true",
-                   help="also time the torch.compile'd backbone and MLAN on CPU (about 2 more minutes)")
+                   help="also time the torch.compile'd ResNet-20 CIFAR-10 backbone and MLAN on CPU (minutes more)")
     p.add_argument("--min-run-time", default=None, help="seconds per blocked_autorange (default per device)")
+    p.add_argument("--rounds", default=None, help="interleaved rounds of the speed section (default per device)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run of the pipeline (measure params/MACs of the CIFAR-10 ResNet-14 grids, profile, "
-                        "render) in seconds; needs --out-dir (results and benchmarks.md go there, docs untouched)")
-    p.add_argument("--md-out", default=None, help="Markdown output (default docs/benchmarks.md)")
+                   help="smoke run of the pipeline (the CIFAR-10 ResNet-14 grids and speed section with tiny "
+                        "repeat counts, profile, render) in seconds; needs --out-dir (results and benchmarks.md "
+                        "go there, docs untouched)")
+    p.add_argument("--md-out", default=None, help=f"Markdown output (default {DOCS_MD})")
     args = p.parse_args(argv)
     out = args.out_dir
     os.makedirs(os.path.join(ROOT, out), exist_ok=True)
-    fast_path = [sys.executable, os.path.join("benchmarks", "fast_path_speedup.py")]
 
     if args.quick:
         if out == RESULTS:
             p.error("--quick needs --out-dir DIR (it must not overwrite benchmarks/results)")
         report = os.path.join(out, "cpu.json")
-        bench("--paper-tables", "--quick", "--no-time", "--device", "cpu", "--depths", "14", "--datasets", "cifar10",
-              "--json-out", report, "--md-out", os.path.join(out, "cpu.md"))
+        md = args.md_out or os.path.join(out, "benchmarks.md")
+        bench("--paper-tables", "--quick", "--device", "cpu", "--depths", "14", "--datasets", "cifar10",
+              "--json-out", report, "--md-out", md)
         bench("--profile", "--quick", "--device", "cpu", "resnet14_cifar10",
               "--json-out", os.path.join(out, "profile_cpu.json"))
-        bench("--render-only", report, "--profile-json", os.path.join(out, "profile_cpu.json"),
-              "--md-out", args.md_out or os.path.join(out, "benchmarks.md"), "--root", out)
+        render(report, md, root=out, results_dir=out)
         return
 
     if args.cuda:
-        mrt = args.min_run_time or "0.1"
-        bench("--paper-tables", "--device", "cuda", "--cuda-variants", "eager,channels_last", "--min-run-time", mrt,
+        mrt, rounds = args.min_run_time or "0.1", args.rounds or "5"
+        bench("--paper-tables", "--speed-only", "--device", "cuda", "--cuda-variants", "eager,channels_last",
+              "--min-run-time", mrt, "--rounds", rounds,
               "--json-out", os.path.join(out, "cuda.json"), "--md-out", os.path.join(out, "cuda.md"))
-        sh(*fast_path, "--device", "cuda", "--rounds", "3", "--min-run-time", mrt,
-           "--out", os.path.join(out, "fast_path_cuda.json"))
-        bench("--paper-tables", "--ratio-only", "--device", "cuda", "--cuda-variants", "compile", "--rounds", "3",
-              "--min-run-time", mrt, "--json-out", os.path.join(out, "cuda_compile.json"),
-              "--md-out", os.path.join(out, "cuda_compile.md"))
+        bench("--paper-tables", "--speed-only", "--device", "cuda", "--cuda-variants", "compile", "--depths", "20",
+              "--datasets", "cifar10", "--rounds", "3", "--min-run-time", mrt,
+              "--json-out", os.path.join(out, "cuda_compile.json"), "--md-out", os.path.join(out, "cuda_compile.md"))
         return
 
     cpu_json = os.path.join(RESULTS, "cpu.json")
+    md = args.md_out or DOCS_MD
     if not args.render_only:
-        mrt = args.min_run_time or "0.3"
-        sh(*fast_path, "--device", "cpu", "--rounds", "5", "--min-run-time", mrt,
-           "--out", os.path.join(RESULTS, "fast_path_cpu.json"))
-        bench("--paper-tables", "--device", "cpu", "--min-run-time", mrt, "--json-out", cpu_json,
-              "--md-out", os.path.join(RESULTS, "cpu.md"))
+        mrt, rounds = args.min_run_time or CPU_MIN_RUN_TIME, args.rounds or CPU_ROUNDS
+        bench("--paper-tables", "--device", "cpu", "--min-run-time", mrt, "--rounds", rounds,
+              "--json-out", cpu_json, "--md-out", md)
         bench("--profile", "--device", "cpu", "--json-out", os.path.join(RESULTS, "profile_cpu.json"))
         if args.cpu_compile:
-            bench("--paper-tables", "--ratio-only", "--device", "cpu", "--cpu-variants", "compile", "--rounds", "3",
+            bench("--paper-tables", "--speed-only", "--device", "cpu", "--cpu-variants", "compile", "--depths", "20",
+                  "--datasets", "cifar10", "--rounds", "3", "--min-run-time", mrt,
                   "--json-out", os.path.join(RESULTS, "cpu_compile.json"),
                   "--md-out", os.path.join(RESULTS, "cpu_compile.md"))
-    render = ["--render-only", cpu_json, "--md-out", args.md_out or os.path.join("docs", "benchmarks.md")]
-    if os.path.isfile(os.path.join(ROOT, RESULTS, "profile_cpu.json")):
-        render += ["--profile-json", os.path.join(RESULTS, "profile_cpu.json")]
-    for name in ("cpu_compile.json", "cuda.json", "cuda_compile.json"):
-        if os.path.isfile(os.path.join(ROOT, RESULTS, name)):
-            render += ["--merge", os.path.join(RESULTS, name)]
-    for name in ("fast_path_cpu.json", "fast_path_cuda.json"):
-        if os.path.isfile(os.path.join(ROOT, RESULTS, name)):
-            render += ["--fast-path-json", os.path.join(RESULTS, name)]
-    bench(*render)
+    render(cpu_json, md)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,30 @@ def test_macs_of_plain_conv_model_equal_analytic_count():
     assert B.count_macs(s) == 16 * 16 * 8 * 3 * 9
 
 
+def test_fast_paths_spec_option_builds_the_reference():
+    from mlan_timm.models.blocks import MLANGroup
+
+    ref, fast = B.parse_spec("mlan_resnet14_cifar10?fast_paths=False"), B.parse_spec("mlan_resnet14_cifar10")
+    assert ref.key == "mlan_resnet14_cifar10?fast_paths=False" and B.parse_spec(ref.key).kwargs == ref.kwargs
+    groups = [m for m in ref.build().modules() if isinstance(m, MLANGroup)]
+    assert groups and not any(g.fast_path for g in groups)  # the equations as written
+    assert all(g.fast_path for g in fast.build().modules() if isinstance(g, MLANGroup))
+    assert B.count_macs(ref.build()) == B.count_macs(fast.build())  # same function, same MACs
+
+
+def test_speed_plan_train_steps_only_in_target1_groups():
+    t1 = B.speed_plan("cifar100", 20, target1=True)
+    assert t1["mlan (reference)"][0].key == "mlan_resnet20_cifar100?fast_paths=False"
+    assert t1["se"][0].key == "mlan_resnet20_cifar100?attn=se"
+    assert {k for k, (_, kinds) in t1.items() if "train" in kinds} == {"backbone", "mlan", "mlan (reference)"}
+    assert all(kinds[:2] == ("b1", "b128") for _, kinds in t1.values())
+    other = B.speed_plan("cifar10", 14, target1=False, b1=False)
+    assert set(other) == set(t1) == {"backbone", "mlan", "mlan (reference)", "smav2", "smav2 (reference)", "se", "cbam",
+                                     "ta", "gc"}
+    assert all(kinds == ("b128",) for _, kinds in other.values())
+    assert set(B.speed_plan("cifar10", 20, target1=True, compile=True)) == set(B.COMPILE_SPEED_MODELS)
+
+
 def test_parse_spec_and_key_round_trip():
     s = B.parse_spec("mlan_resnet20_cifar10?fusion=concat&attn=cbam&num_masks=3")
     assert s.model == "mlan_resnet20_cifar10"
@@ -118,23 +142,60 @@ def test_report_renders_stored_results_of_older_reports():
     """benchmarks/results/cpu.json (ids 'table3', ...) still renders: tables by dataset, rows by spec key."""
     report = dict(grid_ids=["table3", "table6"], depths=[20], devices=["cpu"], command="c", machine="m",
                   results={"mlan_resnet20_cifar10": dict(params=1, macs=2, cpu=dict(infer_b128_ms=3.0))},
-                  config={}, ratios={}, ratio_specs={})
+                  config={})
     text = R.render_report(report, root="/nonexistent")
     assert "### Table 6 (CIFAR10)" in text and "### Table 9" not in text
     assert "`resnet20_cifar10` | not measured |" in text
 
 
-def test_ratio_section_reports_targets():
-    specs = B.ratio_specs()
-    res = {name: {"infer_b128_ms": 10.0, "train_step_b128_ms": 20.0} for name in specs}
-    res["mlan (sma)"] = {"infer_b128_ms": 12.0, "train_step_b128_ms": 40.0}
-    text = R.render_ratios({"cpu": res}, specs, macs={"backbone": 100, "mlan (sma)": 107})
-    assert "| MLAN inference b128 vs backbone | 1.200 | ≤ 1.25 | yes |" in text
-    assert "| MLAN train step b128 vs backbone | 2.000 | ≤ 1.5 | no |" in text
-    assert "| MLAN (sma) vs CBAM multi-level, inference b128 | 1.200 | < 1 (faster) | no |" in text
-    # the sentence that reads the numbers is generated from them
-    assert "MLAN (sma) takes 1.20x the backbone's batch-128 inference time and 2.00x its train-step time, " \
-           "for +7.0% MACs." in text
+def _speed(mlan=(12.0, 40.0), b1=None, **rivals):
+    """One synthetic speed group (cifar10/20): backbone 10 ms inference / 20 ms train; rivals' b128 times."""
+    res = {"backbone": dict(infer_b128_ms=10.0, train_step_b128_ms=20.0),
+           "mlan": dict(infer_b128_ms=mlan[0], train_step_b128_ms=mlan[1], latency_b1_ms=b1 or 1.0),
+           "mlan (reference)": dict(infer_b128_ms=18.0, train_step_b128_ms=50.0, latency_b1_ms=2.0)}
+    for k in ("se", "cbam", "ta", "gc"):
+        res[k] = dict(infer_b128_ms=rivals.get(k, 100.0), latency_b1_ms=5.0)
+    return {"cifar10/20": res}
+
+
+def test_target1_compares_time_ratio_with_macs_ratio():
+    macs = {"cifar10/20": {"backbone": 100, "mlan": 110}}
+    text = R.render_target1(_speed(mlan=(12.0, 40.0)), macs, "cpu")
+    # inference: 1.2 <= 1.1 x 1.1 = 1.21 (met); train: 2.0 > 1.2 x 1.1 = 1.32 (not met)
+    assert ("| CIFAR10 | ResNet-20 | inference | 10.00 | 12.00 | 1.20 | 1.100 | ≤ 1.21 (1.1 x MACs ratio) | 1.09 "
+            "| yes |") in text
+    assert ("| CIFAR10 | ResNet-20 | train step | 20.00 | 40.00 | 2.00 | 1.100 | ≤ 1.32 (1.2 x MACs ratio) | 1.82 "
+            "| no |") in text
+    # the sentences that read the numbers are generated from them
+    assert "- inference: met in 1 of 1 rows; time ratio / MACs ratio 1.09 (limit 1.1)." in text
+    assert "- train step: met in 0 of 1 rows; time ratio / MACs ratio 1.82 (limit 1.2)." in text
+    assert R.render_target1(_speed(mlan=(13.0, 40.0)), macs, "cpu").count("| no |") == 2  # 1.3 > 1.21
+
+
+def test_fast_path_rows_divide_reference_by_fast():
+    text = R.render_fast_paths(_speed(), "cpu")
+    assert "| CIFAR10 | ResNet-20 | MLAN | 2.00 | 1.00 | 2.00x | 18.00 | 12.00 | 1.50x | 50.00 | 40.00 | 1.25x |" \
+        in text
+    assert "SMAv2" not in text  # no reference measured for it here
+    assert "Speed-up (reference time / fast time) 1.25 to 2.00 over these 3 cells." in text
+
+
+def test_target2_needs_mlan_faster_than_every_rival():
+    text = R.render_target2(_speed(se=11.0), "cpu")
+    assert "| CIFAR10 | ResNet-20 | 1.00 | 5.00 | 0.20 | 5.00 | 0.20 | 5.00 | 0.20 | 5.00 | 0.20 | yes |" in text  # b1
+    assert "| CIFAR10 | ResNet-20 | 12.00 | 11.00 | 1.09 | 100.00 | 0.12 |" in text and text.count("| no |") == 1
+    assert "MLAN is faster than all four in 1 of 2 (dataset, depth, batch) cases; it is not faster than: SE in 1." \
+        in text
+    assert "it is not faster than: none." in R.render_target2(_speed(), "cpu")
+
+
+def test_speed_section_says_gpu_numbers_are_missing_until_merged():
+    report = dict(command="c", machine="m", config=dict(rounds=5, batch=128), speed={"cpu": _speed()},
+                  speed_macs={"cifar10/20": {"backbone": 100, "mlan": 110}})
+    assert "## Speed targets (issue 10): GPU" in R.render_speed(report)
+    report["speed"]["cuda"] = _speed()
+    assert "## Speed targets (issue 10): GPU" not in R.render_speed(report)
+    assert "### Target 2 (cuda)" in R.render_speed(report)
 
 
 def test_time_interleaved_quick():
@@ -142,6 +203,8 @@ def test_time_interleaved_quick():
     res = B.time_interleaved(specs, "cpu", B.TimingConfig.quick())
     for name in specs:
         assert res[name]["infer_b128_ms"] > 0 and res[name]["train_step_b128_ms"] > 0
+    res = B.time_interleaved(specs, "cpu", B.TimingConfig.quick(), kinds={"backbone": ("b1",), "other": ("train",)})
+    assert set(res["backbone"]) == {"latency_b1_ms"} and set(res["other"]) == {"train_step_b128_ms"}
 
 
 def _eval_rec(model, top1, **kw):
@@ -165,17 +228,17 @@ def test_eval_results_fill_accuracy_column(tmp_path):
 
 
 def test_merge_reports_adds_cuda_timings():
-    base = dict(devices=["cpu"], results={"m": {"params": 1, "macs": 2, "cpu": {"infer_b128_ms": 1.0}}},
-                ratios={"cpu": {}}, machine="cpu box")
-    other = dict(devices=["cuda"], results={"m": {"params": 1, "macs": 2, "cuda": {"infer_b128_ms": 0.1},
-                                                  "cuda_compile": {"infer_b128_ms": 0.05}}},
-                 ratios={"cuda": {"backbone": {}}}, machine="gpu box", command="mlan-bench --device cuda")
+    base = dict(devices=["cpu"], results={"m": {"params": 1, "macs": 2}}, speed={"cpu": _speed()}, machine="cpu box",
+                speed_specs={"cifar10/20": {"mlan": "m"}})
+    other = dict(devices=["cuda"], results={"m": {"params": 1, "macs": 2}}, speed={"cuda": _speed()},
+                 speed_specs={"cifar10/20": {"mlan": "m", "backbone": "b"}}, machine="gpu box",
+                 command="mlan-bench --device cuda", config=dict(rounds=3))
     m = B.merge_reports(base, other)
     assert m["devices"] == ["cpu", "cuda"]
-    assert m["results"]["m"]["cpu"] == {"infer_b128_ms": 1.0}
-    assert m["results"]["m"]["cuda"] == {"infer_b128_ms": 0.1}
-    assert "cuda_compile" in m["results"]["m"]
-    assert set(m["ratios"]) == {"cpu", "cuda"}
+    assert set(m["speed"]) == {"cpu", "cuda"}
+    assert m["speed_sources"]["cuda"] == dict(command="mlan-bench --device cuda", machine="gpu box",
+                                              config=dict(rounds=3))
+    assert m["speed_specs"]["cifar10/20"] == {"mlan": "m", "backbone": "b"}
     assert m["machines"] == ["cpu box", "gpu box"]
 
 
@@ -219,7 +282,14 @@ def test_run_benchmarks_quick_regenerates_markdown(tmp_path, repo_root, subproce
     md = (tmp_path / "benchmarks.md").read_text()
     assert md.startswith("# Benchmarks: MLAN models vs the paper's comparison grids")
     assert "## Where the time goes (torch.profiler)" in md and "### Table 6 (CIFAR10)" in md
+    for section in ("### Target 1 (cpu)", "### Fast paths (cpu)", "### Target 2 (cpu)",
+                    "## Speed targets (issue 10): GPU", "paper GPU ms (batch not given)"):
+        assert section in md, section
     report = json.loads((tmp_path / "cpu.json").read_text())
     assert report["depths"] == [14] and report["datasets"] == ["cifar10"]
     assert f"{report['results']['resnet14_cifar10']['params'] / 1e6:.3f}M" in md
     assert zoo.model_name("", 20, "cifar10") not in report["results"]  # only the tiny subset was measured
+    assert list(report["speed"]["cpu"]) == ["cifar10/14"]
+    mlan = report["speed"]["cpu"]["cifar10/14"]["mlan"]
+    row = next(ln for ln in md.splitlines() if ln.startswith("| ResNet-14 | multi-level SMA (MLAN) |"))
+    assert f"| {mlan['latency_b1_ms']:.2f} | {mlan['infer_b128_ms']:.2f} | 18.12 |" in row  # ours, then paper's

@@ -3,6 +3,7 @@
 
 * ``mlan-bench resnet20_cifar10 "mlan_resnet20_cifar10?attn=cbam"`` measures the named models (``?k=v&k=v``:
   ``create_model`` kwargs in the ``--model-kwargs`` syntax);
+* ``"mlan_resnet20_cifar10?fast_paths=False"`` builds the model with its fast paths off (the reference equations);
 * ``--merge other.json`` folds the device timings of another run (e.g. a CUDA run) into the tables;
 * ``--render-only report.json`` re-renders Markdown without measuring.
 """
@@ -16,8 +17,9 @@ from typing import Optional, Sequence
 import torch
 
 from ... import zoo
-from ..common import UsageError, run_cli, set_threads
+from ..common import UsageError, flush_denormals, run_cli, set_threads
 from .measure import (
+    TARGET1_DEPTHS,
     TimingConfig,
     code_version,
     machine_line,
@@ -25,8 +27,8 @@ from .measure import (
     merge_reports,
     parse_spec,
     profile_ops,
-    ratio_specs,
     run_paper_tables,
+    speed_plan,
 )
 from .report import render_profiles, render_report, render_results_table
 
@@ -40,26 +42,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-tables", action="store_true", help="regenerate the paper comparison grids")
     p.add_argument("--device", default=None, help="comma list of devices (default: cpu, plus cuda if present)")
     p.add_argument("--cuda-variants", default="eager,channels_last,compile",
-                   help="CUDA variants for the ratio section (eager, channels_last, compile)")
+                   help="CUDA variants of the speed section (eager, channels_last, compile)")
     p.add_argument("--cpu-variants", default="eager",
-                   help="CPU variants for the ratio section (eager, compile; channels_last training on CPU crashes "
+                   help="CPU variants of the speed section (eager, compile; channels_last training on CPU crashes "
                         "in torch 2.14.1: heap corruption in the backward of a 1x1 stride-2 conv)")
     p.add_argument("--depths", default=",".join(map(str, zoo.DEPTHS)))
-    p.add_argument("--timed-depths", default=None, help="depths timed in the tables with GPU times (default: all)")
+    p.add_argument("--speed-depths", "--timed-depths", dest="speed_depths", default=None,
+                   help="depths of the speed section (issue 10's targets; its eager timings fill Tables 6/9's time "
+                        "columns; default: --depths)")
+    p.add_argument("--b1-depths", default=None, help="speed-section depths that get batch-1 timings (default: all)")
     p.add_argument("--datasets", default=",".join(zoo.DATASETS))
     p.add_argument("--min-run-time", type=float, default=None, help="seconds per blocked_autorange")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the ratio section")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the speed section")
     p.add_argument("--batch", type=int, default=None, help="large batch size (default 128)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--quick", action="store_true",
-                   help="tiny repeat counts and batch 8; the ratio section at the smallest --depths (for tests)")
+                   help="tiny repeat counts and batch 8 (for tests)")
     p.add_argument("--no-time", action="store_true", help="params and MACs only")
-    p.add_argument("--ratio-only", action="store_true", help="with --paper-tables: only the speed-ratio section")
+    p.add_argument("--speed-only", "--ratio-only", dest="speed_only", action="store_true",
+                   help="with --paper-tables: only the speed section (no paper grids)")
     p.add_argument("--merge", action="append", default=[], help="report JSON(s) whose device timings to merge")
-    p.add_argument("--fast-path-json", action="append", default=[],
-                   help="benchmarks/fast_path_speedup.py --out JSON(s) to include as a before/after section")
     p.add_argument("--profile", action="store_true",
-                   help="torch.profiler top operators of the ratio backbone and MLAN (inference and train step)")
+                   help="torch.profiler top operators of the named models, default the ResNet-20 CIFAR-10 backbone "
+                        "and MLAN (inference and train step)")
     p.add_argument("--profile-json", default=None, help="a --profile JSON to include in the rendered report")
     p.add_argument("--render-only", default=None, help="re-render Markdown from this JSON without measuring")
     p.add_argument("--md-out", default=None, help="Markdown output (paper tables: default docs/benchmarks.md)")
@@ -90,6 +95,8 @@ def run(args, argv_list) -> int:
     command = "mlan-bench " + " ".join(argv_list)
     set_threads(args.threads)
     devices = args.device.split(",") if args.device else (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    if "cpu" in devices:
+        flush_denormals()  # subnormal floats slow CPU kernels several-fold (mlan_timm.tools.common)
     cfg = TimingConfig.quick() if args.quick else TimingConfig()
     if args.min_run_time is not None:
         cfg.min_run_time = args.min_run_time
@@ -104,18 +111,21 @@ def run(args, argv_list) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     try:
         depths = tuple(int(d) for d in args.depths.split(","))
-        timed_depths = tuple(int(d) for d in args.timed_depths.split(",")) if args.timed_depths else depths
+        speed_depths = tuple(int(d) for d in args.speed_depths.split(",")) if args.speed_depths else depths
+        b1_depths = tuple(int(d) for d in args.b1_depths.split(",")) if args.b1_depths else None
     except ValueError as e:
-        raise UsageError(f"--depths / --timed-depths take comma-separated integers: {e}") from e
-    bad = [d for d in depths if d not in zoo.DEPTHS] + [d for d in args.datasets.split(",") if d not in zoo.DATASETS]
+        raise UsageError(f"--depths / --speed-depths / --b1-depths take comma-separated integers: {e}") from e
+    bad = sorted({d for d in depths + speed_depths + (b1_depths or ()) if d not in zoo.DEPTHS})
+    bad += [d for d in args.datasets.split(",") if d not in zoo.DATASETS]
     if bad:
         raise UsageError(f"unknown depth/dataset {bad}: depths are {sorted(zoo.DEPTHS)}, datasets "
                          f"{sorted(zoo.DATASETS)}")
 
     if args.profile:
         dev = devices[-1]
-        specs = [parse_spec(m) for m in args.models] or [ratio_specs()["backbone"], ratio_specs()["mlan (sma)"]]
-        profs = [profile_ops(sp, dev, cfg.batch, iters=1 if args.quick else 3, train=t)
+        plan = speed_plan("cifar10", 20, target1=True)
+        specs = [parse_spec(m) for m in args.models] or [plan["backbone"][0], plan["mlan"][0]]
+        profs = [profile_ops(sp, dev, cfg.batch, iters=1 if args.quick else 3, top=12, train=t)
                  for sp in specs for t in (False, True)]
         report = dict(command=command, machine=machine_line([dev]), code=code_version(), profiles=profs)
         if args.json_out:
@@ -125,11 +135,13 @@ def run(args, argv_list) -> int:
     if args.render_only:
         report = _load_json(args.render_only, "--render-only")
     elif paper:
+        # issue 10's target 1 is for ResNet-20 and -32; a run without them (e.g. --quick) uses its smallest depth
+        target1 = tuple(d for d in TARGET1_DEPTHS if d in speed_depths) or (min(speed_depths),)
         report = run_paper_tables(devices=[] if args.no_time else devices, cfg=cfg, depths=depths,
-                                  datasets=tuple(args.datasets.split(",")), timed_depths=timed_depths,
+                                  datasets=tuple(args.datasets.split(",")), speed_depths=speed_depths,
                                   cuda_variants=tuple(args.cuda_variants.split(",")), log=log,
-                                  ratio_only=args.ratio_only, cpu_variants=tuple(args.cpu_variants.split(",")),
-                                  ratio_depth=min(depths) if args.quick else 20)
+                                  speed_only=args.speed_only, cpu_variants=tuple(args.cpu_variants.split(",")),
+                                  target1_depths=target1, b1_depths=b1_depths)
     else:
         specs = [parse_spec(m) for m in args.models]
         what = () if args.no_time else ("b1", "b128", "train")
@@ -146,10 +158,6 @@ def run(args, argv_list) -> int:
         report = merge_reports(report, _load_json(path, "--merge"))
     if args.profile_json:
         report["profile"] = _load_json(args.profile_json, "--profile-json")
-    for path in args.fast_path_json:
-        fp = _load_json(path, "--fast-path-json")
-        report["fast_paths"] = [x for x in report.get("fast_paths", []) if x.get("machine") != fp.get("machine")
-                                or x.get("command") != fp.get("command")] + [fp]
 
     if paper or args.render_only:
         md = render_report(report, args.root)

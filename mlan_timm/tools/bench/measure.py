@@ -14,15 +14,22 @@ calls; the value is the median over blocks. Speed ratios interleave the compared
 take the median per model, so slow drifts of a shared machine favour no model.
 
 A model spec is ``name`` or ``name?key=value&key=value``: the ``key=value`` items use the one kwargs syntax of all
-tools (:func:`mlan_timm.tools.common.parse_model_kwargs`).
+tools (:func:`mlan_timm.tools.common.parse_model_kwargs`). One key is not a ``create_model`` kwarg:
+``fast_paths=False`` builds the model and calls ``model.set_fast_paths(False)`` (the equations as written), so
+``mlan_resnet20_cifar10?fast_paths=False`` and ``mlan_resnet20_cifar10`` time the reference against the fast path.
+
+The speed section (:func:`run_speed`) measures issue 10's targets: for every (dataset, depth) group it builds the
+backbone, MLAN (fast and reference), SMAv2 and the other attentions in the same multi-level structure, and times
+them interleaved over several rounds (median per model), so ratios within a group share the machine's state.
 """
 import copy
 import os
 import platform
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -32,12 +39,14 @@ from ... import paper_tables, zoo
 from ...complexity import count_macs, count_params
 from ..common import create_model, parse_model_kwargs
 
-__all__ = ['Spec', 'parse_spec', 'PaperTable', 'paper_grid', 'ratio_specs', 'COMPILE_RATIO_MODELS', 'TimingConfig',
-           'make_infer_fn', 'make_train_fn', 'time_fn', 'time_model', 'time_interleaved', 'profile_ops',
-           'code_version', 'machine_line', 'measure', 'run_paper_tables', 'merge_reports', 'NOT_REGISTERED',
-           'count_macs', 'count_params']
+__all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SPEED_MODELS', 'TARGET1_DEPTHS',
+           'COMPILE_SPEED_MODELS', 'speed_group', 'speed_plan', 'TimingConfig', 'make_infer_fn', 'make_train_fn',
+           'time_fn', 'time_model', 'time_interleaved', 'run_speed', 'profile_ops', 'code_version', 'machine_line',
+           'measure', 'run_paper_tables', 'merge_reports', 'NOT_REGISTERED', 'count_macs', 'count_params']
 
 NOT_REGISTERED = "model not registered"
+#: Spec keys that are not ``create_model`` kwargs: ``fast_paths`` -> ``model.set_fast_paths(value)``.
+SPEC_OPTIONS = ("fast_paths",)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,7 +70,13 @@ class Spec:
     def build(self) -> nn.Module:
         if self.factory is not None:
             return self.factory()
-        return create_model(self.model, pretrained=False, **self.kwargs)
+        kwargs = {k: v for k, v in self.kwargs.items() if k not in SPEC_OPTIONS}
+        model = create_model(self.model, pretrained=False, **kwargs)
+        if "fast_paths" in self.kwargs:
+            if not hasattr(model, "set_fast_paths"):
+                raise ValueError(f"{self.model} has no set_fast_paths (spec option fast_paths)")
+            model.set_fast_paths(bool(self.kwargs["fast_paths"]))
+        return model
 
     def available(self) -> bool:
         if self.factory is not None:
@@ -115,16 +130,45 @@ def paper_grid() -> Dict[str, PaperTable]:
             for tid, t in tables.items() if len(t["variants"]) > 1}
 
 
-#: Models of the speed-ratio section: label -> paper variant (the first is the reference).
-RATIO_VARIANTS = (("backbone", "backbone"), ("mlan (sma)", "mlan_sma_plus"), ("mlan (sma_v2)", "multilevel_sma_v2"),
-                  ("cbam multi-level", "multilevel_cbam"), ("ta multi-level", "multilevel_ta"),
-                  ("gc multi-level", "multilevel_gc"))
-COMPILE_RATIO_MODELS = ("backbone", "mlan (sma)")
+#: Models of the speed section: (label, paper variant, extra spec kwargs, where). ``where``: "all" groups, or only
+#: the "target1" groups. The first is the backbone every ratio of target 1 divides by. The references
+#: (``fast_paths=False``) are in every group: the fast path is checked at every depth, interleaved with it.
+SPEED_MODELS = (
+    ("backbone", "backbone", {}, "all"),
+    ("mlan", "multilevel_sma", {}, "all"),
+    ("mlan (reference)", "multilevel_sma", {"fast_paths": False}, "all"),
+    ("smav2", "multilevel_sma_v2", {}, "all"),
+    ("smav2 (reference)", "multilevel_sma_v2", {"fast_paths": False}, "all"),
+    ("se", "multilevel_se", {}, "all"),
+    ("cbam", "multilevel_cbam", {}, "all"),
+    ("ta", "multilevel_ta", {}, "all"),
+    ("gc", "multilevel_gc", {}, "all"),
+)
+#: Models that also get a train step in the target-1 groups (target 1's training ratio and the fast-path A/B).
+TRAIN_SPEED_MODELS = ("backbone", "mlan", "mlan (reference)")
+#: Issue 10's target 1 is stated for ResNet-20 and ResNet-32; target 2 for every depth of Tables 6 and 9.
+TARGET1_DEPTHS = (20, 32)
+#: torch.compile costs a compilation per model and mode: only backbone vs MLAN there.
+COMPILE_SPEED_MODELS = ("backbone", "mlan")
 
 
-def ratio_specs(ds: str = "cifar10", depth: int = 20) -> Dict[str, Spec]:
-    """Models compared in the speed-ratio section."""
-    return {label: variant_spec(v, depth, ds) for label, v in RATIO_VARIANTS}
+def speed_group(dataset: str, depth: int) -> str:
+    """Key of one (dataset, depth) group of the speed section, e.g. ``cifar10/20``."""
+    return f"{dataset}/{depth}"
+
+
+def speed_plan(dataset: str, depth: int, target1: bool, b1: bool = True, compile: bool = False
+               ) -> Dict[str, Tuple[Spec, Tuple[str, ...]]]:
+    """label -> (spec, kinds) of one speed group; kinds among ``b1``, ``b128``, ``train``."""
+    plan: Dict[str, Tuple[Spec, Tuple[str, ...]]] = {}
+    for label, variant, extra, where in SPEED_MODELS:
+        if (where == "target1" and not target1) or (compile and label not in COMPILE_SPEED_MODELS):
+            continue
+        base = variant_spec(variant, depth, dataset)
+        kinds = (("b1",) if b1 else ()) + ("b128",) + (("train",) if target1 and label in TRAIN_SPEED_MODELS
+                                                       else ())
+        plan[label] = (Spec(base.model, dict(base.kwargs, **extra)), kinds)
+    return plan
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -135,7 +179,7 @@ class TimingConfig:
     min_run_time: float = 0.3  # seconds per blocked_autorange call
     warmup: int = 3
     batch: int = 128
-    rounds: int = 5  # interleaved rounds in the ratio section
+    rounds: int = 5  # interleaved rounds in the speed section
 
     @classmethod
     def quick(cls) -> "TimingConfig":
@@ -216,13 +260,16 @@ def time_model(spec: Spec, device: str, cfg: TimingConfig, what: Iterable[str] =
     return out
 
 
-def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig, kinds=("b128", "train"),
+def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig,
+                     kinds: Union[Sequence[str], Dict[str, Sequence[str]]] = ("b128", "train"),
                      channels_last=False, compile=False) -> Dict[str, Dict[str, float]]:
-    """Median over ``cfg.rounds`` interleaved rounds (each round times every model once per kind)."""
+    """Median over ``cfg.rounds`` interleaved rounds (each round times every model once per kind).
+
+    ``kinds``: one tuple for every model, or label -> tuple of ``b1`` / ``b128`` / ``train``."""
     fns: Dict[Tuple[str, str], Callable] = {}
     for name, spec in specs.items():
         torch.manual_seed(0)
-        for kind in kinds:
+        for kind in (kinds[name] if isinstance(kinds, dict) else kinds):
             model = spec.build()
             if kind == "train":
                 fns[name, kind] = make_train_fn(model, cfg.batch, device, channels_last, compile)
@@ -240,6 +287,24 @@ def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig, kin
     for (name, kind), ts in samples.items():
         res[name][col[kind]] = 1e3 * statistics.median(ts)
     return res
+
+
+def run_speed(groups: Sequence[Tuple[str, int]], device: str, cfg: TimingConfig,
+              target1_depths: Sequence[int] = TARGET1_DEPTHS, b1_depths: Optional[Sequence[int]] = None,
+              channels_last=False, compile=False, log: Callable[[str], None] = lambda s: None
+              ) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """The speed section on one device/variant: group key -> model label -> timings (ms), each group interleaved."""
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for ds, depth in groups:
+        plan = speed_plan(ds, depth, target1=depth in target1_depths,
+                          b1=b1_depths is None or depth in b1_depths, compile=compile)
+        t0 = time.perf_counter()
+        out[speed_group(ds, depth)] = time_interleaved({k: v[0] for k, v in plan.items()}, device, cfg,
+                                                       kinds={k: v[1] for k, v in plan.items()},
+                                                       channels_last=channels_last, compile=compile)
+        log(f"speed {device}{' channels_last' if channels_last else ''}{' compile' if compile else ''} "
+            f"{speed_group(ds, depth)}: {time.perf_counter() - t0:.0f} s")
+    return out
 
 
 def profile_ops(spec: Spec, device: str = "cpu", batch: int = 128, iters: int = 3, top: int = 8,
@@ -338,45 +403,46 @@ def measure(specs: Sequence[Spec], devices: Sequence[str] = ("cpu",), cfg: Optio
 
 
 def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depths=tuple(zoo.DEPTHS),
-                     datasets=tuple(zoo.DATASETS), timed_depths=tuple(zoo.DEPTHS),
-                     cuda_variants=("eager", "channels_last", "compile"), ratio_cfg: Optional[TimingConfig] = None,
-                     log=print, ratio_only: bool = False, cpu_variants=("eager",),
-                     ratio_depth: int = 20) -> Dict[str, Any]:
-    """Measure every model of the paper grids (timing only the tables that print GPU times) plus the ratios."""
+                     datasets=tuple(zoo.DATASETS), speed_depths: Optional[Sequence[int]] = None,
+                     cuda_variants=("eager", "channels_last", "compile"), log=print, speed_only: bool = False,
+                     cpu_variants=("eager",), target1_depths: Sequence[int] = TARGET1_DEPTHS,
+                     b1_depths: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """Params and MACs of every model of the paper grids, and the speed section on each device/variant.
+
+    The speed section times, per (dataset, depth) group of ``datasets`` x ``speed_depths`` (default ``depths``),
+    the models of :func:`speed_plan` interleaved; its eager timings also fill the timed columns of Tables 6 and 9.
+    ``speed_only``: no paper grids (e.g. a torch.compile run)."""
     cfg = cfg or TimingConfig()
-    ratio_cfg = ratio_cfg or cfg
-    grid = {tid: t for tid, t in paper_grid().items() if t.dataset in datasets and not ratio_only}
-    specs: List[Spec] = []
-    timed: set = set()
-    for t in grid.values():
-        for v in t.variants:
-            for d in depths:
-                s = variant_spec(v, d, t.dataset)
-                specs.append(s)
-                if t.timed and d in timed_depths:
-                    timed.add(s.key)
-    results = measure(specs, devices, cfg, timed_keys=timed, what=("b1", "b128", "train"),
-                      cuda_variants=("eager",), log=log)
-    rspecs = ratio_specs(depth=ratio_depth)
-    ratios: Dict[str, Dict[str, Dict[str, float]]] = {}
-    if all(s.available() for s in rspecs.values()):
-        for dev in devices:
-            for var in (cuda_variants if dev == "cuda" else cpu_variants):
-                label = dev if var == "eager" else f"{dev} {var}"
-                log(f"ratio section: {label}")
-                # torch.compile costs a compilation per model and mode: only backbone vs MLAN there
-                sub = {k: v for k, v in rspecs.items() if var != "compile" or k in COMPILE_RATIO_MODELS}
-                try:
-                    ratios[label] = time_interleaved(sub, dev, ratio_cfg, channels_last=(var == "channels_last"),
-                                                     compile=(var == "compile"))
-                except Exception as e:  # e.g. torch.compile unavailable
-                    log(f"ratio section {label} failed: {type(e).__name__}: {e}")
-    ratio_macs = {label: count_macs(s.build()) for label, s in rspecs.items()} if ratios else {}
+    speed_depths = tuple(depths if speed_depths is None else speed_depths)
+    grid = {tid: t for tid, t in paper_grid().items() if t.dataset in datasets and not speed_only}
+    specs: List[Spec] = [variant_spec(v, d, t.dataset) for t in grid.values() for v in t.variants for d in depths]
+    groups = [(ds, d) for ds in datasets for d in speed_depths]
+    speed_specs = {speed_group(ds, d): {label: sp.key for label, (sp, _) in
+                                         speed_plan(ds, d, target1=d in target1_depths).items()}
+                   for ds, d in groups}
+    specs += [parse_spec(k) for g in speed_specs.values() for k in g.values()]
+    results = measure(specs, (), cfg, log=log)
+    speed: Dict[str, Dict[str, Dict[str, Dict[str, float]]]] = {}
+    for dev in devices:
+        if dev == "cpu":
+            from ..common import flush_denormals
+            flush_denormals()
+        for var in (cuda_variants if dev == "cuda" else cpu_variants):
+            label = dev if var == "eager" else f"{dev} {var}"
+            log(f"speed section: {label}")
+            try:
+                speed[label] = run_speed(groups, dev, cfg, target1_depths=target1_depths, b1_depths=b1_depths,
+                                         channels_last=(var == "channels_last"), compile=(var == "compile"),
+                                         log=log)
+            except Exception as e:  # e.g. torch.compile unavailable
+                log(f"speed section {label} failed: {type(e).__name__}: {e}")
+    speed_macs = {g: {label: results.get(k, {}).get("macs") for label, k in m.items()}
+                  for g, m in speed_specs.items()}
     return dict(grid_ids=list(grid), depths=list(depths), datasets=list(datasets), devices=list(devices),
-                results=results, ratios=ratios, ratio_specs={k: v.key for k, v in rspecs.items()},
-                ratio_macs=ratio_macs,
-                config=dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch,
-                            ratio_rounds=ratio_cfg.rounds, ratio_min_run_time=ratio_cfg.min_run_time))
+                results=results, speed=speed, speed_specs=speed_specs, speed_macs=speed_macs,
+                target1_depths=[d for d in target1_depths if d in speed_depths],
+                config=dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch, rounds=cfg.rounds,
+                            b1_depths=list(speed_depths if b1_depths is None else b1_depths)))
 
 
 def merge_reports(base: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Any]:
@@ -387,10 +453,16 @@ def merge_reports(base: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Any]
         for k, v in rec.items():
             if k.startswith("cuda") or (k.startswith("cpu") and k not in tgt):
                 tgt[k] = v
-    for label, res in other.get("ratios", {}).items():
-        if label.startswith("cuda") or label not in merged.get("ratios", {}):
-            merged.setdefault("ratios", {})[label] = res
-            merged.setdefault("ratio_sources", {})[label] = other.get("command", "")
+    for label, res in other.get("speed", {}).items():
+        if label.startswith("cuda") or label not in merged.get("speed", {}):
+            merged.setdefault("speed", {})[label] = res
+            merged.setdefault("speed_sources", {})[label] = dict(command=other.get("command", ""),
+                                                                 machine=other.get("machine", ""),
+                                                                 config=other.get("config", {}))
+    for key in ("speed_specs", "speed_macs"):
+        for g, m in other.get(key, {}).items():
+            merged.setdefault(key, {}).setdefault(g, {}).update({k: v for k, v in m.items()
+                                                                 if k not in merged[key][g]})
     devs = list(merged.get("devices", []))
     for d in other.get("devices", []):
         if d not in devs:

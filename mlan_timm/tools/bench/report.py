@@ -10,23 +10,25 @@ import os
 from typing import Any, Dict, Optional, Sequence
 
 from ... import paper_tables, zoo
-from .measure import PaperTable, Spec, paper_grid, parse_spec, variant_spec
+from .measure import PaperTable, Spec, paper_grid, variant_spec
 
-__all__ = ['NOT_TRAINED', 'NOT_MEASURED', 'CIFAR_TEST_IMAGES', 'TARGETS', 'load_eval_results', 'render_results_table',
-           'render_paper_table', 'render_ratios', 'render_profiles', 'render_fast_paths', 'render_report']
+__all__ = ['NOT_TRAINED', 'NOT_MEASURED', 'CIFAR_TEST_IMAGES', 'TARGET1_INFER', 'TARGET1_TRAIN', 'TARGET2_RIVALS',
+           'load_eval_results', 'render_results_table', 'render_paper_table', 'render_target1', 'render_fast_paths',
+           'render_target2', 'render_speed', 'render_profiles', 'render_report']
 
 NOT_TRAINED = "not trained yet"
 NOT_MEASURED = "not measured"
 CIFAR_TEST_IMAGES = 10_000  # size of the CIFAR-10 / CIFAR-100 test split
 
-TARGETS = (
-    # (description, numerator, denominator, column, max ratio): the project's speed targets
-    ("MLAN inference b128 vs backbone", "mlan (sma)", "backbone", "infer_b128_ms", 1.25),
-    ("MLAN train step b128 vs backbone", "mlan (sma)", "backbone", "train_step_b128_ms", 1.5),
-    ("MLAN (sma) vs CBAM multi-level, inference b128", "mlan (sma)", "cbam multi-level", "infer_b128_ms", 1.0),
-    ("MLAN (sma) vs TA multi-level, inference b128", "mlan (sma)", "ta multi-level", "infer_b128_ms", 1.0),
-    ("MLAN (sma) vs GC multi-level, inference b128", "mlan (sma)", "gc multi-level", "infer_b128_ms", 1.0),
-)
+# Issue 10's targets. Target 1: MLAN time / backbone time <= factor x (MLAN MACs / backbone MACs), batch 128 fp32.
+TARGET1_INFER = 1.1
+TARGET1_TRAIN = 1.2
+#: Target 2: MLAN faster than each of these (speed-section labels) in the same multi-level structure.
+TARGET2_RIVALS = (("se", "SE"), ("cbam", "CBAM"), ("ta", "TA"), ("gc", "GC"))
+#: Speed-section labels with a fast path and their reference (the fast-path A/B table).
+FAST_PATH_PAIRS = (("mlan", "mlan (reference)", "MLAN"), ("smav2", "smav2 (reference)", "SMAv2"))
+TIME_COLUMNS = (("b1", "latency_b1_ms", "batch 1"), ("b128", "infer_b128_ms", "batch 128"),
+                ("train", "train_step_b128_ms", "train step b128"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -118,8 +120,12 @@ def _params_fit(params: Optional[int], ds: str, variant: str, depth: int) -> str
 
 
 def render_paper_table(table: PaperTable, results: Dict[str, Dict[str, Any]], acc: Dict[str, Dict[str, Any]],
-                       devices: Sequence[str], depths: Sequence[int] = tuple(zoo.DEPTHS)) -> str:
-    """One paper table: our params / MACs (/ timings) / top-1 beside the paper's values for each row."""
+                       timings: Optional[Dict[str, Dict[str, Dict[str, float]]]] = None,
+                       depths: Sequence[int] = tuple(zoo.DEPTHS)) -> str:
+    """One paper table: our params / MACs (/ timings) / top-1 beside the paper's values for each row.
+
+    ``timings``: device label -> spec key -> timings (ms), shown in the tables that print GPU times."""
+    timings = timings or {}
     ds = table.dataset
     has_params = "params_M" in table.metrics
     cols = ["depth", "variant", "model", "params"]
@@ -127,9 +133,9 @@ def render_paper_table(table: PaperTable, results: Dict[str, Dict[str, Any]], ac
         cols += ["paper params", "within paper's truncation"]
     cols += ["MACs/img"]
     if table.timed:
-        for d in devices:
-            cols += [f"{d} b1 ms", f"{d} b128 ms", f"{d} train b128 ms"]
-        cols += ["paper GPU ms"]
+        for d in timings:
+            cols += [f"{d} b1 ms", f"{d} b128 ms"]
+        cols += ["paper GPU ms (batch not given)"]
     cols += ["top-1 %", "paper top-1 (best epoch)"]
     title = f"### {table.table.replace('T', 'Table ', 1)} ({ds.upper()}): {table.title}"
     out = [title, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -144,62 +150,159 @@ def render_paper_table(table: PaperTable, results: Dict[str, Dict[str, Any]], ac
                 row += [_paper(ds, var, depth, "params_M", "{:.2f}M"), _params_fit(rec.get("params"), ds, var, depth)]
             row += [_fmt_macs(rec.get("macs")) if ok else "—"]
             if table.timed:
-                for d in devices:
-                    t = rec.get(d, {}) if ok else {}
-                    row += [_fmt_ms(t.get("latency_b1_ms")), _fmt_ms(t.get("infer_b128_ms")),
-                            _fmt_ms(t.get("train_step_b128_ms"))]
+                for d in timings:
+                    t = timings[d].get(spec.key, {}) if ok else {}
+                    row += [_fmt_ms(t.get("latency_b1_ms")), _fmt_ms(t.get("infer_b128_ms"))]
                 row += [_paper(ds, var, depth, "gpu_ms", "{:g}")]
             row += [_top1(acc, spec.key), _paper(ds, var, depth, "top1", "{:.2f}")]
             out.append("| " + " | ".join(row) + " |")
     return "\n".join(out)
 
 
-def _ratio(res, num, den, col) -> Optional[float]:
-    if num in res and den in res and col in res[num] and col in res[den]:
-        return res[num][col] / res[den][col]
-    return None
+def _split_group(group: str):
+    ds, _, depth = group.partition("/")
+    return ds, int(depth)
 
 
-def render_ratios(ratios: Dict[str, Dict[str, Dict[str, float]]], specs: Dict[str, Spec],
-                  sources: Optional[Dict[str, str]] = None, macs: Optional[Dict[str, int]] = None) -> str:
-    """``ratios``: device/variant label -> model label -> timings (ms); ``macs``: model label -> MACs."""
+def _group_name(group: str) -> str:
+    ds, depth = _split_group(group)
+    return f"{ds.upper()} | ResNet-{depth}"
+
+
+def _range(values) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f} to {hi:.2f}"
+
+
+def render_target1(speed: Dict[str, Dict[str, Dict[str, float]]], macs: Dict[str, Dict[str, Optional[int]]],
+                   label: str, batch: Any = 128) -> str:
+    """Target 1 rows (groups with a backbone and MLAN train step): time ratio beside MACs ratio and the limit."""
+    rows, verdicts = [], {"inference": [], "train step": []}
+    for group, res in speed.items():
+        m = macs.get(group, {})
+        if "train_step_b128_ms" not in res.get("mlan", {}) or not m.get("mlan") or not m.get("backbone"):
+            continue
+        mr = m["mlan"] / m["backbone"]
+        for kind, col, factor in (("inference", "infer_b128_ms", TARGET1_INFER),
+                                  ("train step", "train_step_b128_ms", TARGET1_TRAIN)):
+            b, t = res.get("backbone", {}).get(col), res["mlan"].get(col)
+            if b is None or t is None:
+                continue
+            tr = t / b
+            met = tr <= factor * mr
+            verdicts[kind].append((met, tr / mr))
+            rows.append(f"| {_group_name(group)} | {kind} | {_fmt_ms(b)} | {_fmt_ms(t)} | {tr:.2f} | {mr:.3f} | "
+                        f"≤ {factor * mr:.2f} ({factor} x MACs ratio) | {tr / mr:.2f} | {'yes' if met else 'no'} |")
+    if not rows:
+        return ""
+    out = [f"### Target 1 ({label}): MLAN vs its backbone, batch {batch} fp32", "",
+           "| dataset | depth | measure | backbone ms | MLAN ms | time ratio | MACs ratio | limit | "
+           "time ratio / MACs ratio | met |", "|---|---|---|---|---|---|---|---|---|---|"] + rows + [""]
+    for (kind, v), factor in zip(verdicts.items(), (TARGET1_INFER, TARGET1_TRAIN)):
+        if v:
+            out.append(f"- {kind}: met in {sum(m for m, _ in v)} of {len(v)} rows; time ratio / MACs ratio "
+                       f"{_range([r for _, r in v])} (limit {factor}).")
+    return "\n".join(out + [""])
+
+
+def render_fast_paths(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
+    """The fast-path A/B rows: each fast model beside its reference (``?fast_paths=False``), same interleaved run."""
+    rows, ups = [], []
+    for group, res in speed.items():
+        for fast, ref, name in FAST_PATH_PAIRS:
+            if fast not in res or ref not in res:
+                continue
+            cells = []
+            for _, col, _ in TIME_COLUMNS:
+                r, f = res[ref].get(col), res[fast].get(col)
+                if r is None or f is None:
+                    cells += ["—", "—", "—"]
+                else:
+                    cells += [_fmt_ms(r), _fmt_ms(f), f"{r / f:.2f}x"]
+                    ups.append(r / f)
+            rows.append(f"| {_group_name(group)} | {name} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    head = " | ".join(f"reference {w} ms | fast {w} ms | speed-up" for _, _, w in TIME_COLUMNS)
+    return "\n".join([f"### Fast paths ({label}): reference (`?fast_paths=False`) vs fast, same interleaved run", "",
+                      f"| dataset | depth | model | {head} |", "|" + "---|" * (3 + 3 * len(TIME_COLUMNS))] + rows
+                     + ["", f"Speed-up (reference time / fast time) {_range(ups)} over these {len(ups)} cells.", ""])
+
+
+def render_target2(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
+    """Target 2: MLAN's time beside SE, CBAM, TA and GC in the same multi-level structure, batch 1 and 128."""
+    out, total, met_n, slower = [], 0, 0, {name: 0 for _, name in TARGET2_RIVALS}
+    for _, col, what in TIME_COLUMNS[:2]:
+        rows = []
+        for group, res in speed.items():
+            t = res.get("mlan", {}).get(col)
+            if t is None:
+                continue
+            cells, ok = [], True
+            for key, name in TARGET2_RIVALS:
+                o = res.get(key, {}).get(col)
+                if o is None:
+                    cells += ["—", "—"]
+                    ok = False
+                    continue
+                cells += [_fmt_ms(o), f"{t / o:.2f}"]
+                if t >= o:
+                    ok = False
+                    slower[name] += 1
+            total += 1
+            met_n += ok
+            rows.append(f"| {_group_name(group)} | {_fmt_ms(t)} | " + " | ".join(cells)
+                        + f" | {'yes' if ok else 'no'} |")
+        if rows:
+            head = " | ".join(f"{name} ms | MLAN / {name}" for _, name in TARGET2_RIVALS)
+            out += [f"#### {what} inference", "", f"| dataset | depth | MLAN ms | {head} | MLAN fastest |",
+                    "|" + "---|" * (4 + 2 * len(TARGET2_RIVALS))] + rows + [""]
+    if not out:
+        return ""
+    lose = ", ".join(f"{name} in {n}" for name, n in slower.items() if n) or "none"
+    return "\n".join([f"### Target 2 ({label}): MLAN vs the other attentions in the same multi-level structure", ""]
+                     + out + [f"MLAN is faster than all four in {met_n} of {total} (dataset, depth, batch) cases; "
+                              f"it is not faster than: {lose}.", ""])
+
+
+def render_speed(report: Dict[str, Any]) -> str:
+    """Issue 10's targets 1 and 2 (and the fast-path A/B) for every device/variant of the report's speed section."""
+    speed = report.get("speed") or {}
+    if not speed:
+        return ""
+    sources = report.get("speed_sources", {})
+    macs = report.get("speed_macs", {})
     out = []
-    for dev, res in ratios.items():
-        out += [f"#### {dev}", ""]
-        if sources and sources.get(dev):
-            out += [f"Measured by `{sources[dev]}`", ""]
-        out += ["| model | spec | b128 inference ms | train step b128 ms | "
-                "inference / backbone | train / backbone |", "|---|---|---|---|---|---|"]
-        base = res.get("backbone", {})
-        for name, t in res.items():
-            ri = t.get("infer_b128_ms", float("nan")) / base.get("infer_b128_ms", float("nan"))
-            rt = t.get("train_step_b128_ms", float("nan")) / base.get("train_step_b128_ms", float("nan"))
-            out.append(f"| {name} | `{specs[name].key}` | {_fmt_ms(t.get('infer_b128_ms'))} | "
-                       f"{_fmt_ms(t.get('train_step_b128_ms'))} | {ri:.3f} | {rt:.3f} |")
-        ri = _ratio(res, "mlan (sma)", "backbone", "infer_b128_ms")
-        rt = _ratio(res, "mlan (sma)", "backbone", "train_step_b128_ms")
-        if ri is not None and rt is not None:
-            sentence = (f"On {dev}, MLAN (sma) takes {ri:.2f}x the backbone's batch-128 inference time and "
-                        f"{rt:.2f}x its train-step time")
-            if macs and macs.get("mlan (sma)") and macs.get("backbone"):
-                sentence += f", for {100 * (macs['mlan (sma)'] / macs['backbone'] - 1):+.1f}% MACs"
-            out += ["", sentence + "."]
-        out += ["", "| target | measured ratio | limit | met |", "|---|---|---|---|"]
-        for desc, num, den, col, lim in TARGETS:
-            r = _ratio(res, num, den, col)
-            if r is not None:
-                met = "yes" if (r <= lim if lim != 1.0 else r < 1.0) else "no"
-                cmp_ = f"≤ {lim}" if lim != 1.0 else "< 1 (faster)"
-                out.append(f"| {desc} | {r:.3f} | {cmp_} | {met} |")
-        out.append("")
+    for label, groups in speed.items():
+        src = sources.get(label) or dict(command=report.get("command"), machine=report.get("machine"),
+                                         config=report.get("config", {}))
+        cfg = src.get("config", {})
+        b1 = cfg.get("b1_depths")
+        out += [f"## Speed targets (issue 10): {label}", "", f"Command: `{src.get('command')}`", "",
+                f"Machine: {src.get('machine')}", "",
+                f"Each (dataset, depth) group's models are timed interleaved: {cfg.get('rounds')} rounds, each "
+                f"timing every model once per measure (blocked_autorange, min_run_time {cfg.get('min_run_time')} s, "
+                f"after {cfg.get('warmup')} warm-up call(s)); tables show the median over rounds. Batch "
+                f"{cfg.get('batch')} for 'batch 128' / 'b128' and the train step; fp32; random weights."
+                + (f" Batch-1 timings at depths {', '.join(map(str, b1))} only." if b1 is not None
+                   and sorted(b1) != sorted({_split_group(g)[1] for g in groups}) else ""), ""]
+        out += [x for x in (render_target1(groups, macs, label, cfg.get("batch", 128)),
+                            render_fast_paths(groups, label),
+                            render_target2(groups, label)) if x]
+    if not any(lbl.startswith("cuda") for lbl in speed):
+        out += ["## Speed targets (issue 10): GPU", "",
+                "No GPU timings of the current architecture are in benchmarks/results/: they await a GPU session "
+                "(`python benchmarks/run_benchmarks.py --cuda --out-dir DIR` on the GPU machine, then copy DIR's "
+                "JSON files into benchmarks/results/ and run `python benchmarks/run_benchmarks.py --render-only`).",
+                ""]
     return "\n".join(out)
 
 
 def render_profiles(prof: Dict[str, Any]) -> str:
     out = ["## Where the time goes (torch.profiler)", "", f"Command: `{prof.get('command')}`", "",
            f"Machine: {prof.get('machine')}", "",
-           "Top operators by self time per call of the timed function (one forward at batch 128, or one train "
-           "step), grouped by input shape; 'share' is of the profiled total.", ""]
+           "Top operators by self time per call of the timed function (one forward, or one train step, at the "
+           "batch in each heading), grouped by input shape; 'share' is of the profiled total.", ""]
     for p in prof["profiles"]:
         kind = "train step" if p["train"] else "inference"
         out += [f"#### `{p['model']}` {p['device']} {kind} b{p['batch']}: {p['total_ms']:.1f} ms profiled total", "",
@@ -209,22 +312,6 @@ def render_profiles(prof: Dict[str, Any]) -> str:
             out.append(f"| {r['op']} | `{shapes}` | {r['calls']} | {r['ms']:.2f} | {100 * r['share']:.1f}% |")
         out.append("")
     return "\n".join(out)
-
-
-def render_fast_paths(fp: Dict[str, Any]) -> str:
-    """A before/after section from a ``benchmarks/fast_path_speedup.py --out`` JSON."""
-    dev = "cuda" if "GPU:" in str(fp.get("machine")) else "cpu"
-    lines = [f"## Fast paths: before/after ({dev})", ""]
-    if fp.get("description"):
-        lines += [fp["description"], ""]
-    lines += [f"Command: `{fp.get('command')}`", "", f"Machine: {fp.get('machine')}", "",
-              "| model | reference b128 ms | fast b128 ms | speed-up | reference train ms | fast train ms | "
-              "speed-up |", "|---|---|---|---|---|---|---|"]
-    for key, r in fp.get("results", {}).items():
-        ri, fi = r["reference"]["infer_b128_ms"], r["fast"]["infer_b128_ms"]
-        rt, ft = r["reference"]["train_step_b128_ms"], r["fast"]["train_step_b128_ms"]
-        lines.append(f"| `{key}` | {ri:.2f} | {fi:.2f} | {ri / fi:.2f}x | {rt:.2f} | {ft:.2f} | {rt / ft:.2f}x |")
-    return "\n".join(lines + [""])
 
 
 def _grid_ids(report: Dict[str, Any]):
@@ -237,20 +324,35 @@ def _grid_ids(report: Dict[str, Any]):
     return [tid for tid, t in grid.items() if t.dataset in datasets]
 
 
+def _speed_timings(report: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Device label (eager only) -> spec key -> timings, from the speed section (fills Tables 6/9's time columns)."""
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    specs = report.get("speed_specs", {})
+    for label, groups in (report.get("speed") or {}).items():
+        if " " in label:  # channels_last / compile variants stay in their own sections
+            continue
+        for group, res in groups.items():
+            for name, t in res.items():
+                key = specs.get(group, {}).get(name)
+                if key is not None:
+                    out.setdefault(label, {})[key] = t
+    return out
+
+
 def render_report(report: Dict[str, Any], root: str = ".") -> str:
     """docs/benchmarks.md from a (merged) ``mlan-bench --paper-tables`` report."""
     acc = load_eval_results(root)
     grid = paper_grid()
-    devices = report["devices"]
     results = report["results"]
     cfg = report.get("config", {})
+    timings = _speed_timings(report)
     lines = [
         "# Benchmarks: MLAN models vs the paper's comparison grids",
         "",
         "<!-- generated by mlan_timm/tools/bench/report.py from benchmarks/results/*.json; do not edit by hand -->",
-        "Regenerate everything: `python benchmarks/run_benchmarks.py` (CPU measurements, then rendering that merges "
-        "the saved GPU results in benchmarks/results/); GPU results: `python benchmarks/run_benchmarks.py --cuda "
-        "--out-dir DIR` on a GPU machine; re-render only: `python benchmarks/run_benchmarks.py --render-only`.",
+        "Regenerate everything on CPU: `python benchmarks/run_benchmarks.py` (measures, then renders this file, "
+        "merging any GPU results saved in benchmarks/results/); GPU results: `python benchmarks/run_benchmarks.py "
+        "--cuda --out-dir DIR` on a GPU machine; re-render only: `python benchmarks/run_benchmarks.py --render-only`.",
         "",
         f"Command: `{report['command']}`",
     ]
@@ -267,35 +369,23 @@ def render_report(report: Dict[str, Any], root: str = ".") -> str:
         "Conventions: params = sum of `numel()` of all parameters; MACs = `FlopCounterMode` FLOPs / 2 for one "
         "3x32x32 image (convolutions and linear layers only; batch norm, activations, pooling and element-wise "
         "attention products count zero). Times are medians of `torch.utils.benchmark.Timer.blocked_autorange` "
-        f"blocks (min_run_time {cfg.get('min_run_time')} s, {cfg.get('warmup')} warm-up calls), eval mode under "
-        f"`torch.inference_mode` for inference; train step = forward + cross-entropy + backward + SGD step; "
-        f"batch {cfg.get('batch')} for the 'b128' columns. Accuracy columns come from `mlan-eval --json` files "
-        f"(docs/results, hub/*) on the full test split when present, else '{NOT_TRAINED}'. Paper columns come from "
+        f"blocks (min_run_time {cfg.get('min_run_time')} s), eval mode under `torch.inference_mode` for inference; "
+        "train step = forward + cross-entropy + backward + SGD step. On CPU, subnormal floats are flushed to zero "
+        "(`torch.set_flush_denormal(True)`). Accuracy columns come from `mlan-eval --json` files (docs/results, "
+        f"hub/*) on the full test split when present, else '{NOT_TRAINED}'. Paper columns come from "
         "`mlan_timm.paper_tables` ('—': the paper prints no value there); the paper truncates parameter counts to "
         "two decimals, so 'within paper's truncation' checks ours against [value, value + 0.01M).",
         "",
     ]
-    rspecs = {k: parse_spec(v) for k, v in report.get("ratio_specs", {}).items()}
-    if report.get("ratios"):
-        depth = zoo.parse_model_name(rspecs["backbone"].model).depth if "backbone" in rspecs else None
-        lines += [f"## Speed ratios (ResNet-{depth}, CIFAR-10 widths)", "",
-                  f"Interleaved measurement: {cfg.get('ratio_rounds')} rounds, each timing every model once "
-                  f"(blocked_autorange, min_run_time {cfg.get('ratio_min_run_time')} s); the table shows the median "
-                  "over rounds. Targets: " + "; ".join(
-                      f"{desc} {'< 1' if lim == 1.0 else f'≤ {lim}'}" for desc, _, _, _, lim in TARGETS) + ".", ""]
-        macs = report.get("ratio_macs") or {label: results.get(s.key, {}).get("macs") for label, s in rspecs.items()}
-        lines.append(render_ratios(report["ratios"], rspecs, report.get("ratio_sources"), macs))
-    for fp in report.get("fast_paths", []):
-        lines.append(render_fast_paths(fp))
+    speed = render_speed(report)
+    if speed:
+        lines += [speed]
     if report.get("profile"):
         lines += [render_profiles(report["profile"]), ""]
-    lines += ["## Paper grids", ""]
+    lines += ["## Paper grids", "", f"Command: `{report['command']}`", "",
+              "Tables 6 and 9 print GPU times; the paper does not give the batch size (nor the GPU's settings) of "
+              "those times, so they compare only within a column. Our time columns beside them are the speed "
+              "section's medians (same runs as above).", ""]
     for tid in _grid_ids(report):
-        lines += [render_paper_table(grid[tid], results, acc, devices, report["depths"]), ""]
-    extra = sorted({k for rec in results.values() for k in rec if k.startswith(("cpu_", "cuda_"))})
-    if extra:
-        lines += ["## Other device variants", ""]
-        sub = {k: {d: rec[d] for d in extra if d in rec} | {"params": rec.get("params"), "macs": rec.get("macs")}
-               for k, rec in results.items() if any(d in rec for d in extra)}
-        lines += [render_results_table(sub, extra), ""]
+        lines += [render_paper_table(grid[tid], results, acc, timings, report["depths"]), ""]
     return "\n".join(lines)
