@@ -80,13 +80,14 @@ RECIPES: Dict[str, Dict[str, Any]] = {
 #: mlan-train options that define what is trained: ``--resume`` refuses a change of any of them (naming each) unless
 #: ``--override-resume-flags`` is given. ``epochs`` may grow (training on), not shrink.
 RESUME_REFUSED_FLAGS = (
-    'model', 'pretrained', 'initial_weights', 'dataset', 'data_dir', 'subset', 'test_subset', 'padding_mode',
+    'model', 'pretrained', 'initial_weights', 'dataset', 'subset', 'test_subset', 'padding_mode',
     'recipe', 'epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'no_wd_norm_bias', 'sched',
     'decay_milestones', 'decay_rate', 'decay_epochs', 'min_lr', 'warmup_epochs', 'warmup_lr', 'sched_on_updates',
     'smoothing', 'clip_grad', 'seed', 'max_steps')
 #: Options that may change at a resume (runtime choices that still show in the numbers): allowed, printed and
 #: recorded in ``args.json``. Every other option (device, workers, threads, output, progress, compile, ...) is free.
-RESUME_RECORDED_FLAGS = ('amp', 'model_ema', 'model_ema_decay', 'data_on_device', 'eval_every', 'sync_bn')
+#: ``data_dir`` is one of them: the same dataset may live at another path in the next session (the GPU runbook).
+RESUME_RECORDED_FLAGS = ('amp', 'model_ema', 'model_ema_decay', 'data_on_device', 'eval_every', 'sync_bn', 'data_dir')
 
 
 class NonFiniteLossError(RuntimeError):
