@@ -15,7 +15,6 @@ Steps of one session (``<here>`` = this machine, ``<gpu>`` = the lent machine, o
 ``status`` prints every core model's progress; ``dry-run`` runs all of it on CPU with tiny settings.
 """
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mlan_timm import zoo  # noqa: E402  (after the path set-up, so the repo's package is used)
+from mlan_timm.pretrained import sha256_file  # noqa: E402
 from mlan_timm.tools import runstate  # noqa: E402
 from mlan_timm.tools.common import run_cli  # noqa: E402
 
@@ -48,14 +48,6 @@ PART_LIMIT = 16 * MiB
 MAX_BACK_FILES = 8
 TRAIN_FLAGS_GPU = ['--data-on-device', '--amp', 'bf16', '--channels-last']
 SPLITS = ('train', 'test')
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _dataset(wave: int) -> str:
@@ -113,7 +105,7 @@ def plan_data(a) -> int:
     total = sum(f.stat().st_size for f in files)
     n_calls = -(-total // room)
     plan = dict(wave=wave, dataset=ds, models=WAVES[wave], room_bytes=room, calls=n_calls,
-                files=[dict(name=f'{ds}/{f.name}', bytes=f.stat().st_size, sha256=_sha256(f)) for f in files])
+                files=[dict(name=f'{ds}/{f.name}', bytes=f.stat().st_size, sha256=sha256_file(f)) for f in files])
     k, used, fh = 0, 0, None
     for f in files:
         with open(f, 'rb') as src:
@@ -174,7 +166,7 @@ def _join(tmp: Path) -> Path:
                     continue
                 out.write(chunk)
                 left -= len(chunk)
-        if _sha256(target) != f['sha256']:
+        if sha256_file(target) != f['sha256']:
             sys.exit(f'gpu_runbook: error: {target} does not match the sha256 in the plan')
     cur.close()
     return data

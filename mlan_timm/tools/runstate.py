@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..atomic import atomic_write_bytes, atomic_write_text
+from ..pretrained import sha256_file
 from .common import UsageError, run_cli
 
 __all__ = ['FORMAT', 'parse_size', 'pack', 'verify', 'unpack', 'build_parser', 'main']
@@ -42,14 +43,6 @@ def parse_size(text: str) -> int:
     if not m or int(m.group(1)) < 1:
         raise argparse.ArgumentTypeError(f"expected a size such as 16M, 512K or 1000000, got {text!r}")
     return int(m.group(1)) * {'': 1, 'k': 1024, 'm': MiB, 'g': 1024 * MiB}[m.group(2).lower()]
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(run_dir: Path) -> List[Path]:
@@ -142,7 +135,7 @@ def verify(parts_dir: os.PathLike, name: str = 'state') -> Dict[str, Any]:
         size = path.stat().st_size
         if size != p['bytes']:
             raise UsageError(f"part {path} has {size} bytes, the manifest says {p['bytes']} (truncated or replaced)")
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         if digest != p['sha256']:
             raise UsageError(f"part {path} is corrupt: sha256 {digest}, the manifest says {p['sha256']}")
     return manifest
@@ -170,7 +163,7 @@ def unpack(parts_dir: os.PathLike, dest: os.PathLike, name: str = 'state') -> Di
                 tf.extractall(tmp)
         for e in manifest['files']:
             path = tmp / e['path']
-            if not path.is_file() or _sha256_file(path) != e['sha256']:
+            if not path.is_file() or sha256_file(path) != e['sha256']:
                 raise UsageError(f"unpacked file {e['path']} does not match the manifest")
         old = None
         if dest.exists():
