@@ -92,20 +92,21 @@ def _split_tag(name: str) -> Tuple[str, str]:
     return arch, tag
 
 
-def published_tags(model_name: str) -> Tuple[str, ...]:
+def published_tags(model_name: str, manifest: Optional[Dict[str, Dict[str, Any]]] = None) -> Tuple[str, ...]:
     """Pretrained tags with published weights for ``model_name``, default first; ``()`` when there are none.
 
     Read from the weights manifest only (bundled files and Hub-only entries; no network, cheap enough to call once
     per model at registration). A manifest key ``"mlan_resnet20_cifar10.paper"`` gives tag ``'paper'``; an untagged
     key ``"mlan_resnet20_cifar10"`` gives ``''``. Tags come in manifest order, so the first is the default.
-    ``model_name`` may carry a tag (ignored) or a ``timm/``-style prefix.
+    ``model_name`` may carry a tag (ignored) or a ``timm/``-style prefix. ``manifest``: an already read
+    :func:`read_manifest` (the registry reads it once for all models).
 
     The registry should give a cfg an ``hf_hub_id`` and a pretrained tag only for these tags, e.g.
     ``{f"{name}.{tag}" if tag else name: cfg for tag in published_tags(name)}``.
     """
     arch = _split_tag(model_name.split(':')[-1].split('/')[-1])[0]
     tags = []
-    for key in read_manifest():
+    for key in (read_manifest() if manifest is None else manifest):
         key_arch, tag = _split_tag(key)
         if key_arch == arch and tag not in tags:
             tags.append(tag)

@@ -10,7 +10,7 @@ from typing import Any, Dict
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .. import zoo
-from ..pretrained import load_errors_as_clear_messages, pretrained_cfg_overlay, published_tags
+from ..pretrained import load_errors_as_clear_messages, pretrained_cfg_overlay, published_tags, read_manifest
 from .cifar_resnet import CifarResNet
 
 __all__ = ["create_cifar_resnet", "default_cfgs"]
@@ -42,8 +42,9 @@ def _cfg(name: str, published: bool) -> Dict[str, Any]:
 
 def _cfgs() -> Dict[str, Dict[str, Any]]:
     cfgs: Dict[str, Dict[str, Any]] = {}
+    manifest = read_manifest()  # once, not once per model
     for name in zoo.model_names():
-        tags = published_tags(name)
+        tags = published_tags(name, manifest)
         for tag in tags:
             cfgs[f"{name}.{tag}" if tag else name] = _cfg(name, published=True)
         if not tags:
