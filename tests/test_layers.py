@@ -1,6 +1,7 @@
 """Behaviour of the MLAN layers: exact equivalences from the paper's equations, shapes, gradients, errors."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mlan_timm.layers import (
@@ -16,6 +17,8 @@ from mlan_timm.layers import (
     WeightedFusion,
     create_attention,
     create_fusion,
+    pointwise_conv,
+    same_conv,
 )
 
 torch.manual_seed(0)
@@ -240,3 +243,53 @@ def test_unknown_names():
         create_attention("sma", 8, "block")
     with pytest.raises(ValueError, match="unknown fusion 'max'.*plus"):
         create_fusion("max", 8)
+
+
+@pytest.mark.parametrize("kernel_size,bias", [(3, True), (3, False), (1, True), (5, False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_same_conv_equals_conv2d_values_and_gradients(kernel_size, bias, channels_last):
+    """The fast paths' conv (input gradient as a forward conv) is F.conv2d with 'same' padding, gradients too."""
+    x = torch.randn(3, 5, 9, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(3, 5, kernel_size, kernel_size)
+    b = torch.randn(3) if bias else None
+    leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    g = torch.randn(3, 3, 9, 9)
+    out = same_conv(*leaves)
+    ref = F.conv2d(*ref_leaves, padding=kernel_size // 2)
+    torch.testing.assert_close(out, ref)
+    out.backward(g)
+    ref.backward(g)
+    for a, r in zip(leaves, ref_leaves):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_same_conv_without_autograd_is_conv2d():
+    x, w = torch.randn(2, 4, 6, 6), torch.randn(3, 4, 3, 3)
+    with torch.no_grad():
+        assert torch.equal(same_conv(x, w), F.conv2d(x, w, padding=1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_conv_is_a_1x1_conv_over_the_concatenation(channels_last):
+    xs = [torch.randn(2, c, 5, 7) for c in (3, 4)]
+    if channels_last:
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    w = torch.randn(6, 7)
+    leaves = [t.requires_grad_() for t in (*xs, w)]
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    out = pointwise_conv(leaves[:2], [leaves[2][:, :3], leaves[2][:, 3:]])
+    ref = F.conv2d(torch.cat(ref_leaves[:2], 1), ref_leaves[2][:, :, None, None])
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    for a, r in zip(leaves, ref_leaves):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_pointwise_conv_needs_one_weight_per_input():
+    with pytest.raises(ValueError, match="one weight per input, got 2 inputs, 1 weights"):
+        pointwise_conv([torch.randn(1, 2, 3, 3)] * 2, [torch.randn(4, 2)])

@@ -320,7 +320,7 @@ def _assert_same_features(net_a, net_b):
     assert len(a) == len(b) == 4
     for p, q in zip(a, b):
         assert p.shape == q.shape
-        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", [MLAN_BASE, "mlan_v2_resnet14_cifar10", "cbam_resnet14_cifar10", "resnet14_cifar10"])
@@ -690,8 +690,8 @@ def test_fx_symbolic_trace(name, kwargs):
     model = _create(name, **kwargs).eval()
     gm = torch.fx.symbolic_trace(model)
     x = _x(2)
-    with torch.inference_mode():
-        assert torch.equal(gm(x), model(x))
+    with torch.inference_mode():  # the traced graph is the streaming fast path; eager picks by batch size
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
     # the input check survives tracing (check_input is fx-wrapped, not traced away)
     with pytest.raises(ValueError, match="multiples of 4"):
         gm(torch.randn(2, 3, 30, 30))
@@ -717,7 +717,7 @@ def test_fx_forward_backward_timm_style(name):
         ref = model(x)
         fx_model = _timm_fx_model(model)
         out = list(fx_model(x).values())[0]
-    assert torch.equal(out, ref)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # traced: the streaming path; eager: by batch size
 
     # timm's test_model_backward_fx
     model = _create(name, num_classes=42).train()

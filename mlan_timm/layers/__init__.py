@@ -1,6 +1,7 @@
 """Attention, aggregation and fusion layers of MLAN (eqs. 1-11)."""
 from .aggregation import AttentionAggregation
 from .factory import ATTN_LEVELS, ATTN_TYPES, check_attn_type, create_attention, reduced_channels
+from .fast_ops import pointwise_conv, same_conv
 from .fusion import FUSION_TYPES, ConvFusion, PlusFusion, WeightedFusion, create_fusion
 from .parallel import ParallelAttention
 from .shared_mask import FullMaskAttention, SharedMaskAttention, SharedMaskAttentionV2, check_mask_args
@@ -9,5 +10,6 @@ from .triplet import TripletAttention
 __all__ = [
     "ATTN_LEVELS", "ATTN_TYPES", "FUSION_TYPES", "AttentionAggregation", "ConvFusion", "FullMaskAttention",
     "ParallelAttention", "PlusFusion", "SharedMaskAttention", "SharedMaskAttentionV2", "TripletAttention",
-    "WeightedFusion", "check_attn_type", "check_mask_args", "create_attention", "create_fusion", "reduced_channels",
+    "WeightedFusion", "check_attn_type", "check_mask_args", "create_attention", "create_fusion", "pointwise_conv",
+    "reduced_channels", "same_conv",
 ]

@@ -7,8 +7,9 @@ the same parameters and the same function as ``N`` separate convolutions, in one
 that reproduces the paper's parameter counts (docs/architecture.md, choice A1).
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .fast_ops import same_conv
 
 __all__ = ["check_mask_args", "SharedMaskAttention", "SharedMaskAttentionV2", "FullMaskAttention"]
 
@@ -46,7 +47,7 @@ class SharedMaskAttention(nn.Module):
         convs over its parts)."""
         c = part.shape[1]
         weight = self.conv.weight[:, offset:offset + c].contiguous()  # a strided slice is slow in oneDNN
-        return F.conv2d(part, weight, None, padding=self.conv.padding)
+        return same_conv(part, weight)
 
     def mask_from_partials(self, total: torch.Tensor) -> torch.Tensor:
         """The mask from the sum of :meth:`mask_partial` over every part of the input."""
@@ -76,7 +77,7 @@ class SharedMaskAttentionV2(SharedMaskAttention):
         return part.sum(1, keepdim=True)
 
     def mask_from_partials(self, total: torch.Tensor) -> torch.Tensor:
-        return self.conv(total / self.channels).sigmoid().mean(1, keepdim=True)
+        return same_conv(total / self.channels, self.conv.weight, self.conv.bias).sigmoid().mean(1, keepdim=True)
 
 
 class FullMaskAttention(nn.Module):

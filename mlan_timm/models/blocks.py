@@ -23,9 +23,15 @@ from timm.layers import DropPath
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from torch import nn
 
-from ..layers import AttentionAggregation, SharedMaskAttention, create_fusion
+from ..layers import AttentionAggregation, SharedMaskAttention, create_fusion, pointwise_conv
 
-__all__ = ["AttnFactory", "BasicBlock", "SingleLevelBlock", "MLANBlock", "MLANGroup", "PlainGroup"]
+__all__ = [
+    "STREAMING_MIN_BATCH", "AttnFactory", "BasicBlock", "SingleLevelBlock", "MLANBlock", "MLANGroup", "PlainGroup",
+]
+
+#: Batch size from which :class:`MLANGroup`'s fast path streams (concatenation-free); below it, it concatenates.
+#: Measured on CPU (tests of both in tests/test_models.py; crossover between batch 2 and 8, docs/benchmarks.md).
+STREAMING_MIN_BATCH = 4
 
 #: ``(channels, level) -> attention module``; level is "layer", "aggregate" or "classic" (layers.create_attention).
 AttnFactory = Callable[[int, str], nn.Module]
@@ -112,6 +118,31 @@ class MLANBlock(BasicBlock):
         return self.act2(self.fusion(out2, self.attn_proj(block_attn), x)), block_attn
 
     @torch.jit.unused
+    def forward_small_batch(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for the fast path at small batch: the concatenations kept, conv2 and the first layer
+        attention's mask convs as one conv (:meth:`conv2_and_first_layer_mask`)."""
+        out1 = self.act1(self.bn1(self.conv1(x)))
+        out2, mask1 = self.conv2_and_first_layer_mask(out1)
+        block_attn = self.block_attn([out1 * mask1, self.layer_attn[1](out2)])
+        return self.act2(self.fusion(out2, self.attn_proj(block_attn), x)), block_attn
+
+    def conv2_and_first_layer_mask(self, out1: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(bn2(conv2(out1)), T_1's mask of out1)`` for the fast paths.
+
+        conv2 and the first layer attention's mask convs read the same tensor: without autograd, when that attention
+        is a plain SMA with conv2's kernel, they run as one conv with ``C + N`` outputs (one pass over ``out1``).
+        With autograd (or under FX tracing) they stay two, so that conv2's gradient costs what the backbone's does.
+        """
+        sma = self.layer_attn[0]
+        merge = not isinstance(out1, torch.fx.Proxy) and not (
+            torch.is_grad_enabled() and (out1.requires_grad or self.conv2.weight.requires_grad))
+        if merge and type(sma) is SharedMaskAttention and sma.conv.kernel_size == self.conv2.kernel_size:
+            c = self.conv2.out_channels
+            both = F.conv2d(out1, torch.cat([self.conv2.weight, sma.conv.weight], 0), None, padding=self.conv2.padding)
+            return self.bn2(both[:, :c]), sma.mask_from_partials(both[:, c:])
+        return self.bn2(self.conv2(out1)), sma.mask_from_partials(sma.mask_partial(out1, 0))
+
+    @torch.jit.unused
     def forward_streaming(self, x: torch.Tensor, group_attn: SharedMaskAttention, group_proj: torch.Tensor,
                           offset: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward` for a shared-mask LA, handing the group what BA needs instead of the block attention.
@@ -120,18 +151,20 @@ class MLANBlock(BasicBlock):
         and the group's BA and projection see ``b`` at channels ``[offset, offset + 2C)`` of their input only
         through ``group_attn.mask_partial`` and the weight slice ``group_proj[:, offset:offset + 2C]``. Returns
         ``(block output, BA partial, this block's share of conv1x1(g) before BA's mask)``; no 2C-channel tensor
-        is built. Reference: :meth:`forward` + :class:`MLANGroup`'s concatenation (tests/test_models.py).
+        is built. The block's and the group's 1x1 projections of both parts run as one :func:`pointwise_conv`.
+        Reference: :meth:`forward` + :class:`MLANGroup`'s concatenation (tests/test_models.py).
         """
-        out1, out2 = self.conv_layers(x)
-        a1, a2 = self.layer_attn[0](out1), self.layer_attn[1](out2)
+        out1 = self.act1(self.bn1(self.conv1(x)))
+        out2, mask1 = self.conv2_and_first_layer_mask(out1)
+        la1 = self.layer_attn[1]
+        a1, a2 = out1 * mask1, out2 * la1.mask_from_partials(la1.mask_partial(out2, 0))
         la, c = self.block_attn.attn, a1.shape[1]
         mask = la.mask_from_partials(la.mask_partial(a1, 0) + la.mask_partial(a2, c))
-        # the block's and the group's 1x1 projections of b in one conv per part, scaled by the shared mask
-        w = torch.cat([self.attn_proj.weight, group_proj[:, offset:offset + 2 * c]], 0)
-        proj = (F.conv2d(a1, w[:, :c].contiguous()) + F.conv2d(a2, w[:, c:].contiguous())) * mask
+        w = torch.cat([self.attn_proj.weight, group_proj[:, offset:offset + 2 * c]], 0).flatten(1)
+        block_proj, group_proj_part = (pointwise_conv([a1, a2], [w[:, :c], w[:, c:]]) * mask).split(c, 1)
         group_partial = (group_attn.mask_partial(a1 * mask, offset)
                          + group_attn.mask_partial(a2 * mask, offset + c))
-        return self.act2(self.fusion(out2, proj[:, :c], x)), group_partial, proj[:, c:]
+        return self.act2(self.fusion(out2, block_proj, x)), group_partial, group_proj_part
 
 
 class PlainGroup(nn.Module):
@@ -154,12 +187,15 @@ class MLANGroup(nn.Module):
     """Group level: optional D block, then ``p`` MLAN blocks; ``g = BA(b_1 .. b_p)`` (2pC channels),
     ``g_A = conv1x1(g)``, output ``ReLU(F(y_p, g_A, x_G))`` with ``x_G`` the group input after the D block.
 
-    Fast path (``fast_path``, on by default; one switch per model: ``CifarResNet.set_fast_paths``): when LA and BA
-    are shared-mask attentions (SMA, SMAv2), the block and group attentions are never concatenated or masked at
-    full width. A mask shared over channels commutes with the 1x1 projections, and a conv over a concatenation is
-    the sum of convs over its parts, so ``g_A = M_g * sum_i M_i * P_i(a_i)`` with ``M_g`` from per-part partial
-    convs (:meth:`MLANBlock.forward_streaming`). Same function and gradients as the reference forward (tested),
-    a fraction of the memory traffic.
+    Fast path (``fast_path``, on by default; one switch per model: ``CifarResNet.set_fast_paths``), when LA and BA
+    are shared-mask attentions (SMA, SMAv2); same function and gradients as the reference (tested):
+
+    * from :data:`STREAMING_MIN_BATCH` samples on, the block and group attentions are never concatenated or masked
+      at full width. A mask shared over channels commutes with the 1x1 projections, and a conv over a
+      concatenation is the sum of convs over its parts, so ``g_A = M_g * sum_i M_i * P_i(a_i)`` with ``M_g`` from
+      per-part partial convs (:meth:`MLANBlock.forward_streaming`): a fraction of the memory traffic;
+    * below it, the concatenations stay (fewer, larger convs: at batch 1 on CPU a conv over fewer than 20,480
+      input values runs im2col, and per-op overhead dominates), with :meth:`MLANBlock.forward_small_batch`.
     """
 
     def __init__(
@@ -189,7 +225,9 @@ class MLANGroup(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast_path and not torch.jit.is_scripting() and self.has_fast_path():
-            return self.forward_streaming(x)
+            if isinstance(x, torch.fx.Proxy) or x.shape[0] >= STREAMING_MIN_BATCH:  # FX traces the streaming path
+                return self.forward_streaming(x)
+            return self.forward_concatenated(x, small_batch=True)
         return self.forward_reference(x)
 
     @torch.jit.unused
@@ -211,12 +249,19 @@ class MLANGroup(nn.Module):
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Eqs. 4-11 as written: concatenate, attend, project."""
+        return self.forward_concatenated(x, small_batch=False)
+
+    def forward_concatenated(self, x: torch.Tensor, small_batch: bool) -> torch.Tensor:
+        """Concatenate, attend, project; the blocks run :meth:`MLANBlock.forward_small_batch` if ``small_batch``,
+        else their reference forward."""
         x = self.down_block(x)
         group_input = x
         block_attns: List[torch.Tensor] = []
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x, attn = checkpoint(block, x)
+                x, attn = checkpoint(block.forward_small_batch if small_batch else block, x)
+            elif small_batch:
+                x, attn = block.forward_small_batch(x)
             else:
                 x, attn = block(x)
             block_attns.append(attn)

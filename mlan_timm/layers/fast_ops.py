@@ -1,0 +1,78 @@
+"""Convolutions of MLAN's fast paths: the same functions as ``F.conv2d``, computed the way that is fast on CPU.
+
+MLAN's attention is made of convolutions with few output channels (the ``N = 3`` mask convs) and 1x1 projections
+over the full 32x32 resolution. On CPU (oneDNN, NCHW) both hit slow kernels that the backbone's convs do not
+(measured in docs/benchmarks.md, "Why the attention costs more than its MACs"):
+
+* the input gradient of a ``C -> 3`` mask conv took 10x the time of its forward; it is exactly a forward conv of
+  the output gradient with the flipped, transposed kernel (:func:`same_conv` computes it so);
+* a 1x1 conv reorders its input and output to oneDNN's blocked layout and back; as a batched matrix product over
+  the pixels (:func:`pointwise_conv`) it is 5-20x faster at 32x32, forward and backward.
+
+Only the fast paths use these (``MLANGroup.forward_streaming``); the reference path keeps ``nn.Conv2d``, and
+tests/test_layers.py checks values and gradients against ``F.conv2d``.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+__all__ = ["same_conv", "pointwise_conv"]
+
+
+class _SameConv(torch.autograd.Function):
+    """Stride-1 conv with 'same' padding whose input gradient is a forward conv (no oneDNN backward-data)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        p = ctx.padding
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # d/dx conv(x, w) = conv(grad, w flipped in space, in/out swapped): the transposed conv at stride 1
+            grad_x = F.conv2d(grad, weight.flip(2, 3).transpose(0, 1), padding=p)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad, padding=p)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=k // 2)`` for an odd square kernel ``k``, stride 1, one group.
+
+    On CPU, with gradients, the input gradient is computed as a forward conv (see the module docstring); elsewhere,
+    or without autograd, it is ``F.conv2d`` itself.
+    """
+    k = weight.shape[-1]
+    if isinstance(x, torch.fx.Proxy):  # FX symbolic tracing (timm's feature extraction) records the plain conv
+        return F.conv2d(x, weight, bias, padding=k // 2)
+    if x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _SameConv.apply(x, weight, bias, k // 2)
+    return F.conv2d(x, weight, bias, padding=k // 2)
+
+
+def pointwise_conv(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_i conv1x1(xs[i], weights[i])`` without bias, each weight 2-d (out, in_i): a 1x1 conv over the
+    concatenation of ``xs``, computed as batched matrix products over the pixels accumulated in place
+    (``baddbmm``), without building the concatenation.
+
+    Channels-last inputs keep the conv (oneDNN does not reorder those), and so does FX symbolic tracing.
+    """
+    if len(xs) != len(weights) or not xs:
+        raise ValueError(f"pointwise_conv needs one weight per input, got {len(xs)} inputs, {len(weights)} weights")
+    if any(isinstance(x, torch.fx.Proxy) for x in xs) or not all(x.is_contiguous() for x in xs):
+        return sum(F.conv2d(x, w[:, :, None, None]) for x, w in zip(xs, weights))
+    b, size = xs[0].shape[0], xs[0].shape[2:]
+    out = torch.bmm(weights[0].expand(b, -1, -1), xs[0].flatten(2))
+    for x, w in zip(xs[1:], weights[1:]):
+        out = torch.baddbmm(out, w.expand(b, -1, -1), x.flatten(2))
+    return out.unflatten(2, size)
