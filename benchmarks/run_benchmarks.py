@@ -8,10 +8,11 @@
 Everything is measured by ``mlan-bench``. Raw results live in benchmarks/results/: ``cpu.json`` (``mlan-bench
 --paper-tables`` on CPU: params and MACs of every paper grid, and the speed section of issue 10's targets, which
 also times each fast path against its reference, ``?fast_paths=False``, in the same interleaved run),
-``profile_cpu.json`` (``mlan-bench --profile``), ``cpu_compile.json`` (``--cpu-compile``, optional), and, once a
-GPU run was made, ``cuda.json`` and ``cuda_compile.json`` (copy them there from ``--out-dir``). The docs are always
-rendered by ``mlan-bench`` from these files, so every number in docs/benchmarks.md has the command that measured it
-beside it.
+``profile_cpu.json`` (``mlan-bench --profile``), ``conv_costs_cpu.json`` (``mlan-bench --conv-costs``: per-call
+times of single convs of MLAN's and the backbone's shapes), ``cpu_compile.json`` (``--cpu-compile``, optional),
+and, once a GPU run was made, ``cuda.json`` and ``cuda_compile.json`` (copy them there from ``--out-dir``). The docs
+are always rendered by ``mlan-bench`` from these files, so every number in docs/benchmarks.md has the command that
+measured it beside it.
 """
 import argparse
 import os
@@ -40,6 +41,8 @@ def render(report, md_out, root=".", results_dir=RESULTS):
     cmd = ["--render-only", report, "--md-out", md_out, "--root", root]
     if os.path.isfile(os.path.join(ROOT, results_dir, "profile_cpu.json")):
         cmd += ["--profile-json", os.path.join(results_dir, "profile_cpu.json")]
+    if os.path.isfile(os.path.join(ROOT, results_dir, "conv_costs_cpu.json")):
+        cmd += ["--conv-costs-json", os.path.join(results_dir, "conv_costs_cpu.json")]
     for name in ("cpu_compile.json", "cuda.json", "cuda_compile.json"):
         if os.path.isfile(os.path.join(ROOT, results_dir, name)):
             cmd += ["--merge", os.path.join(results_dir, name)]
@@ -57,8 +60,8 @@ def main(argv=None):
     p.add_argument("--rounds", default=None, help="interleaved rounds of the speed section (default per device)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run of the pipeline (the CIFAR-10 ResNet-14 grids and speed section with tiny "
-                        "repeat counts, profile, render) in seconds; needs --out-dir (results and benchmarks.md "
-                        "go there, docs untouched)")
+                        "repeat counts, profile, conv costs, render) in seconds; needs --out-dir (results and "
+                        "benchmarks.md go there, docs untouched)")
     p.add_argument("--md-out", default=None, help=f"Markdown output (default {DOCS_MD})")
     args = p.parse_args(argv)
     out = args.out_dir
@@ -73,6 +76,9 @@ def main(argv=None):
               "--json-out", report, "--md-out", md)
         bench("--profile", "--quick", "--device", "cpu", "resnet14_cifar10",
               "--json-out", os.path.join(out, "profile_cpu.json"))
+        # one round of 1 ms blocks: --quick's own 2 rounds of 20 ms blocks take ~15 s over the 52 conv-cost cells
+        bench("--conv-costs", "--quick", "--device", "cpu", "--min-run-time", "0.001", "--rounds", "1",
+              "--json-out", os.path.join(out, "conv_costs_cpu.json"))
         render(report, md, root=out, results_dir=out)
         return
 
@@ -93,6 +99,7 @@ def main(argv=None):
         bench("--paper-tables", "--device", "cpu", "--min-run-time", mrt, "--rounds", rounds,
               "--json-out", cpu_json, "--md-out", md)
         bench("--profile", "--device", "cpu", "--json-out", os.path.join(RESULTS, "profile_cpu.json"))
+        bench("--conv-costs", "--device", "cpu", "--json-out", os.path.join(RESULTS, "conv_costs_cpu.json"))
         if args.cpu_compile:
             bench("--paper-tables", "--speed-only", "--device", "cpu", "--cpu-variants", "compile", "--depths", "20",
                   "--datasets", "cifar10", "--rounds", "3", "--min-run-time", mrt,

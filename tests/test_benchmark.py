@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import timm
+import torch
 import torch.nn as nn
 
 import mlan_timm  # noqa: F401  (registers the models)
@@ -251,6 +252,83 @@ def test_profile_ops_lists_top_operators():
     assert "## Where the time goes (torch.profiler)" in text and "| operator |" in text
 
 
+#: Conv-cost timing small enough for tests (about 0.5 s for all shapes); batch 2.
+CONV_COST_TEST_CFG = B.TimingConfig(min_run_time=0.001, warmup=1, batch=2, rounds=1)
+CONV_COST_TITLE = "## Why the attention costs more than its MACs: per-call conv costs (cpu)"
+
+
+def test_measure_conv_costs_times_every_shape():
+    # the backward-data-as-forward and bmm results are asserted equal to aten's inside measure_conv_costs; one
+    # thread: on a busy 2-core machine, two threads wait on each other for scheduler ticks (ms per sub-ms call)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = B.measure_conv_costs("cpu", cfg=CONV_COST_TEST_CFG)
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r["in_channels"], r["out_channels"], r["kernel"], r["size"]) for r in rows] == list(B.CONV_COST_SHAPES)
+    for (c, o, k, h) in [(8, 3, 3, 32), (16, 16, 3, 32), (32, 3, 3, 8), (32, 64, 1, 16)]:
+        assert (c, o, k, h) in B.CONV_COST_SHAPES
+    for r in rows:
+        timed = [col for col in B.CONV_COST_COLUMNS if col != "matmul_ms" or r["kernel"] == 1]
+        assert set(timed) <= set(r) and ("matmul_ms" in r) == (r["kernel"] == 1)
+        assert all(r[col] > 0 and math.isfinite(r[col]) for col in timed)
+        assert r["batch"] == 2
+        assert r["macs"] == 2 * r["size"] ** 2 * r["in_channels"] * r["out_channels"] * r["kernel"] ** 2
+        assert r["gmacs_per_s"] == pytest.approx(r["macs"] / (r["forward_ms"] / 1e3) / 1e9)
+
+
+def _cc_row(c, o, k, h, fwd, bwd, as_fwd, bwd_w=1.0, mm=None):
+    r = dict(batch=128, in_channels=c, out_channels=o, kernel=k, size=h, macs=128 * h * h * c * o * k * k,
+             forward_ms=fwd, backward_data_ms=bwd, backward_data_as_forward_ms=as_fwd, backward_weight_ms=bwd_w)
+    r["gmacs_per_s"] = r["macs"] / (fwd / 1e3) / 1e9
+    if mm is not None:
+        r["matmul_ms"] = mm
+    return r
+
+
+def test_conv_cost_prose_is_computed_from_the_rows():
+    rows = [_cc_row(16, 16, 3, 32, fwd=4.0, bwd=5.0, as_fwd=4.0), _cc_row(16, 3, 3, 32, fwd=3.0, bwd=30.0, as_fwd=2.5),
+            _cc_row(8, 8, 3, 32, fwd=2.0, bwd=2.0, as_fwd=2.0), _cc_row(8, 3, 3, 32, fwd=1.5, bwd=12.0, as_fwd=1.0),
+            _cc_row(16, 32, 1, 32, fwd=6.0, bwd=3.0, as_fwd=3.0, mm=1.5)]
+    cc = dict(command="mlan-bench --conv-costs", machine="m", device="cpu",
+              config=dict(rounds=5, min_run_time=0.3, warmup=3, batch=128), conv_costs=rows)
+    text = R.render_conv_costs(cc)
+    assert text.startswith(CONV_COST_TITLE + "\n\nCommand: `mlan-bench --conv-costs`\n\nMachine: m\n")
+    # C -> 3 vs C -> C forward: 3 / 4 = 0.75 of the time for 3 / 16 = 0.19 of the MACs; 1.5 / 2 = 0.75 for 3 / 8
+    assert "16 -> 3 at 32x32, 3x3: 0.75 of the time for 0.19 of the MACs" in text
+    assert "8 -> 3 at 32x32, 3x3: 0.75 of the time for 0.38 of the MACs" in text
+    # backward-data / forward: 30 / 3 = 10 and 12 / 1.5 = 8 (C -> 3); 5 / 4 = 1.25 and 2 / 2 = 1 (C -> C)
+    assert "takes 8.00 to 10.00 times the forward time for the 2 C -> O convs with O < C, and 1.00 to 1.25 times " \
+           "for the 2 C -> C convs." in text
+    # backward-data / backward-data as forward conv: 30 / 2.5 = 12, 12 / 1 = 12
+    assert "aten's backward-data takes 12.00 times the time of the same values computed as a forward conv" in text
+    assert "The 1 1x1 convs' forward takes 4.00 times the time of the same product as a batched matrix" in text
+    assert "| [128, 16, 32, 32] -> 3, 3x3 | 56.62M | 3.000 | 18.9 | 30.000 | 2.500 | 1.000 | — |" in text
+    assert "| [128, 16, 32, 32] -> 32, 1x1 | 67.11M | 6.000 | 11.2 | 3.000 | 3.000 | 1.000 | 1.500 |" in text
+    assert R.conv_cost_findings(rows[:1]) == []  # no C -> 3 nor 1x1 rows: nothing to say
+
+
+def test_cli_conv_costs_quick_json_renders_into_the_report(tmp_path, capsys):
+    js, md = tmp_path / "conv_costs_cpu.json", tmp_path / "b.md"
+    assert cli.main(["--conv-costs", "--quick", "--threads", "1", "--device", "cpu", "--batch", "2",
+                     "--min-run-time", "0.001", "--rounds", "1", "--json-out", str(js)]) == 0
+    assert CONV_COST_TITLE in capsys.readouterr().out
+    cc = json.loads(js.read_text())
+    assert cc["command"].startswith("mlan-bench --conv-costs --quick") and cc["machine"].startswith("CPU:")
+    assert len(cc["conv_costs"]) == len(B.CONV_COST_SHAPES) and cc["config"]["batch"] == 2
+    base, prof = tmp_path / "cpu.json", tmp_path / "profile_cpu.json"
+    base.write_text(json.dumps(dict(grid_ids=[], datasets=[], depths=[20], devices=["cpu"], command="c",
+                                    machine="m", results={}, config={})))
+    prof.write_text(json.dumps(dict(command="mlan-bench --profile", machine="m", profiles=[])))
+    assert cli.main(["--render-only", str(base), "--profile-json", str(prof), "--conv-costs-json", str(js),
+                     "--md-out", str(md), "--root", str(tmp_path)]) == 0
+    text = md.read_text()
+    assert text.index("## Where the time goes (torch.profiler)") < text.index(CONV_COST_TITLE) \
+        < text.index("## Paper grids")
+    assert f"Command: `{cc['command']}`" in text and "| [2, 8, 32, 32] -> 3, 3x3 |" in text
+
+
 def test_eval_results_need_recorded_kwargs_and_the_full_test_set(tmp_path):
     (tmp_path / "docs" / "results").mkdir(parents=True)
     old = _eval_rec("resnet20_cifar10", 70.0)
@@ -271,6 +349,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("mlan-bench: error: --render-only")
     assert cli.main(["--paper-tables", "--no-time", "--depths", "21"]) == 2
     assert "unknown depth/dataset [21]" in capsys.readouterr().err
+    assert cli.main(["--profile", "--conv-costs"]) == 2
+    assert "--profile and --conv-costs are separate runs" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # ~11 s: runs in CI's slow step
@@ -282,6 +362,7 @@ def test_run_benchmarks_quick_regenerates_markdown(tmp_path, repo_root, subproce
     md = (tmp_path / "benchmarks.md").read_text()
     assert md.startswith("# Benchmarks: MLAN models vs the paper's comparison grids")
     assert "## Where the time goes (torch.profiler)" in md and "### Table 6 (CIFAR10)" in md
+    assert "## Why the attention costs more than its MACs: per-call conv costs (cpu)" in md
     for section in ("### Target 1 (cpu)", "### Fast paths (cpu)", "### Target 2 (cpu)",
                     "## Speed targets (issue 10): GPU", "paper GPU ms (batch not given)"):
         assert section in md, section

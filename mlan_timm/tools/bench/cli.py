@@ -5,7 +5,9 @@
   ``create_model`` kwargs in the ``--model-kwargs`` syntax);
 * ``"mlan_resnet20_cifar10?fast_paths=False"`` builds the model with its fast paths off (the reference equations);
 * ``--merge other.json`` folds the device timings of another run (e.g. a CUDA run) into the tables;
-* ``--render-only report.json`` re-renders Markdown without measuring.
+* ``--render-only report.json`` re-renders Markdown without measuring;
+* ``--conv-costs --json-out FILE`` times single convs of MLAN's and the backbone's shapes (forward, backward-data,
+  backward-weight, backward-data as a forward conv, 1x1 as bmm); ``--conv-costs-json FILE`` adds them to a render.
 """
 import argparse
 import datetime
@@ -24,13 +26,14 @@ from .measure import (
     code_version,
     machine_line,
     measure,
+    measure_conv_costs,
     merge_reports,
     parse_spec,
     profile_ops,
     run_paper_tables,
     speed_plan,
 )
-from .report import render_profiles, render_report, render_results_table
+from .report import render_conv_costs, render_profiles, render_report, render_results_table
 
 __all__ = ['build_parser', 'main']
 
@@ -66,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.profiler top operators of the named models, default the ResNet-20 CIFAR-10 backbone "
                         "and MLAN (inference and train step)")
     p.add_argument("--profile-json", default=None, help="a --profile JSON to include in the rendered report")
+    p.add_argument("--conv-costs", action="store_true",
+                   help="per-call times of single convs of MLAN's and the backbone's shapes (forward, backward-data, "
+                        "backward-data as a forward conv, backward-weight, 1x1 as bmm) at --batch")
+    p.add_argument("--conv-costs-json", default=None, help="a --conv-costs JSON to include in the rendered report")
     p.add_argument("--render-only", default=None, help="re-render Markdown from this JSON without measuring")
     p.add_argument("--md-out", default=None, help="Markdown output (paper tables: default docs/benchmarks.md)")
     p.add_argument("--json-out", default=None,
@@ -121,6 +128,18 @@ def run(args, argv_list) -> int:
         raise UsageError(f"unknown depth/dataset {bad}: depths are {sorted(zoo.DEPTHS)}, datasets "
                          f"{sorted(zoo.DATASETS)}")
 
+    if args.profile and args.conv_costs:
+        raise UsageError("--profile and --conv-costs are separate runs (one JSON each)")
+    if args.conv_costs:
+        dev = devices[-1]
+        rows = measure_conv_costs(dev, cfg.batch, cfg)
+        report = dict(command=command, machine=machine_line([dev]), code=code_version(), device=dev,
+                      config=dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch,
+                                  rounds=cfg.rounds), conv_costs=rows)
+        if args.json_out:
+            _write(args.json_out, json.dumps(report, indent=1) + "\n")
+        print(render_conv_costs(report))
+        return 0
     if args.profile:
         dev = devices[-1]
         plan = speed_plan("cifar10", 20, target1=True)
@@ -158,6 +177,8 @@ def run(args, argv_list) -> int:
         report = merge_reports(report, _load_json(path, "--merge"))
     if args.profile_json:
         report["profile"] = _load_json(args.profile_json, "--profile-json")
+    if args.conv_costs_json:
+        report["conv_costs"] = _load_json(args.conv_costs_json, "--conv-costs-json")
 
     if paper or args.render_only:
         md = render_report(report, args.root)

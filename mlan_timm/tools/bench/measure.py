@@ -21,6 +21,11 @@ tools (:func:`mlan_timm.tools.common.parse_model_kwargs`). One key is not a ``cr
 The speed section (:func:`run_speed`) measures issue 10's targets: for every (dataset, depth) group it builds the
 backbone, MLAN (fast and reference), SMAv2 and the other attentions in the same multi-level structure, and times
 them interleaved over several rounds (median per model), so ratios within a group share the machine's state.
+
+The conv-cost section (:func:`measure_conv_costs`) times single convolutions of the shapes MLAN and its backbone
+run (:data:`CONV_COST_SHAPES`): forward, aten's backward-data and backward-weight, the backward-data computed as a
+forward conv (as ``mlan_timm.layers.fast_ops.same_conv`` does) and 1x1 convs as ``torch.bmm`` (as
+``pointwise_conv`` does), all cells interleaved over several rounds (median per cell).
 """
 import copy
 import os
@@ -33,6 +38,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.benchmark import Timer
 
 from ... import paper_tables, zoo
@@ -41,7 +47,8 @@ from ..common import create_model, parse_model_kwargs
 
 __all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SPEED_MODELS', 'TARGET1_DEPTHS',
            'COMPILE_SPEED_MODELS', 'speed_group', 'speed_plan', 'TimingConfig', 'make_infer_fn', 'make_train_fn',
-           'time_fn', 'time_model', 'time_interleaved', 'run_speed', 'profile_ops', 'code_version', 'machine_line',
+           'time_fn', 'time_model', 'time_interleaved', 'run_speed', 'profile_ops', 'CONV_COST_SHAPES',
+           'CONV_COST_COLUMNS', 'measure_conv_costs', 'code_version', 'machine_line',
            'measure', 'run_paper_tables', 'merge_reports', 'NOT_REGISTERED', 'count_macs', 'count_params']
 
 NOT_REGISTERED = "model not registered"
@@ -329,6 +336,82 @@ def profile_ops(spec: Spec, device: str = "cpu", batch: int = 128, iters: int = 
                  ms=getattr(e, attr, 0) / 1e3 / iters, share=getattr(e, attr, 0) / max(total, 1e-9))
             for e in events[:top]]
     return dict(model=spec.key, device=device, batch=batch, train=train, total_ms=total / 1e3 / iters, rows=rows)
+
+
+#: (in channels C, out channels O, kernel k, size H = W) of the conv-cost section: the backbone's C -> C convs beside
+#: MLAN's C -> 3 mask convs (and C -> C + 3, conv2 with the first layer's mask) at each stage, and 1x1 projections.
+CONV_COST_SHAPES: Tuple[Tuple[int, int, int, int], ...] = (
+    (8, 8, 3, 32), (8, 3, 3, 32), (8, 11, 3, 32), (16, 16, 3, 32), (16, 3, 3, 32), (16, 16, 3, 16), (16, 3, 3, 16),
+    (32, 32, 3, 8), (32, 3, 3, 8), (8, 16, 1, 32), (16, 32, 1, 32), (32, 64, 1, 16))
+#: Timed cells of one conv-cost row (``matmul`` only for 1x1 kernels).
+CONV_COST_COLUMNS = ("forward_ms", "backward_data_ms", "backward_data_as_forward_ms", "backward_weight_ms",
+                     "matmul_ms")
+
+
+def _conv_cost_fns(c: int, o: int, k: int, size: int, batch: int, device: str) -> Dict[str, Callable[[], Any]]:
+    """The timed calls of one conv shape (NCHW fp32 contiguous random tensors), keyed by conv-cost column; the
+    backward-data-as-forward and the 1x1-as-bmm results are checked against aten's once here."""
+    x = torch.randn(batch, c, size, size, device=device)
+    w = torch.randn(o, c, k, k, device=device) / (c * k * k) ** 0.5
+    g = torch.randn(batch, o, size, size, device=device)
+    pad = k // 2
+    w_t = w.flip(2, 3).transpose(0, 1)  # the input gradient as a forward conv: flipped kernel, in/out swapped
+    aten = torch.ops.aten.convolution_backward
+
+    def backward(mask):
+        return lambda: aten(g, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask)
+
+    fns: Dict[str, Callable[[], Any]] = {
+        "forward_ms": lambda: F.conv2d(x, w, padding=pad),
+        "backward_data_ms": backward([True, False, False]),
+        "backward_data_as_forward_ms": lambda: F.conv2d(g, w_t, padding=pad),
+        "backward_weight_ms": backward([False, True, False]),
+    }
+    if k == 1:
+        w2 = w.view(o, c)
+        fns["matmul_ms"] = lambda: torch.bmm(w2.expand(batch, -1, -1), x.flatten(2))
+    with torch.inference_mode():
+        torch.testing.assert_close(fns["backward_data_as_forward_ms"](), fns["backward_data_ms"]()[0],
+                                   rtol=1e-4, atol=1e-4)
+        if k == 1:
+            torch.testing.assert_close(fns["matmul_ms"]().unflatten(2, (size, size)), fns["forward_ms"](),
+                                       rtol=1e-4, atol=1e-4)
+    return fns
+
+
+def measure_conv_costs(device: str = "cpu", batch: Optional[int] = None, cfg: Optional[TimingConfig] = None,
+                       shapes: Sequence[Tuple[int, int, int, int]] = CONV_COST_SHAPES) -> List[Dict[str, Any]]:
+    """Per-call times (ms) of one stride-1 'same' conv per shape (C, O, k, H) of ``shapes``, at ``batch``
+    (default ``cfg.batch``): forward, aten's backward-data (the input gradient autograd computes), the same input
+    gradient as a forward conv, backward-weight, and for 1x1 kernels the forward as ``torch.bmm``; with MACs and
+    forward GMAC/s. Each call is timed under ``torch.inference_mode``; all cells are interleaved over ``cfg.rounds``
+    rounds (median per cell), as in :func:`time_interleaved`."""
+    cfg = cfg or TimingConfig()
+    batch = cfg.batch if batch is None else batch
+    torch.manual_seed(0)
+    fns: Dict[Tuple[int, str], Callable[[], Any]] = {}
+    for i, (c, o, k, size) in enumerate(shapes):
+        for col, fn in _conv_cost_fns(c, o, k, size, batch, device).items():
+            fns[i, col] = fn
+    samples: Dict[Tuple[int, str], List[float]] = {key: [] for key in fns}
+    one = TimingConfig(cfg.min_run_time, 0, batch, cfg.rounds)
+    with torch.inference_mode():
+        for fn in fns.values():
+            for _ in range(cfg.warmup):
+                fn()
+        for _ in range(cfg.rounds):
+            for key, fn in fns.items():
+                samples[key].append(time_fn(fn, one))
+    rows: List[Dict[str, Any]] = []
+    for i, (c, o, k, size) in enumerate(shapes):
+        macs = batch * size * size * c * o * k * k
+        row: Dict[str, Any] = dict(batch=batch, in_channels=c, out_channels=o, kernel=k, size=size, macs=macs)
+        for col in CONV_COST_COLUMNS:
+            if (i, col) in samples:
+                row[col] = 1e3 * statistics.median(samples[i, col])
+        row["gmacs_per_s"] = macs / (row["forward_ms"] / 1e3) / 1e9
+        rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------

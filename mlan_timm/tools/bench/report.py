@@ -7,14 +7,15 @@ it is belong in hand-written docs (docs/training.md, docs/architecture.md), not 
 import glob
 import json
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ... import paper_tables, zoo
 from .measure import PaperTable, Spec, paper_grid, variant_spec
 
 __all__ = ['NOT_TRAINED', 'NOT_MEASURED', 'CIFAR_TEST_IMAGES', 'TARGET1_INFER', 'TARGET1_TRAIN', 'TARGET2_RIVALS',
            'load_eval_results', 'render_results_table', 'render_paper_table', 'render_target1', 'render_fast_paths',
-           'render_target2', 'render_speed', 'render_profiles', 'render_report']
+           'render_target2', 'render_speed', 'render_profiles', 'conv_cost_findings', 'render_conv_costs',
+           'render_report']
 
 NOT_TRAINED = "not trained yet"
 NOT_MEASURED = "not measured"
@@ -314,6 +315,72 @@ def render_profiles(prof: Dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _conv_shape(r: Dict[str, Any]) -> str:
+    return (f"[{r['batch']}, {r['in_channels']}, {r['size']}, {r['size']}] -> {r['out_channels']}, "
+            f"{r['kernel']}x{r['kernel']}")
+
+
+def _fmt_ms3(v: Optional[float]) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def conv_cost_findings(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """The sentences of the conv-cost section, each computed from ``rows`` (none where its rows are missing)."""
+    few = [r for r in rows if r["out_channels"] < r["in_channels"]]
+    square = [r for r in rows if r["out_channels"] == r["in_channels"]]
+    out = []
+    pairs = []
+    for r in few:
+        q = next((q for q in square if all(q[k] == r[k] for k in ("batch", "in_channels", "kernel", "size"))), None)
+        if q is not None:
+            pairs.append(f"{r['in_channels']} -> {r['out_channels']} at {r['size']}x{r['size']}, "
+                         f"{r['kernel']}x{r['kernel']}: {r['forward_ms'] / q['forward_ms']:.2f} of the time for "
+                         f"{r['macs'] / q['macs']:.2f} of the MACs")
+    if pairs:
+        out.append("Forward time of each C -> O conv with O < C relative to the C -> C conv on the same input, beside "
+                   "its MACs ratio O / C: " + "; ".join(pairs) + ".")
+    if few:
+        sq = [r["backward_data_ms"] / r["forward_ms"] for r in square]
+        out.append(f"The input gradient through aten's backward-data (what autograd runs) takes "
+                   f"{_range([r['backward_data_ms'] / r['forward_ms'] for r in few])} times the forward time for the "
+                   f"{len(few)} C -> O convs with O < C" + (f", and {_range(sq)} times for the {len(sq)} C -> C convs"
+                                                            if sq else "") + ".")
+        out.append(f"For those C -> O convs, aten's backward-data takes "
+                   f"{_range([r['backward_data_ms'] / r['backward_data_as_forward_ms'] for r in few])} times the time "
+                   "of the same values computed as a forward conv of the output gradient with the flipped, "
+                   "transposed kernel.")
+    mm = [r["forward_ms"] / r["matmul_ms"] for r in rows if r.get("matmul_ms")]
+    if mm:
+        out.append(f"The {len(mm)} 1x1 convs' forward takes {_range(mm)} times the time of the same product as a "
+                   "batched matrix multiply (`torch.bmm`).")
+    return out
+
+
+def render_conv_costs(cc: Dict[str, Any]) -> str:
+    """The conv-cost section from a ``mlan-bench --conv-costs`` report (rows under ``conv_costs``)."""
+    cfg = cc.get("config", {})
+    rows = cc["conv_costs"]
+    out = [f"## Why the attention costs more than its MACs: per-call conv costs ({cc.get('device', 'cpu')})", "",
+           f"Command: `{cc.get('command')}`", "", f"Machine: {cc.get('machine')}", "",
+           "One stride-1 'same' convolution per row, fp32, NCHW contiguous random tensors, no bias, each call timed "
+           "under `torch.inference_mode`: forward `F.conv2d`; backward-data and backward-weight "
+           "`torch.ops.aten.convolution_backward` with output mask [True, False, False] / [False, True, False] (what "
+           "autograd runs); backward-data as forward conv `F.conv2d(grad, w.flip(2, 3).transpose(0, 1))` (same "
+           "values, checked); for 1x1 kernels the forward as `torch.bmm` (same values, checked). MACs = "
+           f"B·H·W·C·O·k²; GMAC/s of the forward. All cells interleaved over {cfg.get('rounds')} rounds "
+           f"(blocked_autorange, min_run_time {cfg.get('min_run_time')} s, after {cfg.get('warmup')} warm-up "
+           "call(s)); medians over rounds, in ms.", "",
+           "| shape [B, C, H, W] -> O, kxk | MACs | forward ms | GMAC/s | backward-data ms | "
+           "backward-data as forward conv ms | backward-weight ms | 1x1 as bmm ms |", "|" + "---|" * 8]
+    for r in rows:
+        out.append(f"| {_conv_shape(r)} | {_fmt_macs(r['macs'])} | {_fmt_ms3(r['forward_ms'])} | "
+                   f"{r['gmacs_per_s']:.1f} | {_fmt_ms3(r['backward_data_ms'])} | "
+                   f"{_fmt_ms3(r['backward_data_as_forward_ms'])} | {_fmt_ms3(r['backward_weight_ms'])} | "
+                   f"{_fmt_ms3(r.get('matmul_ms'))} |")
+    findings = conv_cost_findings(rows)
+    return "\n".join(out + ([""] + [" ".join(findings)] if findings else []) + [""])
+
+
 def _grid_ids(report: Dict[str, Any]):
     """The report's tables: ids of :func:`paper_grid` (reports before the paper tables used ``table3`` etc.)."""
     grid = paper_grid()
@@ -382,6 +449,8 @@ def render_report(report: Dict[str, Any], root: str = ".") -> str:
         lines += [speed]
     if report.get("profile"):
         lines += [render_profiles(report["profile"]), ""]
+    if report.get("conv_costs"):
+        lines += [render_conv_costs(report["conv_costs"]), ""]
     lines += ["## Paper grids", "", f"Command: `{report['command']}`", "",
               "Tables 6 and 9 print GPU times; the paper does not give the batch size (nor the GPU's settings) of "
               "those times, so they compare only within a column. Our time columns beside them are the speed "
