@@ -2,7 +2,7 @@
 
     python benchmarks/run_benchmarks.py                 # CPU: measure everything, render (merging saved GPU results)
     python benchmarks/run_benchmarks.py --cuda --out-dir DIR   # on a GPU machine: write CUDA JSONs into DIR
-    python benchmarks/run_benchmarks.py --render-only   # re-render docs from the saved JSONs, no measuring
+    python benchmarks/run_benchmarks.py --render-only   # re-render docs and README's speed summary, no measuring
     python benchmarks/run_benchmarks.py --quick --out-dir DIR  # smoke run: tiny subset, results and Markdown in DIR
 
 Everything is measured by ``mlan-bench``. Raw results live in benchmarks/results/: ``cpu.json`` (``mlan-bench
@@ -12,7 +12,9 @@ also times each fast path against its reference, ``?fast_paths=False``, in the s
 times of single convs of MLAN's and the backbone's shapes), ``cpu_compile.json`` (``--cpu-compile``, optional),
 and, once a GPU run was made, ``cuda.json`` and ``cuda_compile.json`` (copy them there from ``--out-dir``). The docs
 are always rendered by ``mlan-bench`` from these files, so every number in docs/benchmarks.md has the command that
-measured it beside it.
+measured it beside it. The full CPU run and ``--render-only`` also rewrite README.md's speed summary (``--readme-out``:
+the block between its ``speed-summary`` markers) from the same report, so README.md and docs/benchmarks.md agree;
+``--quick``, ``--cuda`` and a non-default ``--md-out`` leave README.md alone.
 """
 import argparse
 import os
@@ -23,6 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join("benchmarks", "results")  # relative to ROOT (commands run there; docs show short paths)
 DOCS_MD = os.path.join("docs", "benchmarks.md")
+README = "README.md"
+CPU_JSON = os.path.join(RESULTS, "cpu.json")
 #: CPU defaults, sized so that the whole CPU regeneration takes about 10-15 minutes on 2 cores.
 CPU_MIN_RUN_TIME, CPU_ROUNDS = "0.2", "5"
 
@@ -36,9 +40,12 @@ def bench(*args):
     sh(sys.executable, "-m", "mlan_timm.tools.bench", *args)
 
 
-def render(report, md_out, root=".", results_dir=RESULTS):
-    """Render ``report`` merged with the other result files found in ``results_dir``."""
+def render_args(report, md_out, root=".", results_dir=RESULTS, readme_out=None):
+    """The ``mlan-bench`` arguments that render ``report`` merged with the other result files found in
+    ``results_dir`` into ``md_out`` (and, with ``readme_out``, that file's speed summary)."""
     cmd = ["--render-only", report, "--md-out", md_out, "--root", root]
+    if readme_out:
+        cmd += ["--readme-out", readme_out]
     if os.path.isfile(os.path.join(ROOT, results_dir, "profile_cpu.json")):
         cmd += ["--profile-json", os.path.join(results_dir, "profile_cpu.json")]
     if os.path.isfile(os.path.join(ROOT, results_dir, "conv_costs_cpu.json")):
@@ -46,7 +53,12 @@ def render(report, md_out, root=".", results_dir=RESULTS):
     for name in ("cpu_compile.json", "cuda.json", "cuda_compile.json"):
         if os.path.isfile(os.path.join(ROOT, results_dir, name)):
             cmd += ["--merge", os.path.join(results_dir, name)]
-    bench(*cmd)
+    return cmd
+
+
+def render(report, md_out, root=".", results_dir=RESULTS, readme_out=None):
+    """Render ``report`` merged with the other result files found in ``results_dir``."""
+    bench(*render_args(report, md_out, root, results_dir, readme_out))
 
 
 def main(argv=None):
@@ -92,12 +104,15 @@ def main(argv=None):
               "--json-out", os.path.join(out, "cuda_compile.json"), "--md-out", os.path.join(out, "cuda_compile.md"))
         return
 
-    cpu_json = os.path.join(RESULTS, "cpu.json")
+    cpu_json = CPU_JSON
     md = args.md_out or DOCS_MD
+    # README.md's speed summary follows docs/benchmarks.md only (a Markdown written elsewhere leaves it alone)
+    readme = ["--readme-out", README] if os.path.normpath(md) == os.path.normpath(DOCS_MD) else []
     if not args.render_only:
         mrt, rounds = args.min_run_time or CPU_MIN_RUN_TIME, args.rounds or CPU_ROUNDS
+        # --readme-out here too: a README.md without its markers fails before the minutes of measuring
         bench("--paper-tables", "--device", "cpu", "--min-run-time", mrt, "--rounds", rounds,
-              "--json-out", cpu_json, "--md-out", md)
+              "--json-out", cpu_json, "--md-out", md, *readme)
         bench("--profile", "--device", "cpu", "--json-out", os.path.join(RESULTS, "profile_cpu.json"))
         bench("--conv-costs", "--device", "cpu", "--json-out", os.path.join(RESULTS, "conv_costs_cpu.json"))
         if args.cpu_compile:
@@ -105,7 +120,7 @@ def main(argv=None):
                   "--datasets", "cifar10", "--rounds", "3", "--min-run-time", mrt,
                   "--json-out", os.path.join(RESULTS, "cpu_compile.json"),
                   "--md-out", os.path.join(RESULTS, "cpu_compile.md"))
-    render(cpu_json, md)
+    render(cpu_json, md, readme_out=readme[1] if readme else None)
 
 
 if __name__ == "__main__":

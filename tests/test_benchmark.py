@@ -1,5 +1,6 @@
 """mlan-bench (mlan_timm.tools.bench: measure, report, cli) in quick mode (tiny models, tiny repeat counts; no
 timing asserts), and benchmarks/run_benchmarks.py --quick end to end."""
+import importlib.util
 import json
 import math
 import os
@@ -356,9 +357,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow  # ~11 s: runs in CI's slow step
 def test_run_benchmarks_quick_regenerates_markdown(tmp_path, repo_root, subprocess_env):
     """The one command that regenerates docs/benchmarks.md, on a tiny subset, writing only under --out-dir."""
+    readme = (repo_root / "README.md").read_bytes()
     res = subprocess.run([sys.executable, "benchmarks/run_benchmarks.py", "--quick", "--out-dir", str(tmp_path)],
                          cwd=repo_root, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert (repo_root / "README.md").read_bytes() == readme  # the smoke run never touches README.md
     md = (tmp_path / "benchmarks.md").read_text()
     assert md.startswith("# Benchmarks: MLAN models vs the paper's comparison grids")
     assert "## Where the time goes (torch.profiler)" in md and "### Table 6 (CIFAR10)" in md
@@ -374,3 +377,207 @@ def test_run_benchmarks_quick_regenerates_markdown(tmp_path, repo_root, subproce
     mlan = report["speed"]["cpu"]["cifar10/14"]["mlan"]
     row = next(ln for ln in md.splitlines() if ln.startswith("| ResNet-14 | multi-level SMA (MLAN) |"))
     assert f"| {mlan['latency_b1_ms']:.2f} | {mlan['infer_b128_ms']:.2f} | 18.12 |" in row  # ours, then paper's
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# README.md's speed summary: generated from the same results (and helpers) as docs/benchmarks.md
+# ----------------------------------------------------------------------------------------------------------------
+def _run_benchmarks(repo_root):
+    spec = importlib.util.spec_from_file_location("run_benchmarks", repo_root / "benchmarks" / "run_benchmarks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _flat(text):
+    """The summary without its line wrapping."""
+    return " ".join(text.split())
+
+
+def test_readme_speed_summary_is_rendered_from_the_committed_results(repo_root, tmp_path, monkeypatch):
+    """README.md's speed summary is what `python benchmarks/run_benchmarks.py --render-only` renders from
+    benchmarks/results/*.json: same arguments (run_benchmarks.render_args), same merged report (cli.add_results)."""
+    rb = _run_benchmarks(repo_root)
+    monkeypatch.chdir(repo_root)  # run_benchmarks runs mlan-bench in the repo root, with paths relative to it
+    original = (repo_root / "README.md").read_bytes()
+    readme = tmp_path / "README.md"
+    readme.write_bytes(original)
+    argv = rb.render_args(rb.CPU_JSON, str(tmp_path / "benchmarks.md"), readme_out=str(readme))
+    assert argv[:2] == ["--render-only", rb.CPU_JSON] and "--readme-out" in argv
+    args = cli.build_parser().parse_args(argv)
+    report = cli.add_results(cli._load_json(args.render_only, "--render-only"), args)
+    text = original.decode("utf-8")
+    a, b = R.readme_summary_span(text)
+    stale = "README.md's speed summary is stale: run python benchmarks/run_benchmarks.py --render-only"
+    assert text[a:b].strip() == R.render_readme_summary(report), stale
+    assert cli.main(argv) == 0
+    assert readme.read_bytes() == original, stale
+
+
+def _group(group, speed):
+    """``speed`` (one synthetic group from _speed) filed under ``group`` ('cifar100/32', ...)."""
+    return {group: next(iter(speed.values()))}
+
+
+def _summary_report(groups, **extra):
+    return dict(dict(command="mlan-bench --paper-tables", config=dict(rounds=5, batch=128),
+                     machine="CPU: Test CPU, 4 cores, torch threads 4; python 3, torch 2, timm 1",
+                     speed={"cpu": groups}, speed_macs={g: {"backbone": 100, "mlan": 110} for g in groups}), **extra)
+
+
+def test_readme_summary_target1_wording_follows_the_numbers():
+    met = _flat(R.render_readme_summary(_summary_report(_speed(mlan=(11.0, 24.0)))))
+    assert met.startswith("Current numbers (docs/benchmarks.md; 4-core CPU, fp32, random weights, each depth's models "
+                          "timed interleaved, medians of 5 rounds; the targets: MLAN's time ratio to its backbone at "
+                          "most 1.1x (inference) / 1.2x (train step) its MACs ratio")
+    # inference 11 / 10 = 1.10 <= 1.1 x 1.1; train step 24 / 20 = 1.20 <= 1.2 x 1.1
+    assert ("- **Target 1 is met.** At batch 128, MLAN's inference takes 1.10x its backbone's time for R20 on "
+            "CIFAR-10, against a MACs ratio of 1.100: time ratio / MACs ratio 1.00 (limit 1.1). Its train step takes "
+            "1.20x (1.09 times the MACs ratio; limit 1.2).") in met
+    assert "not met" not in met
+    # inference 13 / 10 = 1.30 > 1.21; train step 40 / 20 = 2.00 > 1.32
+    missed = _flat(R.render_readme_summary(_summary_report(_speed(mlan=(13.0, 40.0)))))
+    assert ("- **Target 1 is not met.** At batch 128, MLAN's inference takes 1.30x its backbone's time for R20 on "
+            "CIFAR-10, against a MACs ratio of 1.100: time ratio / MACs ratio 1.18 (limit 1.1). Its train step takes "
+            "2.00x (1.82 times the MACs ratio; limit 1.2).") in missed
+    half = _flat(R.render_readme_summary(_summary_report(_speed(mlan=(12.0, 40.0)))))
+    assert "- **Target 1 is met for inference and not met for the train step.**" in half
+    # two groups: ranges, and the groups named as a grid
+    both = {**_group("cifar10/20", _speed(mlan=(12.0, 40.0))), **_group("cifar100/20", _speed(mlan=(15.0, 50.0)))}
+    text = _flat(R.render_readme_summary(_summary_report(both)))
+    assert ("inference takes 1.20x to 1.50x its backbone's time for R20 on both datasets, against a MACs ratio of "
+            "1.100: time ratio / MACs ratio 1.09 to 1.36 (limit 1.1). Its train step takes 2.00x to 2.50x (1.82 to "
+            "2.27 times the MACs ratio; limit 1.2).") in text
+    assert "- **Target 1 is met in 1 of 2 rows for inference and not met for the train step.**" in text
+
+
+def test_readme_summary_target2_lists_its_exceptions():
+    fine = {**_group("cifar10/20", _speed()), **_group("cifar100/20", _speed())}
+    text = _flat(R.render_readme_summary(_summary_report(fine)))
+    assert ("- **Target 2 is met everywhere.** MLAN is faster than SE, CBAM, TA and GC in the same multi-level "
+            "structure at depth 20 on both datasets at batch 128 (MLAN / SE 0.12) and at batch 1 (MLAN / SE 0.20).") \
+        in text
+    # two exceptions at batch 128: SE on CIFAR-10 ResNet-20 (12 / 11), GC on CIFAR-100 ResNet-20 (12 / 10)
+    groups = {**_group("cifar10/20", _speed(se=11.0)), **_group("cifar10/32", _speed()),
+              **_group("cifar100/20", _speed(gc=10.0)), **_group("cifar100/32", _speed(se=20.0))}
+    text = _flat(R.render_readme_summary(_summary_report(groups)))
+    assert ("- **Target 2 is met at batch 1, not everywhere at batch 128.** MLAN is faster than SE, CBAM, TA and GC "
+            "in the same multi-level structure at every depth (20/32) on both datasets at batch 1 (MLAN / SE 0.20), "
+            "and in 6 of 8 (dataset, depth, batch) cases overall: at batch 128 it is slower than SE on CIFAR-10 "
+            "ResNet-20 (1.09), and slower than GC on CIFAR-100 ResNet-20 (1.20).") in text
+    # the same counts as docs/benchmarks.md's target-2 section
+    assert "MLAN is faster than all four in 6 of 8 (dataset, depth, batch) cases; it is not faster than: SE in 1, " \
+           "GC in 1." in R.render_target2(groups, "cpu")
+    assert "is met everywhere" not in text
+    untimed = _speed()
+    del untimed["cifar10/20"]["gc"]["infer_b128_ms"]
+    text = _flat(R.render_readme_summary(_summary_report({**_group("cifar10/20", _speed(se=11.0)),
+                                                          **_group("cifar100/20", untimed)})))
+    assert ("- **Target 2 is met at batch 1, not at batch 128.** MLAN is faster than SE, CBAM, TA and GC in the same "
+            "multi-level structure at depth 20 on both datasets at batch 1 (MLAN / SE 0.20), and in 2 of 4 (dataset, "
+            "depth, batch) cases overall: at batch 128 it is slower than SE on CIFAR-10 ResNet-20 (1.09), and a "
+            "rival's time is missing for CIFAR-100 ResNet-20.") in text
+
+
+def test_readme_summary_fast_path_profile_conv_costs_and_gpu():
+    speed = _speed()
+    text = _flat(R.render_readme_summary(_summary_report(speed)))
+    # reference / fast: b128 18 / 12, train 50 / 40, b1 2 / 1
+    assert "- The fast path speeds up MLAN's batch-128 inference 1.50x, its train step 1.25x and its batch-1 " \
+           "inference 2.00x." in text
+    assert "- GPU numbers for this architecture (target 3) await a GPU session" in text
+    assert "profiler" not in text and "Why the attention" not in text  # no profile, no conv costs in the report
+    slow_b1 = _speed()
+    slow_b1["cifar10/20"]["mlan (reference)"]["latency_b1_ms"] = 0.5
+    mixed = _flat(R.render_readme_summary(_summary_report({**speed, **_group("cifar100/20", slow_b1)})))
+    assert "- The fast path speeds up MLAN's batch-128 inference 1.50x and its train step 1.25x. At batch 1 the fast " \
+           "path's speed-up (reference time / fast time) is 0.50x to 2.00x, above 1 in 1 of 2 groups." in mixed
+    speed["cifar10/20"]["mlan (reference)"]["latency_b1_ms"] = 0.5
+    prof = dict(profiles=[dict(model="mlan_resnet20_cifar10", device="cpu", train=False, batch=128, total_ms=10.0,
+                               rows=[
+        dict(op="aten::mkldnn_convolution", shapes="[[128, 8, 32, 32], [3, 8, 3, 3], [], []]", share=0.3),
+        dict(op="aten::mul", shapes="[[128, 8, 32, 32], [128, 1, 32, 32]]", share=0.2),
+        dict(op="aten::mkldnn_convolution", shapes="[[128, 8, 32, 32], [3, 8, 3, 3], [3], []]", share=0.1)])])
+    cc = dict(config=dict(batch=128), conv_costs=[
+        _cc_row(16, 16, 3, 32, fwd=4.0, bwd=5.0, as_fwd=4.0), _cc_row(16, 3, 3, 32, fwd=3.0, bwd=30.0, as_fwd=2.5),
+        _cc_row(8, 8, 3, 32, fwd=2.0, bwd=2.0, as_fwd=2.0), _cc_row(8, 3, 3, 32, fwd=1.5, bwd=12.0, as_fwd=1.0)])
+    report = _summary_report(speed, profile=prof, conv_costs=cc,
+                             speed_specs={"cifar10/20": {"mlan": "mlan_resnet20_cifar10"}})
+    report["speed"]["cuda"] = _speed(mlan=(11.0, 24.0))
+    report["speed"]["cuda channels_last"] = _speed()
+    report["speed_sources"] = {"cuda": dict(command="c", machine="CPU: x, 16 cores; GPU: NVIDIA H100; python 3",
+                                            config=dict(rounds=5))}
+    text = _flat(R.render_readme_summary(report))
+    assert "- The fast path speeds up MLAN's batch-128 inference 1.50x and its train step 1.25x, but is slower than " \
+           "the reference at batch 1 (0.50x)." in text
+    assert "The profiler section shows where MLAN-20's time goes: in inference the 3x3 convolutions 8 -> 3 at 32x32 " \
+           "(30.0% + 10.0%) and `aten::mul` on `[128, 8, 32, 32]` (20.0%)." in text
+    # conv costs: forward 3 / 4 and 1.5 / 2 of the time for 3 / 16 and 3 / 8 of the MACs; backward-data 10x and 8x
+    assert ("- \"Why the attention costs more than its MACs\" (docs/benchmarks.md) times single convs of MLAN's and "
+            "the backbone's shapes at batch 128: on the same input, a C -> O conv with O < C takes 0.75 of the "
+            "forward time of the C -> C conv for 0.19 to 0.38 of its MACs; aten's backward-data (the input gradient "
+            "autograd computes) of the O < C convs takes 8.00 to 10.00 times their forward time, against 1.00 to "
+            "1.25 for the C -> C convs.") in text
+    assert ("- GPU (NVIDIA H100, 'cuda' in docs/benchmarks.md): target 1 is met (time ratio / MACs ratio 1.00 for "
+            "inference (limit 1.1); 1.09 for the train step (limit 1.2)); target 2 is met everywhere (MLAN faster "
+            "than all four in 2 of 2 (dataset, depth, batch) cases); also timed there: 'cuda channels_last'.") in text
+    assert "await a GPU session" not in text
+
+
+def test_readme_summary_markers(tmp_path, capsys):
+    start, end = R.README_START_LINE, R.README_END
+    with pytest.raises(ValueError, match="speed-summary"):
+        R.replace_readme_summary("# Title\n\nno markers\n", "x")
+    for broken in (f"{start}\nold\n", f"old\n{end}\n", f"{end}\nold\n{start}\n", f"{start}\n{start}\n{end}\n"):
+        with pytest.raises(ValueError, match="speed-summary"):
+            R.replace_readme_summary(broken, "x")
+    head, tail = "# Title\r\n\nintro ünïcode  \n\n", "\n\n`after` \t\nend without newline"
+    text = f"{head}{start}\nold summary\n{end}{tail}"
+    new = R.replace_readme_summary(text, "new summary\n")
+    assert new == f"{head}{start}\n\nnew summary\n\n{end}{tail}"
+    assert R.replace_readme_summary(new, "new summary") == new  # idempotent
+    # through the CLI: only the block changes, written in place of the file
+    report = _summary_report(_speed())
+    base = tmp_path / "cpu.json"
+    base.write_text(json.dumps(dict(report, grid_ids=[], datasets=[], depths=[20], devices=["cpu"], results={})))
+    readme = tmp_path / "README.md"
+    readme.write_bytes(text.encode("utf-8"))
+    md = tmp_path / "b.md"
+    assert cli.main(["--render-only", str(base), "--md-out", str(md), "--readme-out", str(readme),
+                     "--root", str(tmp_path)]) == 0
+    out = readme.read_bytes()
+    a, b = R.readme_summary_span(out.decode("utf-8"))
+    assert out.startswith(f"{head}{start}".encode("utf-8")) and out.endswith(f"{end}{tail}".encode("utf-8"))
+    assert out.decode("utf-8")[a:b].strip() == R.render_readme_summary(json.loads(base.read_text()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "b.md", "cpu.json"]  # no temp file left
+    # a file without the markers: one-line error before anything is rendered, the file untouched
+    capsys.readouterr()
+    plain = tmp_path / "plain.md"
+    plain.write_text("# no markers\n")
+    md.unlink()
+    assert cli.main(["--render-only", str(base), "--md-out", str(md), "--readme-out", str(plain)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mlan-bench: error: --readme-out {plain}: no speed-summary block") and err.count("\n") == 1
+    assert plain.read_text() == "# no markers\n" and not md.exists()
+    assert cli.main(["resnet14_cifar10", "--no-time", "--readme-out", str(readme)]) == 2
+    assert "--readme-out needs --paper-tables or --render-only" in capsys.readouterr().err
+
+
+def test_run_benchmarks_passes_readme_out_only_for_the_docs_render(repo_root, tmp_path, monkeypatch):
+    rb = _run_benchmarks(repo_root)
+    calls = []
+    monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
+
+    def readme_outs(*argv):
+        calls.clear()
+        rb.main(list(argv))
+        assert calls
+        return [c[c.index("--readme-out") + 1] if "--readme-out" in c else None for c in calls]
+
+    assert readme_outs("--render-only") == ["README.md"]
+    full = readme_outs()  # measuring: paper tables (fails early on a README without markers), ..., final render
+    assert full[0] == full[-1] == "README.md" and set(full[1:-1]) == {None}
+    assert set(readme_outs("--quick", "--out-dir", str(tmp_path))) == {None}
+    assert set(readme_outs("--cuda", "--out-dir", str(tmp_path))) == {None}
+    assert set(readme_outs("--render-only", "--md-out", str(tmp_path / "x.md"))) == {None}

@@ -7,7 +7,10 @@
 * ``--merge other.json`` folds the device timings of another run (e.g. a CUDA run) into the tables;
 * ``--render-only report.json`` re-renders Markdown without measuring;
 * ``--conv-costs --json-out FILE`` times single convs of MLAN's and the backbone's shapes (forward, backward-data,
-  backward-weight, backward-data as a forward conv, 1x1 as bmm); ``--conv-costs-json FILE`` adds them to a render.
+  backward-weight, backward-data as a forward conv, 1x1 as bmm); ``--conv-costs-json FILE`` adds them to a render;
+* ``--readme-out README.md`` (with ``--paper-tables`` or ``--render-only``) rewrites README.md's speed summary, the
+  block between its ``<!-- speed-summary:start ... -->`` and ``<!-- speed-summary:end -->`` markers, from the same
+  report as the Markdown.
 """
 import argparse
 import datetime
@@ -19,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from ... import zoo
+from ...atomic import atomic_write_text
 from ..common import UsageError, flush_denormals, run_cli, set_threads
 from .measure import (
     TARGET1_DEPTHS,
@@ -33,9 +37,19 @@ from .measure import (
     run_paper_tables,
     speed_plan,
 )
-from .report import render_conv_costs, render_profiles, render_report, render_results_table
+from .report import (
+    README_END,
+    README_START,
+    readme_summary_span,
+    render_conv_costs,
+    render_profiles,
+    render_readme_summary,
+    render_report,
+    render_results_table,
+    replace_readme_summary,
+)
 
-__all__ = ['build_parser', 'main']
+__all__ = ['build_parser', 'add_results', 'update_readme', 'main']
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conv-costs-json", default=None, help="a --conv-costs JSON to include in the rendered report")
     p.add_argument("--render-only", default=None, help="re-render Markdown from this JSON without measuring")
     p.add_argument("--md-out", default=None, help="Markdown output (paper tables: default docs/benchmarks.md)")
+    p.add_argument("--readme-out", default=None,
+                   help=f"rewrite the speed summary between the {README_START} ... --> and {README_END} markers of "
+                        "this file (README.md) from the rendered report; with --paper-tables or --render-only")
     p.add_argument("--json-out", default=None,
                    help="JSON output (paper tables: default benchmarks/results/<devices>.json; none with "
                         "--render-only)")
@@ -90,6 +107,40 @@ def _load_json(path: str, what: str):
         raise UsageError(f"{what} {path}: {e.strerror or e}") from e
     except ValueError as e:
         raise UsageError(f"{what} {path} is not valid JSON: {e}") from e
+
+
+def _read_readme(path: str) -> str:
+    """The text of the --readme-out file, checked to hold the speed-summary markers (one-line UsageError)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+        readme_summary_span(text)
+    except OSError as e:
+        raise UsageError(f"--readme-out {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise UsageError(f"--readme-out {path}: {e}") from e
+    return text
+
+
+def update_readme(path: str, report) -> bool:
+    """Rewrite only the speed summary of ``path`` (atomically) from ``report``; True if the file changed."""
+    text = _read_readme(path)
+    new = replace_readme_summary(text, render_readme_summary(report))
+    if new != text:
+        atomic_write_text(path, new)
+    return new != text
+
+
+def add_results(report, args):
+    """``report`` with the results of ``--merge``, ``--profile-json`` and ``--conv-costs-json`` folded in: the
+    report that is rendered into Markdown (and README.md's speed summary)."""
+    for path in args.merge:
+        report = merge_reports(report, _load_json(path, "--merge"))
+    if args.profile_json:
+        report["profile"] = _load_json(args.profile_json, "--profile-json")
+    if args.conv_costs_json:
+        report["conv_costs"] = _load_json(args.conv_costs_json, "--conv-costs-json")
+    return report
 
 
 def _write(path: str, text: str):
@@ -130,6 +181,11 @@ def run(args, argv_list) -> int:
 
     if args.profile and args.conv_costs:
         raise UsageError("--profile and --conv-costs are separate runs (one JSON each)")
+    if args.readme_out:
+        if args.profile or args.conv_costs or not (paper or args.render_only):
+            raise UsageError("--readme-out needs --paper-tables or --render-only (README.md's speed summary is "
+                             "rendered from the paper-tables report)")
+        _read_readme(args.readme_out)  # before measuring: a missing marker fails now, not after the run
     if args.conv_costs:
         dev = devices[-1]
         rows = measure_conv_costs(dev, cfg.batch, cfg)
@@ -173,12 +229,7 @@ def run(args, argv_list) -> int:
         report["machine"] = machine_line(devices)
         report["code"] = code_version()
         report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    for path in args.merge:
-        report = merge_reports(report, _load_json(path, "--merge"))
-    if args.profile_json:
-        report["profile"] = _load_json(args.profile_json, "--profile-json")
-    if args.conv_costs_json:
-        report["conv_costs"] = _load_json(args.conv_costs_json, "--conv-costs-json")
+    report = add_results(report, args)
 
     if paper or args.render_only:
         md = render_report(report, args.root)
@@ -192,6 +243,9 @@ def run(args, argv_list) -> int:
         print(f"wrote {md_out}" + (f" and {json_out}" if json_out else ""))
     else:
         print(md)
+    if args.readme_out:
+        changed = update_readme(args.readme_out, report)
+        print(f"{args.readme_out}: speed summary {'rewritten' if changed else 'already up to date'}")
     return 0
 
 

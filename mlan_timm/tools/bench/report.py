@@ -7,6 +7,8 @@ it is belong in hand-written docs (docs/training.md, docs/architecture.md), not 
 import glob
 import json
 import os
+import re
+import textwrap
 from typing import Any, Dict, List, Optional, Sequence
 
 from ... import paper_tables, zoo
@@ -15,7 +17,8 @@ from .measure import PaperTable, Spec, paper_grid, variant_spec
 __all__ = ['NOT_TRAINED', 'NOT_MEASURED', 'CIFAR_TEST_IMAGES', 'TARGET1_INFER', 'TARGET1_TRAIN', 'TARGET2_RIVALS',
            'load_eval_results', 'render_results_table', 'render_paper_table', 'render_target1', 'render_fast_paths',
            'render_target2', 'render_speed', 'render_profiles', 'conv_cost_findings', 'render_conv_costs',
-           'render_report']
+           'render_report', 'target1_rows', 'target2_cases', 'fast_path_rows', 'conv_cost_ratios',
+           'render_readme_summary', 'README_START', 'README_END', 'readme_summary_span', 'replace_readme_summary']
 
 NOT_TRAINED = "not trained yet"
 NOT_MEASURED = "not measured"
@@ -30,6 +33,8 @@ TARGET2_RIVALS = (("se", "SE"), ("cbam", "CBAM"), ("ta", "TA"), ("gc", "GC"))
 FAST_PATH_PAIRS = (("mlan", "mlan (reference)", "MLAN"), ("smav2", "smav2 (reference)", "SMAv2"))
 TIME_COLUMNS = (("b1", "latency_b1_ms", "batch 1"), ("b128", "infer_b128_ms", "batch 128"),
                 ("train", "train_step_b128_ms", "train step b128"))
+#: Target 1's measures: (kind, timing column, limit factor).
+TARGET1_MEASURES = (("inference", "infer_b128_ms", TARGET1_INFER), ("train step", "train_step_b128_ms", TARGET1_TRAIN))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -170,58 +175,93 @@ def _group_name(group: str) -> str:
     return f"{ds.upper()} | ResNet-{depth}"
 
 
-def _range(values) -> str:
-    lo, hi = min(values), max(values)
-    return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f} to {hi:.2f}"
+def _range(values, digits: int = 2, unit: str = "") -> str:
+    lo, hi = (f"{v:.{digits}f}{unit}" for v in (min(values), max(values)))
+    return lo if lo == hi else f"{lo} to {hi}"
 
 
-def render_target1(speed: Dict[str, Dict[str, Dict[str, float]]], macs: Dict[str, Dict[str, Optional[int]]],
-                   label: str, batch: Any = 128) -> str:
-    """Target 1 rows (groups with a backbone and MLAN train step): time ratio beside MACs ratio and the limit."""
-    rows, verdicts = [], {"inference": [], "train step": []}
+def _gpu_labels(speed: Dict[str, Any]) -> List[str]:
+    """The speed section's GPU labels (``cuda``, ``cuda channels_last``, ...)."""
+    return [lbl for lbl in speed if lbl.startswith("cuda")]
+
+
+def _speed_source(report: Dict[str, Any], label: str) -> Dict[str, Any]:
+    """Command, machine and config of the run that measured the speed section's ``label``."""
+    return report.get("speed_sources", {}).get(label) or dict(command=report.get("command"),
+                                                               machine=report.get("machine"),
+                                                               config=report.get("config", {}))
+
+
+def target1_rows(speed: Dict[str, Dict[str, Dict[str, float]]],
+                 macs: Dict[str, Dict[str, Optional[int]]]) -> List[Dict[str, Any]]:
+    """Target 1's rows (groups with a backbone and an MLAN train step), one per group and measure: ``group``,
+    ``kind`` ('inference' / 'train step'), ``factor`` (the limit's), ``backbone_ms``, ``mlan_ms``, ``time_ratio``,
+    ``macs_ratio``, ``over`` (time ratio / MACs ratio) and ``met`` (time ratio <= factor x MACs ratio)."""
+    rows = []
     for group, res in speed.items():
         m = macs.get(group, {})
         if "train_step_b128_ms" not in res.get("mlan", {}) or not m.get("mlan") or not m.get("backbone"):
             continue
         mr = m["mlan"] / m["backbone"]
-        for kind, col, factor in (("inference", "infer_b128_ms", TARGET1_INFER),
-                                  ("train step", "train_step_b128_ms", TARGET1_TRAIN)):
+        for kind, col, factor in TARGET1_MEASURES:
             b, t = res.get("backbone", {}).get(col), res["mlan"].get(col)
             if b is None or t is None:
                 continue
             tr = t / b
-            met = tr <= factor * mr
-            verdicts[kind].append((met, tr / mr))
-            rows.append(f"| {_group_name(group)} | {kind} | {_fmt_ms(b)} | {_fmt_ms(t)} | {tr:.2f} | {mr:.3f} | "
-                        f"≤ {factor * mr:.2f} ({factor} x MACs ratio) | {tr / mr:.2f} | {'yes' if met else 'no'} |")
-    if not rows:
+            rows.append(dict(group=group, kind=kind, factor=factor, backbone_ms=b, mlan_ms=t, time_ratio=tr,
+                             macs_ratio=mr, over=tr / mr, met=tr <= factor * mr))
+    return rows
+
+
+def render_target1(speed: Dict[str, Dict[str, Dict[str, float]]], macs: Dict[str, Dict[str, Optional[int]]],
+                   label: str, batch: Any = 128) -> str:
+    """Target 1 rows (groups with a backbone and MLAN train step): time ratio beside MACs ratio and the limit."""
+    t1 = target1_rows(speed, macs)
+    if not t1:
         return ""
+    rows = [f"| {_group_name(r['group'])} | {r['kind']} | {_fmt_ms(r['backbone_ms'])} | {_fmt_ms(r['mlan_ms'])} | "
+            f"{r['time_ratio']:.2f} | {r['macs_ratio']:.3f} | ≤ {r['factor'] * r['macs_ratio']:.2f} ({r['factor']} x "
+            f"MACs ratio) | {r['over']:.2f} | {'yes' if r['met'] else 'no'} |" for r in t1]
     out = [f"### Target 1 ({label}): MLAN vs its backbone, batch {batch} fp32", "",
            "| dataset | depth | measure | backbone ms | MLAN ms | time ratio | MACs ratio | limit | "
            "time ratio / MACs ratio | met |", "|---|---|---|---|---|---|---|---|---|---|"] + rows + [""]
-    for (kind, v), factor in zip(verdicts.items(), (TARGET1_INFER, TARGET1_TRAIN)):
+    for kind, _, factor in TARGET1_MEASURES:
+        v = [r for r in t1 if r["kind"] == kind]
         if v:
-            out.append(f"- {kind}: met in {sum(m for m, _ in v)} of {len(v)} rows; time ratio / MACs ratio "
-                       f"{_range([r for _, r in v])} (limit {factor}).")
+            out.append(f"- {kind}: met in {sum(r['met'] for r in v)} of {len(v)} rows; time ratio / MACs ratio "
+                       f"{_range([r['over'] for r in v])} (limit {factor}).")
     return "\n".join(out + [""])
+
+
+def fast_path_rows(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[str, Any]]:
+    """One row per group and fast model measured beside its reference: ``group``, ``fast`` (speed-section label),
+    ``name``, and ``cells``: TIME_COLUMNS key -> (reference ms, fast ms, speed-up = reference / fast) or None."""
+    rows = []
+    for group, res in speed.items():
+        for fast, ref, name in FAST_PATH_PAIRS:
+            if fast not in res or ref not in res:
+                continue
+            cells = {}
+            for key, col, _ in TIME_COLUMNS:
+                r, f = res[ref].get(col), res[fast].get(col)
+                cells[key] = None if r is None or f is None else (r, f, r / f)
+            rows.append(dict(group=group, fast=fast, name=name, cells=cells))
+    return rows
 
 
 def render_fast_paths(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
     """The fast-path A/B rows: each fast model beside its reference (``?fast_paths=False``), same interleaved run."""
     rows, ups = [], []
-    for group, res in speed.items():
-        for fast, ref, name in FAST_PATH_PAIRS:
-            if fast not in res or ref not in res:
-                continue
-            cells = []
-            for _, col, _ in TIME_COLUMNS:
-                r, f = res[ref].get(col), res[fast].get(col)
-                if r is None or f is None:
-                    cells += ["—", "—", "—"]
-                else:
-                    cells += [_fmt_ms(r), _fmt_ms(f), f"{r / f:.2f}x"]
-                    ups.append(r / f)
-            rows.append(f"| {_group_name(group)} | {name} | " + " | ".join(cells) + " |")
+    for row in fast_path_rows(speed):
+        cells = []
+        for key, _, _ in TIME_COLUMNS:
+            c = row["cells"][key]
+            if c is None:
+                cells += ["—", "—", "—"]
+            else:
+                cells += [_fmt_ms(c[0]), _fmt_ms(c[1]), f"{c[2]:.2f}x"]
+                ups.append(c[2])
+        rows.append(f"| {_group_name(row['group'])} | {row['name']} | " + " | ".join(cells) + " |")
     if not rows:
         return ""
     head = " | ".join(f"reference {w} ms | fast {w} ms | speed-up" for _, _, w in TIME_COLUMNS)
@@ -230,30 +270,42 @@ def render_fast_paths(speed: Dict[str, Dict[str, Dict[str, float]]], label: str)
                      + ["", f"Speed-up (reference time / fast time) {_range(ups)} over these {len(ups)} cells.", ""])
 
 
-def render_target2(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
-    """Target 2: MLAN's time beside SE, CBAM, TA and GC in the same multi-level structure, batch 1 and 128."""
-    out, total, met_n, slower = [], 0, 0, {name: 0 for _, name in TARGET2_RIVALS}
-    for _, col, what in TIME_COLUMNS[:2]:
-        rows = []
+def target2_cases(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[str, Any]]:
+    """Target 2's (dataset, depth, batch) cases, batch 1 then batch 128, each group with an MLAN time: ``batch``
+    (TIME_COLUMNS key), ``what`` ('batch 1' / 'batch 128'), ``group``, ``mlan_ms``, ``rivals``: rival name ->
+    (its ms, MLAN / rival) or None where not measured, ``slower``: the rivals MLAN is not faster than, and ``met``
+    (MLAN faster than every rival, all measured)."""
+    cases = []
+    for key, col, what in TIME_COLUMNS[:2]:
         for group, res in speed.items():
             t = res.get("mlan", {}).get(col)
             if t is None:
                 continue
-            cells, ok = [], True
-            for key, name in TARGET2_RIVALS:
-                o = res.get(key, {}).get(col)
-                if o is None:
-                    cells += ["—", "—"]
-                    ok = False
-                    continue
-                cells += [_fmt_ms(o), f"{t / o:.2f}"]
-                if t >= o:
-                    ok = False
-                    slower[name] += 1
-            total += 1
-            met_n += ok
-            rows.append(f"| {_group_name(group)} | {_fmt_ms(t)} | " + " | ".join(cells)
-                        + f" | {'yes' if ok else 'no'} |")
+            rivals = {}
+            for rkey, name in TARGET2_RIVALS:
+                o = res.get(rkey, {}).get(col)
+                rivals[name] = None if o is None else (o, t / o)
+            slower = [name for name, v in rivals.items() if v is not None and t >= v[0]]
+            cases.append(dict(batch=key, what=what, group=group, mlan_ms=t, rivals=rivals, slower=slower,
+                              met=not slower and all(v is not None for v in rivals.values())))
+    return cases
+
+
+def render_target2(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
+    """Target 2: MLAN's time beside SE, CBAM, TA and GC in the same multi-level structure, batch 1 and 128."""
+    cases = target2_cases(speed)
+    out, total, met_n, slower = [], len(cases), sum(c["met"] for c in cases), {name: 0 for _, name in TARGET2_RIVALS}
+    for c in cases:
+        for name in c["slower"]:
+            slower[name] += 1
+    for key, _, what in TIME_COLUMNS[:2]:
+        rows = []
+        for c in (c for c in cases if c["batch"] == key):
+            cells = []
+            for name, v in c["rivals"].items():
+                cells += ["—", "—"] if v is None else [_fmt_ms(v[0]), f"{v[1]:.2f}"]
+            rows.append(f"| {_group_name(c['group'])} | {_fmt_ms(c['mlan_ms'])} | " + " | ".join(cells)
+                        + f" | {'yes' if c['met'] else 'no'} |")
         if rows:
             head = " | ".join(f"{name} ms | MLAN / {name}" for _, name in TARGET2_RIVALS)
             out += [f"#### {what} inference", "", f"| dataset | depth | MLAN ms | {head} | MLAN fastest |",
@@ -271,12 +323,10 @@ def render_speed(report: Dict[str, Any]) -> str:
     speed = report.get("speed") or {}
     if not speed:
         return ""
-    sources = report.get("speed_sources", {})
     macs = report.get("speed_macs", {})
     out = []
     for label, groups in speed.items():
-        src = sources.get(label) or dict(command=report.get("command"), machine=report.get("machine"),
-                                         config=report.get("config", {}))
+        src = _speed_source(report, label)
         cfg = src.get("config", {})
         b1 = cfg.get("b1_depths")
         out += [f"## Speed targets (issue 10): {label}", "", f"Command: `{src.get('command')}`", "",
@@ -290,13 +340,17 @@ def render_speed(report: Dict[str, Any]) -> str:
         out += [x for x in (render_target1(groups, macs, label, cfg.get("batch", 128)),
                             render_fast_paths(groups, label),
                             render_target2(groups, label)) if x]
-    if not any(lbl.startswith("cuda") for lbl in speed):
+    if not _gpu_labels(speed):
         out += ["## Speed targets (issue 10): GPU", "",
                 "No GPU timings of the current architecture are in benchmarks/results/: they await a GPU session "
                 "(`python benchmarks/run_benchmarks.py --cuda --out-dir DIR` on the GPU machine, then copy DIR's "
                 "JSON files into benchmarks/results/ and run `python benchmarks/run_benchmarks.py --render-only`).",
                 ""]
     return "\n".join(out)
+
+
+def _fmt_share(share: float) -> str:
+    return f"{100 * share:.1f}%"
 
 
 def render_profiles(prof: Dict[str, Any]) -> str:
@@ -310,7 +364,7 @@ def render_profiles(prof: Dict[str, Any]) -> str:
                 "| operator | input shapes | calls | ms | share |", "|---|---|---|---|---|"]
         for r in p["rows"]:
             shapes = r["shapes"].replace("|", "/")
-            out.append(f"| {r['op']} | `{shapes}` | {r['calls']} | {r['ms']:.2f} | {100 * r['share']:.1f}% |")
+            out.append(f"| {r['op']} | `{shapes}` | {r['calls']} | {r['ms']:.2f} | {_fmt_share(r['share'])} |")
         out.append("")
     return "\n".join(out)
 
@@ -324,32 +378,44 @@ def _fmt_ms3(v: Optional[float]) -> str:
     return "—" if v is None else f"{v:.3f}"
 
 
-def conv_cost_findings(rows: Sequence[Dict[str, Any]]) -> List[str]:
-    """The sentences of the conv-cost section, each computed from ``rows`` (none where its rows are missing)."""
+def conv_cost_ratios(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The ratios the conv-cost section reads: ``pairs`` (row of a C -> O conv with O < C, its forward time / the
+    C -> C conv's on the same input, its MACs / that conv's), ``backward_few`` / ``backward_square`` (backward-data
+    time / forward time of the O < C and the C -> C convs), ``backward_as_forward`` (aten's backward-data / the same
+    values as a forward conv, O < C convs) and ``matmul`` (1x1 forward / the same product as ``torch.bmm``)."""
     few = [r for r in rows if r["out_channels"] < r["in_channels"]]
     square = [r for r in rows if r["out_channels"] == r["in_channels"]]
-    out = []
     pairs = []
     for r in few:
         q = next((q for q in square if all(q[k] == r[k] for k in ("batch", "in_channels", "kernel", "size"))), None)
         if q is not None:
-            pairs.append(f"{r['in_channels']} -> {r['out_channels']} at {r['size']}x{r['size']}, "
-                         f"{r['kernel']}x{r['kernel']}: {r['forward_ms'] / q['forward_ms']:.2f} of the time for "
-                         f"{r['macs'] / q['macs']:.2f} of the MACs")
+            pairs.append((r, r["forward_ms"] / q["forward_ms"], r["macs"] / q["macs"]))
+    return dict(pairs=pairs, backward_few=[r["backward_data_ms"] / r["forward_ms"] for r in few],
+                backward_square=[r["backward_data_ms"] / r["forward_ms"] for r in square],
+                backward_as_forward=[r["backward_data_ms"] / r["backward_data_as_forward_ms"] for r in few],
+                matmul=[r["forward_ms"] / r["matmul_ms"] for r in rows if r.get("matmul_ms")])
+
+
+def conv_cost_findings(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """The sentences of the conv-cost section, each computed from ``rows`` (none where its rows are missing)."""
+    ratios = conv_cost_ratios(rows)
+    out = []
+    pairs = [f"{r['in_channels']} -> {r['out_channels']} at {r['size']}x{r['size']}, {r['kernel']}x{r['kernel']}: "
+             f"{tr:.2f} of the time for {mr:.2f} of the MACs" for r, tr, mr in ratios["pairs"]]
     if pairs:
         out.append("Forward time of each C -> O conv with O < C relative to the C -> C conv on the same input, beside "
                    "its MACs ratio O / C: " + "; ".join(pairs) + ".")
+    few, sq = ratios["backward_few"], ratios["backward_square"]
     if few:
-        sq = [r["backward_data_ms"] / r["forward_ms"] for r in square]
         out.append(f"The input gradient through aten's backward-data (what autograd runs) takes "
-                   f"{_range([r['backward_data_ms'] / r['forward_ms'] for r in few])} times the forward time for the "
+                   f"{_range(few)} times the forward time for the "
                    f"{len(few)} C -> O convs with O < C" + (f", and {_range(sq)} times for the {len(sq)} C -> C convs"
                                                             if sq else "") + ".")
         out.append(f"For those C -> O convs, aten's backward-data takes "
-                   f"{_range([r['backward_data_ms'] / r['backward_data_as_forward_ms'] for r in few])} times the time "
+                   f"{_range(ratios['backward_as_forward'])} times the time "
                    "of the same values computed as a forward conv of the output gradient with the flipped, "
                    "transposed kernel.")
-    mm = [r["forward_ms"] / r["matmul_ms"] for r in rows if r.get("matmul_ms")]
+    mm = ratios["matmul"]
     if mm:
         out.append(f"The {len(mm)} 1x1 convs' forward takes {_range(mm)} times the time of the same product as a "
                    "batched matrix multiply (`torch.bmm`).")
@@ -458,3 +524,374 @@ def render_report(report: Dict[str, Any], root: str = ".") -> str:
     for tid in _grid_ids(report):
         lines += [render_paper_table(grid[tid], results, acc, timings, report["depths"]), ""]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# README.md's speed summary: the same numbers as docs/benchmarks.md's speed sections, from the same helpers
+# ----------------------------------------------------------------------------------------------------------------
+#: README.md's generated block lies between a line starting with README_START (closed by '-->') and README_END.
+README_START = "<!-- speed-summary:start"
+README_END = "<!-- speed-summary:end -->"
+README_START_LINE = (f"{README_START} (generated by python benchmarks/run_benchmarks.py --render-only; "
+                     "do not edit) -->")
+DOCS_MD = "docs/benchmarks.md"
+README_WIDTH = 118
+#: Joins the wrapper must not break (a continuation line starting with '+ ' would be a Markdown list item).
+_NO_BREAK = (" + ", " -> ", " / ")
+
+
+def _wrap(text: str, bullet: bool = False) -> str:
+    for j in _NO_BREAK:
+        text = text.replace(j, j.replace(" ", "\0"))
+    out = textwrap.fill(text, README_WIDTH, initial_indent="- " if bullet else "",
+                        subsequent_indent="  " if bullet else "", break_long_words=False, break_on_hyphens=False)
+    return out.replace("\0", " ")
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _dataset_label(ds: str) -> str:
+    return ds.upper().replace("CIFAR", "CIFAR-")
+
+
+def _grid(groups: Sequence[str]):
+    """(datasets, depths) when ``groups`` are exactly every combination of them, else None."""
+    pairs = {_split_group(g) for g in groups}
+    order = list(zoo.DATASETS)
+    dss = sorted({d for d, _ in pairs}, key=lambda d: (order.index(d) if d in order else len(order), d))
+    depths = sorted({n for _, n in pairs})
+    return (dss, depths) if len(pairs) == len(dss) * len(depths) else None
+
+
+def _datasets_phrase(datasets: Sequence[str]) -> str:
+    if len(datasets) == len(zoo.DATASETS) == 2:
+        return "both datasets"
+    if len(datasets) == len(zoo.DATASETS) > 2:
+        return f"all {len(datasets)} datasets"
+    return _join([_dataset_label(d) for d in datasets])
+
+
+def _group_list(groups: Sequence[str]) -> str:
+    return _join([f"{_dataset_label(ds)} ResNet-{d}" for ds, d in map(_split_group, groups)])
+
+
+def _target1_where(groups: Sequence[str]) -> str:
+    grid = _grid(groups)
+    if grid is None:
+        return f"for {_group_list(groups)}"
+    return f"for {_join([f'R{d}' for d in grid[1]])} on {_datasets_phrase(grid[0])}"
+
+
+def _target2_where(groups: Sequence[str], all_depths: Sequence[int]) -> str:
+    grid = _grid(groups)
+    if grid is None:
+        return f"in {_group_list(groups)}"
+    dss, depths = grid
+    if len(depths) == 1:
+        at = f"at depth {depths[0]}"
+    else:
+        at = ("at every depth" if depths == sorted(all_depths) else "at depths") + f" ({'/'.join(map(str, depths))})"
+    return f"{at} on {_datasets_phrase(dss)}"
+
+
+def _target1_status(rows: Sequence[Dict[str, Any]]) -> str:
+    """'is met', 'is not met', or per measure ('is met for inference and not met for the train step')."""
+    status = []
+    for kind, _, _ in TARGET1_MEASURES:
+        v = [r for r in rows if r["kind"] == kind]
+        if v:
+            n = sum(r["met"] for r in v)
+            status.append((kind, "met" if n == len(v) else "not met" if n == 0 else f"met in {n} of {len(v)} rows"))
+    if all(s == "met" for _, s in status):
+        return "is met"
+    if all(s == "not met" for _, s in status):
+        return "is not met"
+    return "is " + _join([f"{s} for {'inference' if k == 'inference' else 'the ' + k}" for k, s in status])
+
+
+def _target1_sentences(rows: Sequence[Dict[str, Any]], batch: Any) -> str:
+    out, where0 = [], None
+    for kind, _, factor in TARGET1_MEASURES:
+        v = [r for r in rows if r["kind"] == kind]
+        if not v:
+            continue
+        where = _target1_where([r["group"] for r in v])
+        tr, over = _range([r["time_ratio"] for r in v], unit="x"), _range([r["over"] for r in v])
+        if where0 is None:
+            mr = [r["macs_ratio"] for r in v]
+            macs = ("a MACs ratio of " if _range(mr, 3).count(" to ") == 0 else "MACs ratios of ") + _range(mr, 3)
+            out.append(f"At batch {batch}, MLAN's {kind} takes {tr} its backbone's time {where}, against {macs}: "
+                       f"time ratio / MACs ratio {over} (limit {factor}).")
+            where0 = where
+        else:
+            out.append(f"Its {kind} takes {tr}" + (f" {where}" if where != where0 else "")
+                       + f" ({over} times the MACs ratio; limit {factor}).")
+    return " ".join(out)
+
+
+def _profile_op(row: Dict[str, Any]):
+    """(grouping key, description) of a profiler row: convolutions by kernel, channels and input size (the rows
+    of one conv shape with and without bias are one group), other operators by name and input shapes."""
+    op = row["op"]
+    try:
+        shapes = json.loads(row["shapes"])
+    except ValueError:
+        shapes = None
+    if "convolution" in op and isinstance(shapes, list):
+        backward = op.endswith("convolution_backward")
+        x, w = (shapes[1:3] if backward else shapes[0:2]) if len(shapes) >= (3 if backward else 2) else ([], [])
+        if len(x) == 4 and len(w) == 4:
+            desc = (f"{'the backward of ' if backward else ''}the {w[2]}x{w[3]} convolutions {w[1]} -> {w[0]} at "
+                    f"{x[2]}x{x[3]}")
+            return desc, desc
+    first = shapes[0] if isinstance(shapes, list) and shapes else row["shapes"]
+    return (op, row["shapes"]), f"`{op}` on `{first}`"
+
+
+def _profile_top(profile: Dict[str, Any], n: int = 2) -> str:
+    """The ``n`` biggest shares of a profile, rows of one operator shape summed as 'a% + b%'."""
+    groups: Dict[Any, Any] = {}
+    for r in sorted(profile["rows"], key=lambda r: -r["share"]):
+        key, desc = _profile_op(r)
+        groups.setdefault(key, (desc, []))[1].append(r["share"])
+    top = list(groups.values())[:n]
+    return _join([f"{desc} ({' + '.join(map(_fmt_share, shares))})" for desc, shares in top])
+
+
+def _profile_sentence(report: Dict[str, Any]) -> str:
+    profiles = (report.get("profile") or {}).get("profiles") or []
+    mlan = {spec.get("mlan"): g for g, spec in report.get("speed_specs", {}).items() if spec.get("mlan")}
+    model = next((p["model"] for p in profiles if p["model"] in mlan), None) \
+        or next((p["model"] for p in profiles if p["model"].startswith("mlan_")), None)
+    if model is None:
+        return ""
+    name = f"MLAN-{_split_group(mlan[model])[1]}" if model in mlan else f"`{model}`"
+    parts = []
+    for train, kind in ((False, "inference"), (True, "the train step")):
+        p = next((p for p in profiles if p["model"] == model and bool(p["train"]) == train and p["rows"]), None)
+        if p is not None:
+            parts.append(f"in {kind} {_profile_top(p)}")
+    return f"The profiler section shows where {name}'s time goes: {'; '.join(parts)}." if parts else ""
+
+
+def _target2_status(cases: Sequence[Dict[str, Any]]) -> str:
+    """'is met everywhere', 'is not met', 'is met at batch 128, not everywhere at batch 1', ..."""
+    met_n = sum(c["met"] for c in cases)
+    if met_n == len(cases):
+        return "is met everywhere"
+    if met_n == 0:
+        return "is not met"
+    full, part, none = [], [], []
+    for key, _, what in TIME_COLUMNS[1::-1]:
+        v = [c["met"] for c in cases if c["batch"] == key]
+        if v:
+            (full if all(v) else none if not any(v) else part).append(what)
+    if not full:
+        return f"is met in {met_n} of {len(cases)} (dataset, depth, batch) cases"
+    return (f"is met at {_join(full)}" + (f", not everywhere at {_join(part)}" if part else "")
+            + (f", not at {_join(none)}" if none else ""))
+
+
+def _closest_rival(cases: Sequence[Dict[str, Any]]) -> str:
+    """'MLAN / SE 0.64 to 0.81': the range against the rival MLAN comes closest to (or exceeds) in ``cases``."""
+    ratios = {name: [c["rivals"][name][1] for c in cases if c["rivals"][name] is not None]
+              for _, name in TARGET2_RIVALS}
+    timed = [n for n in ratios if ratios[n]]
+    if not timed:
+        return "no rival timed"
+    name = max(timed, key=lambda n: max(ratios[n]))
+    return f"MLAN / {name} {_range(ratios[name])}"
+
+
+def _target2_exceptions(cases: Sequence[Dict[str, Any]]) -> str:
+    """Per batch, the rivals MLAN is not faster than, where, and MLAN / rival; cases lacking a rival's time."""
+    out = []
+    for key, _, what in TIME_COLUMNS[1::-1]:
+        bad = [c for c in cases if c["batch"] == key and not c["met"]]
+        if not bad:
+            continue
+        per_rival = []
+        for _, name in TARGET2_RIVALS:
+            hit = [c for c in bad if name in c["slower"]]
+            if not hit:
+                continue
+            by_ds: Dict[str, List[str]] = {}
+            for c in hit:
+                ds, depth = _split_group(c["group"])
+                by_ds.setdefault(ds, []).append(f"ResNet-{depth} ({c['rivals'][name][1]:.2f})")
+            verb = "slower than" if all(c["mlan_ms"] > c["rivals"][name][0] for c in hit) else "not faster than"
+            per_rival.append(f"{verb} {name} " + " and ".join(f"on {_dataset_label(ds)} {_join(v)}"
+                                                               for ds, v in by_ds.items()))
+        missing = [c["group"] for c in bad if not c["slower"]]
+        parts = ([f"it is {', and '.join(per_rival)}"] if per_rival else []) \
+            + ([f"a rival's time is missing for {_group_list(missing)}"] if missing else [])
+        out.append(f"at {what} " + ", and ".join(parts))
+    return "; ".join(out)
+
+
+def _target2_sentences(cases: Sequence[Dict[str, Any]], all_depths: Sequence[int]) -> str:
+    rivals = _join([name for _, name in TARGET2_RIVALS])
+    full = []
+    for key, _, what in TIME_COLUMNS[1::-1]:
+        v = [c for c in cases if c["batch"] == key]
+        if v and all(c["met"] for c in v):
+            full.append((what, v))
+    met_n, total = sum(c["met"] for c in cases), len(cases)
+    exceptions = _target2_exceptions(cases)
+    start = f"MLAN is faster than {rivals} in the same multi-level structure"
+    if full:
+        wheres = [_target2_where([c["group"] for c in v], all_depths) for _, v in full]
+        if len(set(wheres)) == 1:
+            text = f"{start} {wheres[0]} " + " and ".join(f"at {what} ({_closest_rival(v)})" for what, v in full)
+        else:
+            text = f"{start} " + " and ".join(f"{w} at {what} ({_closest_rival(v)})"
+                                              for w, (what, v) in zip(wheres, full))
+        return text + (f", and in {met_n} of {total} (dataset, depth, batch) cases overall: {exceptions}."
+                       if exceptions else ".")
+    ranges = "; ".join(f"{_closest_rival(v)} at {what}" for key, _, what in TIME_COLUMNS[1::-1]
+                       for v in [[c for c in cases if c["batch"] == key]] if v)
+    return f"{start} in {met_n} of {total} (dataset, depth, batch) cases ({ranges}): {exceptions}."
+
+
+_FAST_PATH_MEASURES = (("b128", "batch-128 inference", "at batch 128"), ("train", "train step", "in the train step"),
+                       ("b1", "batch-1 inference", "at batch 1"))
+
+
+def _fast_path_sentence(speed: Dict[str, Any]) -> str:
+    rows = [r for r in fast_path_rows(speed) if r["fast"] == FAST_PATH_PAIRS[0][0]]
+    name = FAST_PATH_PAIRS[0][2]
+    up, down, mixed = [], [], []
+    for key, what, where in _FAST_PATH_MEASURES:
+        ups = [r["cells"][key][2] for r in rows if r["cells"][key] is not None]
+        if not ups:
+            continue
+        rng = _range(ups, unit="x")
+        if min(ups) > 1:
+            up.append(f"{name}'s {what} {rng}" if not up else f"its {what} {rng}")
+        elif max(ups) < 1:
+            down.append(f"{where} ({rng})")
+        else:
+            mixed.append(f"{where} the fast path's speed-up (reference time / fast time) is {rng}, above 1 in "
+                         f"{sum(u > 1 for u in ups)} of {len(ups)} groups")
+    if not (up or down or mixed):
+        return ""
+    main = []
+    if up:
+        main.append(f"speeds up {_join(up)}")
+    if down:
+        main.append(("but " if up else "") + f"is slower than the reference {_join(down)}")
+    text = f"The fast path {', '.join(main)}." if main else ""
+    for m in mixed:
+        text += (" " if text else "") + m[0].upper() + m[1:] + "."
+    return text
+
+
+def _conv_costs_sentence(cc: Dict[str, Any]) -> str:
+    r = conv_cost_ratios(cc["conv_costs"])
+    parts = []
+    if r["pairs"]:
+        parts.append(f"on the same input, a C -> O conv with O < C takes {_range([p[1] for p in r['pairs']])} of "
+                     f"the forward time of the C -> C conv for {_range([p[2] for p in r['pairs']])} of its MACs")
+    if r["backward_few"]:
+        sq = r["backward_square"]
+        parts.append(f"aten's backward-data (the input gradient autograd computes) of the O < C convs takes "
+                     f"{_range(r['backward_few'])} times their forward time"
+                     + (f", against {_range(sq)} for the C -> C convs" if sq else ""))
+    batch = cc.get("config", {}).get("batch")
+    return (f"\"Why the attention costs more than its MACs\" ({DOCS_MD}) times single convs of MLAN's and the "
+            f"backbone's shapes{f' at batch {batch}' if batch else ''}" + (": " + "; ".join(parts) if parts else "")
+            + ".")
+
+
+def _device_phrase(machine: str, label: str) -> str:
+    if label.startswith("cuda"):
+        m = re.search(r"GPU: ([^;]+)", machine or "")
+        return m.group(1).strip() if m else "GPU"
+    m = re.search(r"(\d+) cores", machine or "")
+    return f"{m.group(1)}-core CPU" if m else "CPU"
+
+
+def _gpu_sentence(report: Dict[str, Any]) -> str:
+    speed = report.get("speed") or {}
+    labels = _gpu_labels(speed)
+    if not labels:
+        return ("GPU numbers for this architecture (target 3) await a GPU session; the paper's Table 6/9 GPU times "
+                "are shown beside ours, and the paper does not give their batch size.")
+    label = "cuda" if "cuda" in labels else labels[0]
+    src = _speed_source(report, label)
+    parts = []
+    t1 = target1_rows(speed[label], report.get("speed_macs", {}))
+    if t1:
+        overs = "; ".join(f"{_range([r['over'] for r in t1 if r['kind'] == kind])} for "
+                          f"{'inference' if kind == 'inference' else 'the ' + kind} (limit {factor})"
+                          for kind, _, factor in TARGET1_MEASURES if any(r["kind"] == kind for r in t1))
+        parts.append(f"target 1 {_target1_status(t1)} (time ratio / MACs ratio {overs})")
+    cases = target2_cases(speed[label])
+    if cases:
+        parts.append(f"target 2 {_target2_status(cases)} (MLAN faster than all four in "
+                     f"{sum(c['met'] for c in cases)} of {len(cases)} (dataset, depth, batch) cases)")
+    others = [lbl for lbl in labels if lbl != label]
+    return (f"GPU ({_device_phrase(src.get('machine'), label)}, '{label}' in {DOCS_MD}): "
+            + ("; ".join(parts) if parts else "timed, no target rows")
+            + (f"; also timed there: {_join([repr(o) for o in others])}" if others else "") + ".")
+
+
+def render_readme_summary(report: Dict[str, Any], label: Optional[str] = None) -> str:
+    """README.md's speed summary (between :data:`README_START` and :data:`README_END`) from a (merged) report:
+    the targets, profiler, fast-path, conv-cost and GPU numbers of docs/benchmarks.md, computed by the helpers that
+    render those sections (:func:`target1_rows`, :func:`target2_cases`, :func:`fast_path_rows`,
+    :func:`conv_cost_ratios`). ``label``: the speed-section label summarised (default 'cpu')."""
+    speed = report.get("speed") or {}
+    if label is None:
+        label = "cpu" if "cpu" in speed else next((lbl for lbl in speed if " " not in lbl), next(iter(speed), None))
+    if label is None:
+        return (f"Current numbers ({DOCS_MD}): no speed results in benchmarks/results/ yet "
+                "(`python benchmarks/run_benchmarks.py` measures them).")
+    groups, src = speed[label], _speed_source(report, label)
+    cfg = src.get("config", {})
+    rounds = f"medians of {cfg['rounds']} rounds" if cfg.get("rounds") else "medians over rounds"
+    head = (f"Current numbers ({DOCS_MD}; {_device_phrase(src.get('machine'), label)}, fp32, random weights, each "
+            f"depth's models timed interleaved, {rounds}; the targets: MLAN's time ratio to its backbone at most "
+            f"{TARGET1_INFER}x (inference) / {TARGET1_TRAIN}x (train step) its MACs ratio, and MLAN faster than "
+            "every other attention in the same structure):")
+    bullets = []
+    t1 = target1_rows(groups, report.get("speed_macs", {}))
+    profile = _profile_sentence(report)
+    if t1:
+        bullets.append(f"**Target 1 {_target1_status(t1)}.** {_target1_sentences(t1, cfg.get('batch', 128))}"
+                       + (f" {profile}" if profile else ""))
+    elif profile:
+        bullets.append(profile)
+    cases = target2_cases(groups)
+    if cases:
+        all_depths = sorted({_split_group(g)[1] for g in groups})
+        bullets.append(f"**Target 2 {_target2_status(cases)}.** {_target2_sentences(cases, all_depths)}")
+    fast = _fast_path_sentence(groups)
+    if fast:
+        bullets.append(fast)
+    if report.get("conv_costs"):
+        bullets.append(_conv_costs_sentence(report["conv_costs"]))
+    bullets.append(_gpu_sentence(report))
+    return "\n".join([_wrap(head), ""] + [_wrap(b, bullet=True) for b in bullets])
+
+
+def readme_summary_span(text: str):
+    """(start, end) offsets of the text between README.md's speed-summary markers (after the start marker's
+    '-->', up to the end marker); ValueError when the markers are missing, repeated or out of order."""
+    i = text.find(README_START)
+    j = text.find("-->", i + len(README_START)) if i >= 0 else -1
+    k = text.find(README_END, j) if j >= 0 else -1
+    if k < 0 or text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise ValueError(f"no speed-summary block: it needs one '{README_START_LINE}' line and one "
+                         f"'{README_END}' line after it")
+    return j + len("-->"), k
+
+
+def replace_readme_summary(text: str, summary: str) -> str:
+    """``text`` with the block between the speed-summary markers replaced by ``summary``; the markers and
+    everything outside them are kept byte for byte."""
+    a, b = readme_summary_span(text)
+    return f"{text[:a]}\n\n{summary.strip()}\n\n{text[b:]}"
