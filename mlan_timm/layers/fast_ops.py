@@ -1,13 +1,14 @@
 """Convolutions of MLAN's fast paths: the same functions as ``F.conv2d``, computed the way that is fast on CPU.
 
 MLAN's attention is made of convolutions with few output channels (the ``N = 3`` mask convs) and 1x1 projections
-over the full 32x32 resolution. On CPU (oneDNN, NCHW) both hit slow kernels that the backbone's convs do not
-(measured in docs/benchmarks.md, "Why the attention costs more than its MACs"):
+over the full 32x32 resolution. On CPU (oneDNN, NCHW) both hit slow kernels (docs/benchmarks.md, "Why the attention
+costs more than its MACs", times each case side by side):
 
-* the input gradient of a ``C -> 3`` mask conv took 10x the time of its forward; it is exactly a forward conv of
-  the output gradient with the flipped, transposed kernel (:func:`same_conv` computes it so);
-* a 1x1 conv reorders its input and output to oneDNN's blocked layout and back; as a batched matrix product over
-  the pixels (:func:`pointwise_conv`) it is 5-20x faster at 32x32, forward and backward.
+* oneDNN's input gradient ("backward-data") of a ``C -> 3`` conv is several times slower than the same values
+  computed as a forward conv of the output gradient with the flipped, transposed kernel, which :func:`same_conv`
+  does;
+* a 1x1 conv reorders its input and output to oneDNN's blocked layout and back; at 32x32 a batched matrix product
+  over the pixels (:func:`pointwise_conv`) is faster, forward and backward.
 
 Only the fast paths use these (``MLANGroup.forward_streaming``); the reference path keeps ``nn.Conv2d``, and
 tests/test_layers.py checks values and gradients against ``F.conv2d``.
