@@ -120,11 +120,19 @@ class MLANBlock(BasicBlock):
     @torch.jit.unused
     def forward_small_batch(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` for the fast path at small batch: the concatenations kept, conv2 and the first layer
-        attention's mask convs as one conv (:meth:`conv2_and_first_layer_mask`)."""
+        attention's mask convs as one conv (:meth:`conv2_and_first_layer_mask`); the reference forward where they
+        cannot merge (nothing else differs)."""
+        if not self.can_merge_first_mask():
+            return self.forward(x)
         out1 = self.act1(self.bn1(self.conv1(x)))
         out2, mask1 = self.conv2_and_first_layer_mask(out1)
         block_attn = self.block_attn([out1 * mask1, self.layer_attn[1](out2)])
         return self.act2(self.fusion(out2, self.attn_proj(block_attn), x)), block_attn
+
+    def can_merge_first_mask(self) -> bool:
+        """Whether conv2 and T_1's mask convs can run as one conv: T_1 is a plain SMA with conv2's kernel."""
+        sma = self.layer_attn[0]
+        return type(sma) is SharedMaskAttention and sma.conv.kernel_size == self.conv2.kernel_size
 
     def conv2_and_first_layer_mask(self, out1: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(bn2(conv2(out1)), T_1's mask of out1)`` for the fast paths.
@@ -136,7 +144,7 @@ class MLANBlock(BasicBlock):
         sma = self.layer_attn[0]
         merge = not isinstance(out1, torch.fx.Proxy) and not (
             torch.is_grad_enabled() and (out1.requires_grad or self.conv2.weight.requires_grad))
-        if merge and type(sma) is SharedMaskAttention and sma.conv.kernel_size == self.conv2.kernel_size:
+        if merge and self.can_merge_first_mask():
             c = self.conv2.out_channels
             both = F.conv2d(out1, torch.cat([self.conv2.weight, sma.conv.weight], 0), None, padding=self.conv2.padding)
             return self.bn2(both[:, :c]), sma.mask_from_partials(both[:, c:])
