@@ -75,5 +75,5 @@ def pointwise_conv(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
     b, size = xs[0].shape[0], xs[0].shape[2:]
     out = torch.bmm(weights[0].expand(b, -1, -1), xs[0].flatten(2))
     for x, w in zip(xs[1:], weights[1:]):
-        out = torch.baddbmm(out, w.expand(b, -1, -1), x.flatten(2))
+        out.baddbmm_(w.expand(b, -1, -1), x.flatten(2))  # in place: no copy of the running sum
     return out.unflatten(2, size)

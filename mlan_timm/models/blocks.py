@@ -155,9 +155,10 @@ class MLANBlock(BasicBlock):
                           offset: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward` for a shared-mask LA, handing the group what BA needs instead of the block attention.
 
-        With ``b = M * cat(a1, a2)`` (M: LA's mask, shared over channels): ``conv1x1(b) = M * (P1 a1 + P2 a2)``,
-        and the group's BA and projection see ``b`` at channels ``[offset, offset + 2C)`` of their input only
-        through ``group_attn.mask_partial`` and the weight slice ``group_proj[:, offset:offset + 2C]``. Returns
+        With ``b = M * cat(a1, a2) = cat(b1, b2)`` (M: LA's mask, shared over channels):
+        ``conv1x1(b) = P1 b1 + P2 b2``, and the group's BA and projection see ``b`` at channels
+        ``[offset, offset + 2C)`` of their input only through ``group_attn.mask_partial`` and the weight slice
+        ``group_proj[:, offset:offset + 2C]``. Returns
         ``(block output, BA partial, this block's share of conv1x1(g) before BA's mask)``; no 2C-channel tensor
         is built. The block's and the group's 1x1 projections of both parts run as one :func:`pointwise_conv`.
         Reference: :meth:`forward` + :class:`MLANGroup`'s concatenation (tests/test_models.py).
@@ -168,10 +169,10 @@ class MLANBlock(BasicBlock):
         a1, a2 = out1 * mask1, out2 * la1.mask_from_partials(la1.mask_partial(out2, 0))
         la, c = self.block_attn.attn, a1.shape[1]
         mask = la.mask_from_partials(la.mask_partial(a1, 0) + la.mask_partial(a2, c))
+        b1, b2 = a1 * mask, a2 * mask  # the two halves of the block attention b
         w = torch.cat([self.attn_proj.weight, group_proj[:, offset:offset + 2 * c]], 0).flatten(1)
-        block_proj, group_proj_part = (pointwise_conv([a1, a2], [w[:, :c], w[:, c:]]) * mask).split(c, 1)
-        group_partial = (group_attn.mask_partial(a1 * mask, offset)
-                         + group_attn.mask_partial(a2 * mask, offset + c))
+        block_proj, group_proj_part = pointwise_conv([b1, b2], [w[:, :c], w[:, c:]]).split(c, 1)
+        group_partial = group_attn.mask_partial(b1, offset) + group_attn.mask_partial(b2, offset + c)
         return self.act2(self.fusion(out2, block_proj, x)), group_partial, group_proj_part
 
 
