@@ -10,7 +10,9 @@ Everything is measured by ``mlan-bench``. Raw results live in benchmarks/results
 also times each fast path against its reference, ``?fast_paths=False``, in the same interleaved run),
 ``profile_cpu.json`` (``mlan-bench --profile``), ``conv_costs_cpu.json`` (``mlan-bench --conv-costs``: per-call
 times of single convs of MLAN's and the backbone's shapes), ``cpu_compile.json`` (``--cpu-compile``, optional),
-and, once a GPU run was made, ``cuda.json`` and ``cuda_compile.json`` (copy them there from ``--out-dir``). The docs
+and, once a GPU run was made, ``cuda_graphs.json``, ``cuda.json`` and ``cuda_compile.json`` (copy them there from
+``--out-dir``). The ``--cuda`` run prints its number of timed cells and a rough duration estimate first; ``--depths``
+and ``--datasets`` limit it (e.g. ``--depths 20``: only what issue 10's target 3 reads). The docs
 are always rendered by ``mlan-bench`` from these files, so every number in docs/benchmarks.md has the command that
 measured it beside it. The full CPU run and ``--render-only`` also rewrite README.md's speed summary (``--readme-out``:
 the block between its ``speed-summary`` markers) from the same report, so README.md and docs/benchmarks.md agree;
@@ -20,6 +22,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -29,6 +32,25 @@ README = "README.md"
 CPU_JSON = os.path.join(RESULTS, "cpu.json")
 #: CPU defaults, sized so that the whole CPU regeneration takes about 10-15 minutes on 2 cores.
 CPU_MIN_RUN_TIME, CPU_ROUNDS = "0.2", "5"
+#: CUDA defaults: short blocks and 3 rounds (one GPU call of these small models takes from well under a millisecond,
+#: a graph replay, to tens of ms, an eager train step), sized so that the whole --cuda run plausibly takes about 5
+#: minutes on an H100 (an estimate: see EST_* below).
+CUDA_MIN_RUN_TIME, CUDA_ROUNDS = "0.01", "3"
+#: The --cuda run, one mlan-bench run each: (JSON name in --out-dir, --cuda-variants, only these depths / datasets
+#: or None). Each writes its JSON when it ends, so a run cut short keeps the earlier ones: CUDA graphs first (target
+#: 3's verdict, and Tables 6/9 with CUDA graphs), then eager and channels_last (targets 2 and 3, Tables 6/9), then
+#: torch.compile for the ResNet-20 CIFAR-10 backbone and MLAN only (a compilation per model and measure).
+CUDA_RUNS = (("cuda_graphs", "cuda_graphs", None, None), ("cuda", "eager,channels_last", None, None),
+             ("cuda_compile", "compile", (20,), ("cifar10",)))
+#: The printed estimate's costs: guesses, since no GPU run of this tool has been made yet (replace them by what the
+#: first run prints). Per timed cell and round, in units of min_run_time: blocked_autorange multiplies its block by 10
+#: until one block passes min_run_time (or the sync overhead is under 0.01%), then times one block: about 2x to 21x
+#: min_run_time when a call is shorter than it, ~8x on average. Set-up per cell (build, copy to the GPU, warm-up,
+#: capture); start of one mlan-bench run (imports, CUDA init, params/MACs); one torch.compile'd function (one per
+#: model and measure in the compile run).
+EST_CELL_ROUND, EST_CELL_ROUND_MAX = 8, 21
+EST_CELL_SETUP_S, EST_RUN_START_S = 0.1, 15
+EST_COMPILE_S, EST_COMPILE_MAX_S = 20, 40
 
 
 def sh(*cmd):
@@ -50,7 +72,7 @@ def render_args(report, md_out, root=".", results_dir=RESULTS, readme_out=None):
         cmd += ["--profile-json", os.path.join(results_dir, "profile_cpu.json")]
     if os.path.isfile(os.path.join(ROOT, results_dir, "conv_costs_cpu.json")):
         cmd += ["--conv-costs-json", os.path.join(results_dir, "conv_costs_cpu.json")]
-    for name in ("cpu_compile.json", "cuda.json", "cuda_compile.json"):
+    for name in ("cpu_compile.json", "cuda.json", "cuda_graphs.json", "cuda_compile.json"):
         if os.path.isfile(os.path.join(ROOT, results_dir, name)):
             cmd += ["--merge", os.path.join(results_dir, name)]
     return cmd
@@ -59,6 +81,51 @@ def render_args(report, md_out, root=".", results_dir=RESULTS, readme_out=None):
 def render(report, md_out, root=".", results_dir=RESULTS, readme_out=None):
     """Render ``report`` merged with the other result files found in ``results_dir``."""
     bench(*render_args(report, md_out, root, results_dir, readme_out))
+
+
+def cuda_plan(depths=None, datasets=None):
+    """The --cuda run's mlan-bench runs within ``depths`` x ``datasets`` (default: all): a list of (JSON name,
+    --cuda-variants, depths, datasets, {variant: timed cells}), counted with mlan-bench's own speed plan."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from mlan_timm import zoo
+    from mlan_timm.tools.bench.measure import count_speed_cells, default_target1_depths
+
+    depths = tuple(zoo.DEPTHS) if depths is None else tuple(depths)
+    datasets = tuple(zoo.DATASETS) if datasets is None else tuple(datasets)
+    bad = [x for x in depths if x not in zoo.DEPTHS] + [x for x in datasets if x not in zoo.DATASETS]
+    if bad:
+        raise ValueError(f"unknown depth/dataset {bad}: depths are {sorted(zoo.DEPTHS)}, datasets "
+                         f"{sorted(zoo.DATASETS)}")
+    plan = []
+    for name, variants, only_depths, only_datasets in CUDA_RUNS:
+        d = [x for x in depths if only_depths is None or x in only_depths]
+        ds = [x for x in datasets if only_datasets is None or x in only_datasets]
+        if d and ds:
+            t1 = default_target1_depths(d)  # as mlan-bench picks them for these depths
+            plan.append((name, variants, d, ds, {v: count_speed_cells(ds, d, v, t1) for v in variants.split(",")}))
+    return plan
+
+
+def estimate_seconds(plan, rounds, min_run_time):
+    """(expected, worst) seconds of the --cuda run ``plan`` by the EST_* guesses above."""
+    cells = sum(n for *_, c in plan for n in c.values())
+    compiled = sum(c.get("compile", 0) for *_, c in plan)
+    timing = cells * int(rounds) * float(min_run_time)
+    fixed = EST_CELL_SETUP_S * cells + EST_RUN_START_S * len(plan)
+    return (EST_CELL_ROUND * timing + fixed + EST_COMPILE_S * compiled,
+            EST_CELL_ROUND_MAX * timing + fixed + EST_COMPILE_MAX_S * compiled)
+
+
+def describe_cuda_plan(plan, rounds, min_run_time):
+    cells = sum(n for *_, c in plan for n in c.values())
+    compiled = sum(c.get("compile", 0) for *_, c in plan)
+    runs = "; ".join(f"{name}.json: " + ", ".join(f"{v} {n}" for v, n in c.items()) for name, _, _, _, c in plan)
+    expected, worst = estimate_seconds(plan, rounds, min_run_time)
+    return (f"CUDA run: {len(plan)} mlan-bench runs, {cells} timed cells x {rounds} rounds (min_run_time "
+            f"{min_run_time} s) [{runs}]" + (f", {compiled} torch.compile'd functions" if compiled else "")
+            + f". Estimated ~{expected / 60:.1f} min (up to ~{worst / 60:.1f} min): a guess from the cell count, "
+            "not a measurement.")
 
 
 def main(argv=None):
@@ -75,7 +142,11 @@ def main(argv=None):
                         "repeat counts, profile, conv costs, render) in seconds; needs --out-dir (results and "
                         "benchmarks.md go there, docs untouched)")
     p.add_argument("--md-out", default=None, help=f"Markdown output (default {DOCS_MD})")
+    p.add_argument("--depths", default=None, help="with --cuda: only these depths (comma list; default all)")
+    p.add_argument("--datasets", default=None, help="with --cuda: only these datasets (comma list; default all)")
     args = p.parse_args(argv)
+    if (args.depths or args.datasets) and not args.cuda:
+        p.error("--depths / --datasets limit the --cuda run only (the CPU run regenerates all of cpu.json)")
     out = args.out_dir
     os.makedirs(os.path.join(ROOT, out), exist_ok=True)
 
@@ -95,13 +166,31 @@ def main(argv=None):
         return
 
     if args.cuda:
-        mrt, rounds = args.min_run_time or "0.1", args.rounds or "5"
-        bench("--paper-tables", "--speed-only", "--device", "cuda", "--cuda-variants", "eager,channels_last",
-              "--min-run-time", mrt, "--rounds", rounds,
-              "--json-out", os.path.join(out, "cuda.json"), "--md-out", os.path.join(out, "cuda.md"))
-        bench("--paper-tables", "--speed-only", "--device", "cuda", "--cuda-variants", "compile", "--depths", "20",
-              "--datasets", "cifar10", "--rounds", "3", "--min-run-time", mrt,
-              "--json-out", os.path.join(out, "cuda_compile.json"), "--md-out", os.path.join(out, "cuda_compile.md"))
+        mrt, rounds = args.min_run_time or CUDA_MIN_RUN_TIME, args.rounds or CUDA_ROUNDS
+        try:
+            plan = cuda_plan(args.depths and [int(d) for d in args.depths.split(",")],
+                             args.datasets and args.datasets.split(","))
+        except ValueError as e:  # not an integer, or not a depth / dataset of the paper
+            p.error(f"--depths / --datasets: {e}")
+        if not plan:
+            p.error("nothing to run: --depths / --datasets leave no speed group")
+        print(describe_cuda_plan(plan, rounds, mrt), flush=True)
+        t_all, failed = time.perf_counter(), []
+        for name, variants, depths, datasets, _ in plan:
+            t0 = time.perf_counter()
+            try:  # a failed run loses its JSON only: the next ones still run
+                bench("--paper-tables", "--speed-only", "--device", "cuda", "--cuda-variants", variants,
+                      "--depths", ",".join(map(str, depths)), "--datasets", ",".join(datasets),
+                      "--min-run-time", mrt, "--rounds", rounds,
+                      "--json-out", os.path.join(out, f"{name}.json"), "--md-out", os.path.join(out, f"{name}.md"))
+            except subprocess.CalledProcessError as e:
+                failed.append(name)
+                print(f"{name}.json: mlan-bench failed (exit status {e.returncode})", flush=True)
+                continue
+            print(f"{name}.json: {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"CUDA run: {time.perf_counter() - t_all:.0f} s in all", flush=True)
+        if failed:
+            sys.exit(f"run_benchmarks: error: {', '.join(failed)} failed (see the output above)")
         return
 
     cpu_json = CPU_JSON

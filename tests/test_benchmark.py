@@ -66,6 +66,42 @@ def test_speed_plan_train_steps_only_in_target1_groups():
     assert set(B.speed_plan("cifar10", 20, target1=True, compile=True)) == set(B.COMPILE_SPEED_MODELS)
 
 
+def test_speed_plan_cuda_graphs_has_no_train_step_and_counts_cells():
+    eager = B.speed_plan("cifar10", 20, target1=True)
+    graphs = B.speed_plan("cifar10", 20, target1=True, cuda_graphs=True)
+    assert {k: v[0].key for k, v in graphs.items()} == {k: v[0].key for k, v in eager.items()}  # the same models
+    assert all(kinds == ("b1", "b128") for _, kinds in graphs.values())  # inference only: nothing captured to train
+    # the whole grid: 2 datasets x 4 depths x 9 models x (b1, b128), + train steps of 3 models at depths 20 and 32
+    grid = dict(datasets=zoo.DATASETS, depths=zoo.DEPTHS)
+    assert B.count_speed_cells(**grid, variant="cuda_graphs") == 2 * 4 * 9 * 2 == 144
+    assert B.count_speed_cells(**grid) == B.count_speed_cells(**grid, variant="channels_last") == 144 + 2 * 2 * 3
+    assert B.count_speed_cells(["cifar10"], [20], "compile") == 2 * 3  # backbone and MLAN: b1, b128, train
+    assert B.default_target1_depths((14, 20, 26)) == (20,) and B.default_target1_depths((14,)) == (14,)
+
+
+def test_cuda_graphs_variant_is_cuda_only(tmp_path, capsys):
+    assert B.check_variants("cuda", "eager,channels_last,compile,cuda_graphs".split(",")) == B.SPEED_VARIANTS
+    assert B.check_variants("cpu", ["eager", "compile"]) == ("eager", "compile")
+    with pytest.raises(ValueError, match="the cuda_graphs variant needs a CUDA device; it cannot run on 'cpu'"):
+        B.check_variants("cpu", ["eager", "cuda_graphs"])
+    with pytest.raises(ValueError, match="unknown speed variant 'graphs'"):
+        B.check_variants("cuda", ["graphs"])
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        B.make_graph_infer_fn(_tiny_conv_model(), 1, "cpu")
+    with pytest.raises(ValueError, match="needs a CUDA device"):  # refused before anything is measured
+        B.run_paper_tables(devices=["cpu"], depths=(14,), datasets=("cifar10",), cpu_variants=("cuda_graphs",),
+                           speed_only=True, log=lambda s: None)
+    capsys.readouterr()
+    md = tmp_path / "b.md"
+    assert cli.main(["--paper-tables", "--speed-only", "--device", "cpu", "--cpu-variants", "cuda_graphs",
+                     "--depths", "14", "--datasets", "cifar10", "--md-out", str(md)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("mlan-bench: error: --cpu-variants: the cuda_graphs variant needs a CUDA device; it cannot run "
+                   "on 'cpu'\n") and not md.exists()
+    assert cli.main(["--paper-tables", "--no-time", "--cuda-variants", "eager,graphs"]) == 2
+    assert "--cuda-variants: unknown speed variant 'graphs'" in capsys.readouterr().err
+
+
 def test_parse_spec_and_key_round_trip():
     s = B.parse_spec("mlan_resnet20_cifar10?fusion=concat&attn=cbam&num_masks=3")
     assert s.model == "mlan_resnet20_cifar10"
@@ -200,6 +236,125 @@ def test_speed_section_says_gpu_numbers_are_missing_until_merged():
     assert "### Target 2 (cuda)" in R.render_speed(report)
 
 
+def _pair(b1, b128, rivals=None):
+    """A synthetic ResNet-20 group: (backbone, MLAN) ms at batch 1 and at the large batch; rivals' ms at both."""
+    g = {"backbone": dict(latency_b1_ms=b1[0], infer_b128_ms=b128[0]),
+         "mlan": dict(latency_b1_ms=b1[1], infer_b128_ms=b128[1])}
+    for k, v in (rivals or {}).items():
+        g[k] = dict(latency_b1_ms=v, infer_b128_ms=v)
+    return g
+
+
+GPU_MACHINE = "CPU: x, 16 cores, torch threads 16; GPU: NVIDIA H100 80GB HBM3; python 3, torch 2, timm 1"
+
+
+def _gpu_report(graphs_c100_b1=(0.10, 0.11), batch=128, graphs=True):
+    """A merged report: the CPU speed section plus GPU labels as run_benchmarks.py --cuda writes them (compile:
+    CIFAR-10 only, channels_last: CIFAR-10 only here, no train steps: missing cells)."""
+    rivals = {k: 50.0 for k in ("se", "cbam", "ta", "gc")}
+    gpu = {"cuda": {"cifar10/20": _pair((2.0, 5.0), (2.5, 6.0), rivals),
+                    "cifar100/20": _pair((2.0, 4.0), (3.0, 6.3), rivals)},
+           "cuda channels_last": {"cifar10/20": _pair((2.0, 4.4), (2.0, 4.2))},
+           "cuda compile": {"cifar10/20": _pair((0.5, 0.6), (0.8, 1.0))}}
+    if graphs:  # MLAN / backbone: 1.10 and 1.16 on CIFAR-10, graphs_c100_b1 and 1.15 on CIFAR-100
+        gpu["cuda cuda_graphs"] = {"cifar10/20": _pair((0.10, 0.11), (0.50, 0.58), rivals),
+                                   "cifar100/20": _pair(graphs_c100_b1, (0.60, 0.69), rivals)}
+    src = dict(command="mlan-bench --paper-tables --speed-only --device cuda", machine=GPU_MACHINE,
+               config=dict(rounds=3, batch=batch, min_run_time=0.01, warmup=3, target1_depths=[20],
+                           cuda_tf32=dict(cudnn=True, matmul=False)))
+    report = _summary_report(_speed(), speed_sources={label: src for label in gpu},
+                             speed_specs={"cifar10/20": {"mlan": "mlan_resnet20_cifar10", "se": "se_x"}})
+    report["speed"].update(gpu)
+    report["speed_macs"]["cifar100/20"] = {"backbone": 100, "mlan": 110}
+    return report
+
+
+def test_target3_table_and_verdict_met():
+    report = _gpu_report()
+    rows = R.target3_rows(report["speed"], R._batches(report))
+    assert R.target3_verdict(rows) is True
+    text = R.render_target3(report)
+    assert text.startswith("### Target 3 (cuda): MLAN-20 inference vs its backbone on the GPU")
+    assert "Batch sizes: 1 and 128 (the paper's Tables 6/9 GPU times do not state theirs)" in text
+    assert "TF32 allowed for cuDNN convolutions" in text
+    assert "The target: MLAN-20's inference within 1.2x of its backbone's time with CUDA graphs." in text
+    for row in ("| CIFAR-10 | eager | 1 | 2.00 | 5.00 | 2.50 | no |",
+                "| CIFAR-10 | eager | 128 | 2.50 | 6.00 | 2.40 | no |",
+                "| CIFAR-10 | channels_last | 128 | 2.00 | 4.20 | 2.10 | no |",
+                "| CIFAR-10 | torch.compile | 1 | 0.50 | 0.60 | 1.20 | yes |",
+                "| CIFAR-10 | CUDA graphs | 1 | 0.10 | 0.11 | 1.10 | yes |",
+                "| CIFAR-10 | CUDA graphs | 128 | 0.50 | 0.58 | 1.16 | yes |",
+                "| CIFAR-100 | CUDA graphs | 128 | 0.60 | 0.69 | 1.15 | yes |",
+                # not measured there: compile and channels_last ran on CIFAR-10 only
+                "| CIFAR-100 | torch.compile | 1 | — | — | — | — |",
+                "| CIFAR-100 | channels_last | 128 | — | — | — | — |"):
+        assert row in text, row
+    lines = text.splitlines()
+    order = [ln.split(" | ")[1] for ln in lines if ln.startswith("| CIFAR-10 |")]
+    assert order == ["eager"] * 2 + ["channels_last"] * 2 + ["torch.compile"] * 2 + ["CUDA graphs"] * 2
+    assert ("**Within 1.2x with CUDA graphs: yes.** MLAN / backbone 1.10 to 1.16 over the 4 measured cells (CIFAR-10 "
+            "batch 1, CIFAR-10 batch 128, CIFAR-100 batch 1 and CIFAR-100 batch 128).") in text
+    assert "- eager: MLAN / backbone batch 1: 2.00 to 2.50; batch 128: 2.10 to 2.40." in text
+    assert "- torch.compile: MLAN / backbone batch 1: 1.20; batch 128: 1.25." in text
+    assert "- CUDA graphs: MLAN / backbone batch 1: 1.10; batch 128: 1.15 to 1.16." in text
+
+
+def test_target3_verdict_not_met_and_not_measured():
+    text = R.render_target3(_gpu_report(graphs_c100_b1=(0.10, 0.13)))  # 1.30 > 1.2 on CIFAR-100 at batch 1
+    assert "| CIFAR-100 | CUDA graphs | 1 | 0.10 | 0.13 | 1.30 | no |" in text
+    assert ("**Within 1.2x with CUDA graphs: no.** MLAN / backbone 1.10 to 1.30; above 1.2 in 1 of the 4 measured "
+            "cells: CIFAR-100 batch 1 (1.30).") in text
+    # the large batch is the run's, stated in the table
+    text = R.render_target3(_gpu_report(batch=256))
+    assert "Batch sizes: 1 and 256" in text and "| CIFAR-10 | CUDA graphs | 256 | 0.50 | 0.58 | 1.16 | yes |" in text
+    report = _gpu_report(graphs=False)
+    assert R.target3_verdict(R.target3_rows(report["speed"])) is None
+    assert "**Within 1.2x with CUDA graphs: not measured** (no CUDA-graph timings of the ResNet-20 pair)." \
+        in R.render_target3(report)
+    assert R.render_target3(_summary_report(_speed())) == ""  # no GPU results: no target-3 table
+
+
+def test_speed_section_with_cuda_results():
+    """Target 3 before the GPU sections; targets 1 and 2 per GPU label (batch 1 and 128), train cells '—'."""
+    report = _gpu_report()
+    text = R.render_speed(report)
+    assert "## Speed targets (issue 10): GPU" not in text  # the placeholder goes once GPU results are merged
+    assert text.index("## Speed targets (issue 10): cpu") < text.index("### Target 3 (cuda)") \
+        < text.index("## Speed targets (issue 10): cuda\n")
+    graphs = text[text.index("## Speed targets (issue 10): cuda cuda_graphs"):]  # the last section
+    assert R.GRAPHS_METHOD in graphs
+    assert "| CIFAR10 | ResNet-20 | inference | 0.50 | 0.58 | 1.16 | 1.100 |" in graphs  # target 1: inference only
+    assert "train step" not in graphs.split("### Target 1")[1].split("###")[0]
+    for label in ("cuda", "cuda cuda_graphs"):  # target 2 on the GPU, at batch 1 and at batch 128
+        t2 = text.split(f"### Target 2 ({label})")[1].split("\n## ")[0]
+        assert "#### batch 1 inference" in t2 and "#### batch 128 inference" in t2
+        assert "MLAN is faster than all four in 4 of 4 (dataset, depth, batch) cases" in t2
+    assert "| CIFAR100 | ResNet-20 | 4.00 | 50.00 | 0.08 |" in text  # cuda, batch 1
+    # variants without the rivals (compile, channels_last here) get no target-2 table
+    assert "### Target 2 (cuda compile)" not in text and "### Target 2 (cuda channels_last)" not in text
+    # the fast-path table of a CUDA-graph group: no train step measured, its cells '—'
+    fast = R.render_fast_paths({"cifar10/20": {"mlan": dict(latency_b1_ms=1.0, infer_b128_ms=2.0),
+                                               "mlan (reference)": dict(latency_b1_ms=2.0, infer_b128_ms=3.0)}},
+                               "cuda cuda_graphs")
+    assert "| CIFAR10 | ResNet-20 | MLAN | 2.00 | 1.00 | 2.00x | 3.00 | 2.00 | 1.50x | — | — | — |" in fast
+    table = R.render_results_table({"m": dict(params=1, macs=2, cuda_cuda_graphs=dict(latency_b1_ms=0.1))},
+                                    ["cuda_cuda_graphs"])
+    assert "| `m` | 0.000M (1) | 0.00M | 0.10 | — | — | — |" in table
+    # Tables 6/9 show the eager and the CUDA-graph timings beside the paper's GPU times
+    assert list(R._speed_timings(report)) == ["cpu", "cuda", "cuda cuda_graphs"]
+
+
+def test_readme_summary_gpu_line_reads_target3():
+    met = _flat(R.render_readme_summary(_gpu_report()))
+    assert ("- GPU (NVIDIA H100 80GB HBM3, 'cuda' in docs/benchmarks.md): target 3 is met: with CUDA graphs MLAN-20 "
+            "takes 1.10x to 1.16x its backbone's time at batch 1 and 128 (limit 1.2x; eager 2.00x to 2.50x); target 1 "
+            "is not met") in met
+    assert "await a GPU session" not in met
+    missed = _flat(R.render_readme_summary(_gpu_report(graphs_c100_b1=(0.10, 0.13))))
+    assert "target 3 is not met: with CUDA graphs MLAN-20 takes 1.10x to 1.30x its backbone's time at batch 1 and " \
+           "128 (limit 1.2x; eager 2.00x to 2.50x)" in missed
+
+
 def test_time_interleaved_quick():
     specs = {"backbone": B.Spec("a", factory=_tiny_conv_model), "other": B.Spec("b", factory=_tiny_conv_model)}
     res = B.time_interleaved(specs, "cpu", B.TimingConfig.quick())
@@ -207,6 +362,27 @@ def test_time_interleaved_quick():
         assert res[name]["infer_b128_ms"] > 0 and res[name]["train_step_b128_ms"] > 0
     res = B.time_interleaved(specs, "cpu", B.TimingConfig.quick(), kinds={"backbone": ("b1",), "other": ("train",)})
     assert set(res["backbone"]) == {"latency_b1_ms"} and set(res["other"]) == {"train_step_b128_ms"}
+
+
+def test_cuda_graphs_variant_times_graph_replays_and_no_train_step(monkeypatch):
+    """The wiring on CPU: the cuda_graphs variant times make_graph_infer_fn's function (a stand-in here: capture
+    needs CUDA; tests/test_cuda.py checks the real one) at batch 1 and the large batch, and records no train step."""
+    built = []
+
+    def fake_graph_fn(model, batch, device, channels_last=False, warmup=3):
+        built.append(batch)
+        return B.make_infer_fn(model, batch, "cpu")
+
+    monkeypatch.setattr(B, "make_graph_infer_fn", fake_graph_fn)
+    cfg = B.TimingConfig(min_run_time=0.001, warmup=1, batch=4, rounds=1)
+    specs = {"backbone": B.Spec("a", factory=_tiny_conv_model), "mlan": B.Spec("b", factory=_tiny_conv_model)}
+    res = B.time_interleaved(specs, "cpu", cfg, kinds=("b1", "b128", "train"), cuda_graphs=True)
+    assert built == [1, 4, 1, 4]
+    assert all(set(t) == {"latency_b1_ms", "infer_b128_ms"} for t in res.values())
+    assert set(B.time_model(specs["mlan"], "cpu", cfg, cuda_graphs=True)) == {"latency_b1_ms", "infer_b128_ms",
+                                                                              "throughput_b128"}
+    with pytest.raises(ValueError, match="separate speed variants"):
+        B.time_interleaved(specs, "cpu", cfg, kinds=("b1",), compile=True, cuda_graphs=True)
 
 
 def _eval_rec(model, top1, **kw):
@@ -519,9 +695,10 @@ def test_readme_summary_fast_path_profile_conv_costs_and_gpu():
             "forward time of the C -> C conv for 0.19 to 0.38 of its MACs; aten's backward-data (the input gradient "
             "autograd computes) of the O < C convs takes 8.00 to 10.00 times their forward time, against 1.00 to "
             "1.25 for the C -> C convs.") in text
-    assert ("- GPU (NVIDIA H100, 'cuda' in docs/benchmarks.md): target 1 is met (time ratio / MACs ratio 1.00 for "
-            "inference (limit 1.1); 1.09 for the train step (limit 1.2)); target 2 is met everywhere (MLAN faster "
-            "than all four in 2 of 2 (dataset, depth, batch) cases); also timed there: 'cuda channels_last'.") in text
+    assert ("- GPU (NVIDIA H100, 'cuda' in docs/benchmarks.md): target 3's CUDA-graph timings are missing; target 1 "
+            "is met (time ratio / MACs ratio 1.00 for inference (limit 1.1); 1.09 for the train step (limit 1.2)); "
+            "target 2 is met everywhere (MLAN faster than all four in 2 of 2 (dataset, depth, batch) cases); also "
+            "timed there: 'cuda channels_last'.") in text
     assert "await a GPU session" not in text
 
 
@@ -581,3 +758,58 @@ def test_run_benchmarks_passes_readme_out_only_for_the_docs_render(repo_root, tm
     assert set(readme_outs("--quick", "--out-dir", str(tmp_path))) == {None}
     assert set(readme_outs("--cuda", "--out-dir", str(tmp_path))) == {None}
     assert set(readme_outs("--render-only", "--md-out", str(tmp_path / "x.md"))) == {None}
+
+
+def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(repo_root, tmp_path, monkeypatch, capsys):
+    rb = _run_benchmarks(repo_root)
+    calls = []
+    monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
+
+    def arg(call, flag):
+        return call[call.index(flag) + 1]
+
+    rb.main(["--cuda", "--out-dir", str(tmp_path)])
+    first = capsys.readouterr().out.splitlines()[0]
+    # graphs: 2 datasets x 4 depths x 9 models x (b1, b128); eager and channels_last: the same + 3 train steps at
+    # depths 20 and 32 per dataset; compile: CIFAR-10 ResNet-20 backbone and MLAN, b1, b128 and train
+    assert first.startswith("CUDA run: 3 mlan-bench runs, 462 timed cells x 3 rounds (min_run_time 0.01 s) "
+                            "[cuda_graphs.json: cuda_graphs 144; cuda.json: eager 156, channels_last 156; "
+                            "cuda_compile.json: compile 6], 6 torch.compile'd functions. Estimated ~")
+    expected, worst = rb.estimate_seconds(rb.cuda_plan(), rb.CUDA_ROUNDS, rb.CUDA_MIN_RUN_TIME)
+    assert f"Estimated ~{expected / 60:.1f} min (up to ~{worst / 60:.1f} min)" in first and 0 < expected < worst
+    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager,channels_last", "compile"]
+    assert [os.path.basename(arg(c, "--json-out")) for c in calls] == ["cuda_graphs.json", "cuda.json",
+                                                                        "cuda_compile.json"]
+    assert {arg(c, "--device") for c in calls} == {"cuda"} and {arg(c, "--rounds") for c in calls} == {"3"}
+    assert [(arg(c, "--depths"), arg(c, "--datasets")) for c in calls] == [("14,20,26,32", "cifar10,cifar100")] * 2 \
+        + [("20", "cifar10")]
+    calls.clear()
+    rb.main(["--cuda", "--out-dir", str(tmp_path), "--depths", "20"])  # what target 3 reads, only
+    assert "126 timed cells" in capsys.readouterr().out and {arg(c, "--depths") for c in calls} == {"20"}
+    calls.clear()
+    rb.main(["--cuda", "--out-dir", str(tmp_path), "--datasets", "cifar100"])  # no compile run: it is CIFAR-10's
+    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager,channels_last"]
+    for bad in (["--depths", "20"], ["--cuda", "--out-dir", str(tmp_path), "--depths", "21"],
+                ["--cuda", "--out-dir", str(tmp_path), "--depths", "x"]):
+        with pytest.raises(SystemExit):
+            rb.main(bad)
+    calls.clear()
+
+    def first_fails(*a):
+        calls.append(a)
+        if len(calls) == 1:
+            raise subprocess.CalledProcessError(1, "mlan-bench")
+
+    monkeypatch.setattr(rb, "bench", first_fails)
+    with pytest.raises(SystemExit, match="cuda_graphs failed"):  # the other runs still ran
+        rb.main(["--cuda", "--out-dir", str(tmp_path)])
+    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager,channels_last", "compile"]
+    monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
+    calls.clear()
+    rb.main([])  # the CPU run never asks for the CUDA-only variant
+    assert calls and not any("cuda_graphs" in " ".join(c) for c in calls)
+    for name in ("cuda.json", "cuda_graphs.json", "cuda_compile.json"):
+        (tmp_path / name).write_text("{}")
+    argv = rb.render_args("cpu.json", "b.md", results_dir=str(tmp_path))
+    assert [os.path.basename(argv[i + 1]) for i, a in enumerate(argv) if a == "--merge"] == \
+        ["cuda.json", "cuda_graphs.json", "cuda_compile.json"]

@@ -1,5 +1,8 @@
-"""The CUDA path: fp32 CUDA matches CPU, channels_last matches contiguous, bf16/fp16 autocast trains, and
-torch.compile (inductor, CUDA graphs) matches eager. Skipped where no CUDA device is present (CI)."""
+"""The CUDA path: fp32 CUDA matches CPU, channels_last matches contiguous, bf16/fp16 autocast trains,
+torch.compile (inductor, CUDA graphs) matches eager, and mlan-bench's cuda_graphs variant (a captured eval forward)
+gives eager's logits and its cells. Skipped where no CUDA device is present (CI)."""
+import json
+
 import pytest
 import timm
 import torch
@@ -66,3 +69,40 @@ def test_compile_matches_eager(name, mode, no_tf32):
     for _ in range(3):  # CUDA graphs record on a later call
         out = compiled(x).clone()
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("batch", [1, 128])  # MLAN's forward picks its formulation by batch size: one graph each
+@pytest.mark.parametrize("name", ["resnet20_cifar10", "mlan_resnet20_cifar10"])
+def test_cuda_graph_replay_matches_eager(name, batch, no_tf32):
+    from mlan_timm.tools.bench.measure import make_graph_infer_fn
+
+    model = _model(name)
+    fn = make_graph_infer_fn(model, batch, "cuda")  # moves the model to the GPU, in place
+    for _ in range(2):  # new images each time: the replay reads the static input
+        x = torch.randn(batch, 3, 32, 32, device="cuda")
+        fn.static_input.copy_(x)
+        out = fn().clone()
+        with torch.no_grad():
+            ref = model(x)
+        assert out.shape == (batch, 10)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bench_cuda_graphs_variant_end_to_end(tmp_path):
+    """A tiny mlan-bench CUDA run (quick settings, ResNet-20 CIFAR-10): the cuda_graphs cells (batch 1 and the
+    large batch, no train step) land in the JSON, and the Markdown has target 3's table and verdict."""
+    from mlan_timm.tools.bench import cli
+
+    js, md = tmp_path / "cuda_graphs.json", tmp_path / "cuda_graphs.md"
+    assert cli.main(["--paper-tables", "--speed-only", "--quick", "--device", "cuda", "--cuda-variants",
+                     "eager,cuda_graphs", "--depths", "20", "--datasets", "cifar10", "--json-out", str(js),
+                     "--md-out", str(md), "--root", str(tmp_path)]) == 0
+    report = json.loads(js.read_text())
+    graphs = report["speed"]["cuda cuda_graphs"]["cifar10/20"]
+    assert set(graphs) == set(report["speed"]["cuda"]["cifar10/20"])  # every model of the group
+    for name, cells in graphs.items():
+        assert set(cells) == {"latency_b1_ms", "infer_b128_ms"} and all(v > 0 for v in cells.values()), name
+    assert "train_step_b128_ms" in report["speed"]["cuda"]["cifar10/20"]["mlan"]
+    text = md.read_text()
+    assert "### Target 3 (cuda)" in text and "Within 1.2x with CUDA graphs:" in text
+    assert "| CIFAR-10 | CUDA graphs | 8 |" in text  # --quick's batch, stated

@@ -5,6 +5,8 @@
   ``create_model`` kwargs in the ``--model-kwargs`` syntax);
 * ``"mlan_resnet20_cifar10?fast_paths=False"`` builds the model with its fast paths off (the reference equations);
 * ``--merge other.json`` folds the device timings of another run (e.g. a CUDA run) into the tables;
+* ``--cuda-variants eager,channels_last,compile,cuda_graphs``: the CUDA variants of the speed section;
+  ``cuda_graphs`` times each eval forward replayed from a captured CUDA graph (inference only, CUDA only);
 * ``--render-only report.json`` re-renders Markdown without measuring;
 * ``--conv-costs --json-out FILE`` times single convs of MLAN's and the backbone's shapes (forward, backward-data,
   backward-weight, backward-data as a forward conv, 1x1 as bmm); ``--conv-costs-json FILE`` adds them to a render;
@@ -25,9 +27,10 @@ from ... import zoo
 from ...atomic import atomic_write_text
 from ..common import UsageError, flush_denormals, run_cli, set_threads
 from .measure import (
-    TARGET1_DEPTHS,
     TimingConfig,
+    check_variants,
     code_version,
+    default_target1_depths,
     machine_line,
     measure,
     measure_conv_costs,
@@ -58,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "default: the paper grids (same as --paper-tables)")
     p.add_argument("--paper-tables", action="store_true", help="regenerate the paper comparison grids")
     p.add_argument("--device", default=None, help="comma list of devices (default: cpu, plus cuda if present)")
-    p.add_argument("--cuda-variants", default="eager,channels_last,compile",
-                   help="CUDA variants of the speed section (eager, channels_last, compile)")
+    p.add_argument("--cuda-variants", default="eager,channels_last,compile,cuda_graphs",
+                   help="CUDA variants of the speed section (eager, channels_last, compile, cuda_graphs: inference "
+                        "replayed from a captured CUDA graph, no train step)")
     p.add_argument("--cpu-variants", default="eager",
                    help="CPU variants of the speed section (eager, compile; channels_last training on CPU crashes "
                         "in torch 2.14.1: heap corruption in the backward of a 1x1 stride-2 conv)")
@@ -178,6 +182,12 @@ def run(args, argv_list) -> int:
     if bad:
         raise UsageError(f"unknown depth/dataset {bad}: depths are {sorted(zoo.DEPTHS)}, datasets "
                          f"{sorted(zoo.DATASETS)}")
+    cuda_variants, cpu_variants = tuple(args.cuda_variants.split(",")), tuple(args.cpu_variants.split(","))
+    for flag, dev, variants in (("--cuda-variants", "cuda", cuda_variants), ("--cpu-variants", "cpu", cpu_variants)):
+        try:  # before measuring: e.g. cuda_graphs on CPU is refused now, not after minutes of CPU timings
+            check_variants(dev, variants)
+        except ValueError as e:
+            raise UsageError(f"{flag}: {e}") from e
 
     if args.profile and args.conv_costs:
         raise UsageError("--profile and --conv-costs are separate runs (one JSON each)")
@@ -211,17 +221,15 @@ def run(args, argv_list) -> int:
         report = _load_json(args.render_only, "--render-only")
     elif paper:
         # issue 10's target 1 is for ResNet-20 and -32; a run without them (e.g. --quick) uses its smallest depth
-        target1 = tuple(d for d in TARGET1_DEPTHS if d in speed_depths) or (min(speed_depths),)
+        target1 = default_target1_depths(speed_depths)
         report = run_paper_tables(devices=[] if args.no_time else devices, cfg=cfg, depths=depths,
                                   datasets=tuple(args.datasets.split(",")), speed_depths=speed_depths,
-                                  cuda_variants=tuple(args.cuda_variants.split(",")), log=log,
-                                  speed_only=args.speed_only, cpu_variants=tuple(args.cpu_variants.split(",")),
-                                  target1_depths=target1, b1_depths=b1_depths)
+                                  cuda_variants=cuda_variants, log=log, speed_only=args.speed_only,
+                                  cpu_variants=cpu_variants, target1_depths=target1, b1_depths=b1_depths)
     else:
         specs = [parse_spec(m) for m in args.models]
         what = () if args.no_time else ("b1", "b128", "train")
-        results = measure(specs, devices, cfg, what=what, cuda_variants=tuple(args.cuda_variants.split(",")),
-                          log=log)
+        results = measure(specs, devices, cfg, what=what, cuda_variants=cuda_variants, log=log)
         report = dict(devices=devices if what else [], results=results,
                       config=dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch))
     if not args.render_only:

@@ -26,6 +26,11 @@ The conv-cost section (:func:`measure_conv_costs`) times single convolutions of 
 run (:data:`CONV_COST_SHAPES`): forward, aten's backward-data and backward-weight, the backward-data computed as a
 forward conv (as ``mlan_timm.layers.fast_ops.same_conv`` does) and 1x1 convs as ``torch.bmm`` (as
 ``pointwise_conv`` does), all cells interleaved over several rounds (median per cell).
+
+Speed variants (:data:`SPEED_VARIANTS`): ``eager``; ``channels_last`` (model and input in channels-last memory
+format); ``compile`` (plain ``torch.compile(model)``); ``cuda_graphs`` (CUDA only: one eval forward captured in a
+``torch.cuda.CUDAGraph`` per model and batch, timed as ``graph.replay()``, see :func:`make_graph_infer_fn`; no
+train step, so its train cells stay empty).
 """
 import copy
 import os
@@ -46,10 +51,12 @@ from ...complexity import count_macs, count_params
 from ..common import create_model, parse_model_kwargs
 
 __all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SPEED_MODELS', 'TARGET1_DEPTHS',
-           'COMPILE_SPEED_MODELS', 'speed_group', 'speed_plan', 'TimingConfig', 'make_infer_fn', 'make_train_fn',
-           'time_fn', 'time_model', 'time_interleaved', 'run_speed', 'profile_ops', 'CONV_COST_SHAPES',
-           'CONV_COST_COLUMNS', 'measure_conv_costs', 'code_version', 'machine_line',
-           'measure', 'run_paper_tables', 'merge_reports', 'NOT_REGISTERED', 'count_macs', 'count_params']
+           'COMPILE_SPEED_MODELS', 'SPEED_VARIANTS', 'CUDA_ONLY_VARIANTS', 'check_variants', 'speed_group',
+           'speed_plan', 'default_target1_depths', 'count_speed_cells', 'TimingConfig', 'make_infer_fn',
+           'make_graph_infer_fn', 'make_train_fn', 'time_fn', 'time_model', 'time_interleaved', 'run_speed',
+           'profile_ops', 'CONV_COST_SHAPES', 'CONV_COST_COLUMNS', 'measure_conv_costs', 'code_version',
+           'machine_line', 'measure', 'run_paper_tables', 'merge_reports', 'NOT_REGISTERED', 'count_macs',
+           'count_params']
 
 NOT_REGISTERED = "model not registered"
 #: Spec keys that are not ``create_model`` kwargs: ``fast_paths`` -> ``model.set_fast_paths(value)``.
@@ -157,6 +164,20 @@ TRAIN_SPEED_MODELS = ("backbone", "mlan", "mlan (reference)")
 TARGET1_DEPTHS = (20, 32)
 #: torch.compile costs a compilation per model and mode: only backbone vs MLAN there.
 COMPILE_SPEED_MODELS = ("backbone", "mlan")
+#: Variants of the speed section (module docstring); the CUDA-only ones are refused on other devices.
+SPEED_VARIANTS = ("eager", "channels_last", "compile", "cuda_graphs")
+CUDA_ONLY_VARIANTS = ("cuda_graphs",)
+
+
+def check_variants(device: str, variants: Iterable[str]) -> Tuple[str, ...]:
+    """``variants`` as a tuple, after checking each is a speed variant that ``device`` can run (ValueError)."""
+    variants = tuple(variants)
+    for v in variants:
+        if v not in SPEED_VARIANTS:
+            raise ValueError(f"unknown speed variant {v!r} (known: {', '.join(SPEED_VARIANTS)})")
+        if v in CUDA_ONLY_VARIANTS and torch.device(device).type != "cuda":
+            raise ValueError(f"the {v} variant needs a CUDA device; it cannot run on {device!r}")
+    return variants
 
 
 def speed_group(dataset: str, depth: int) -> str:
@@ -164,18 +185,36 @@ def speed_group(dataset: str, depth: int) -> str:
     return f"{dataset}/{depth}"
 
 
-def speed_plan(dataset: str, depth: int, target1: bool, b1: bool = True, compile: bool = False
-               ) -> Dict[str, Tuple[Spec, Tuple[str, ...]]]:
-    """label -> (spec, kinds) of one speed group; kinds among ``b1``, ``b128``, ``train``."""
+def speed_plan(dataset: str, depth: int, target1: bool, b1: bool = True, compile: bool = False,
+               cuda_graphs: bool = False) -> Dict[str, Tuple[Spec, Tuple[str, ...]]]:
+    """label -> (spec, kinds) of one speed group; kinds among ``b1``, ``b128``, ``train`` (never ``train`` with
+    ``cuda_graphs``: only inference is captured)."""
     plan: Dict[str, Tuple[Spec, Tuple[str, ...]]] = {}
     for label, variant, extra, where in SPEED_MODELS:
         if (where == "target1" and not target1) or (compile and label not in COMPILE_SPEED_MODELS):
             continue
         base = variant_spec(variant, depth, dataset)
-        kinds = (("b1",) if b1 else ()) + ("b128",) + (("train",) if target1 and label in TRAIN_SPEED_MODELS
-                                                       else ())
+        train = target1 and label in TRAIN_SPEED_MODELS and not cuda_graphs
+        kinds = (("b1",) if b1 else ()) + ("b128",) + (("train",) if train else ())
         plan[label] = (Spec(base.model, dict(base.kwargs, **extra)), kinds)
     return plan
+
+
+def default_target1_depths(speed_depths: Sequence[int]) -> Tuple[int, ...]:
+    """Issue 10's target-1 depths among ``speed_depths``; a run without them (e.g. --quick) uses its smallest."""
+    return tuple(d for d in TARGET1_DEPTHS if d in speed_depths) or (min(speed_depths),)
+
+
+def count_speed_cells(datasets: Sequence[str], depths: Sequence[int], variant: str = "eager",
+                      target1_depths: Optional[Sequence[int]] = None, b1_depths: Optional[Sequence[int]] = None
+                      ) -> int:
+    """Timed cells (model x measure) of one speed-section variant over ``datasets`` x ``depths``; each is timed
+    once per round. ``target1_depths`` default: :func:`default_target1_depths`."""
+    t1 = default_target1_depths(depths) if target1_depths is None else tuple(target1_depths)
+    return sum(len(kinds) for ds in datasets for d in depths
+               for _, kinds in speed_plan(ds, d, target1=d in t1, b1=b1_depths is None or d in b1_depths,
+                                          compile=variant == "compile",
+                                          cuda_graphs=variant == "cuda_graphs").values())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -218,6 +257,53 @@ def make_infer_fn(model: nn.Module, batch: int, device: str, channels_last=False
     return fn
 
 
+def make_graph_infer_fn(model: nn.Module, batch: int, device: str, channels_last=False, warmup: int = 3
+                        ) -> Callable[[], Any]:
+    """The ``cuda_graphs`` variant's timed call: an eval forward replayed from a CUDA graph.
+
+    The model (eval mode) and a static input of ``batch`` random images go to ``device`` (CUDA only, else
+    ValueError); ``warmup`` forwards run on a side stream (cuDNN/cuBLAS set-up and allocator warm-up, as PyTorch's
+    CUDA graph notes ask), then one forward is captured into a ``torch.cuda.CUDAGraph``. The returned function calls
+    ``graph.replay()`` and returns the static output: it reruns the captured kernels on what the static input
+    holds, without Python or per-kernel launch overhead. Its attributes ``graph``, ``static_input`` and
+    ``static_output`` expose them (tests copy new images into ``static_input``).
+
+    Capture and warm-up run under ``torch.no_grad``: the same kernels as ``torch.inference_mode`` (which only saves
+    CPU work that a replay does not do), and no inference tensors in the CUDA generator's capture state (with them,
+    PyTorch before pytorch/pytorch#172706 refuses every later capture outside inference mode, e.g. a train step's).
+    One graph per batch size: MLAN's forward picks its formulation by batch size in Python
+    (``mlan_timm.models.blocks.STREAMING_MIN_BATCH``), fixed at capture. The train step is not captured."""
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"the cuda_graphs variant needs a CUDA device; it cannot run on {device!r}")
+    model = _prepare(model, device, channels_last, False).eval()
+    x = _input(batch, device, channels_last)
+    side = torch.cuda.Stream(device=x.device)
+    side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(max(warmup, 1)):
+            model(x)
+    torch.cuda.current_stream(x.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        out = model(x)
+
+    def fn():
+        graph.replay()
+        return out
+
+    fn.graph, fn.static_input, fn.static_output = graph, x, out  # type: ignore[attr-defined]
+    return fn
+
+
+def _make_infer(model: nn.Module, batch: int, device: str, channels_last=False, compile=False, cuda_graphs=False,
+                warmup: int = 3) -> Callable[[], Any]:
+    if cuda_graphs:
+        if compile:
+            raise ValueError("compile and cuda_graphs are separate speed variants")
+        return make_graph_infer_fn(model, batch, device, channels_last, warmup)
+    return make_infer_fn(model, batch, device, channels_last, compile)
+
+
 def make_train_fn(model: nn.Module, batch: int, device: str, channels_last=False, compile=False,
                   num_classes: Optional[int] = None) -> Callable[[], Any]:
     model = _prepare(model, device, channels_last, compile).train()
@@ -248,19 +334,21 @@ def time_fn(fn: Callable[[], Any], cfg: TimingConfig, label: str = "") -> float:
 
 
 def time_model(spec: Spec, device: str, cfg: TimingConfig, what: Iterable[str] = ("b1", "b128", "train"),
-               channels_last=False, compile=False) -> Dict[str, float]:
-    """Timings of one model on one device; keys latency_b1_ms, infer_b128_ms, throughput_b128, train_step_b128_ms."""
+               channels_last=False, compile=False, cuda_graphs=False) -> Dict[str, float]:
+    """Timings of one model on one device; keys latency_b1_ms, infer_b128_ms, throughput_b128, train_step_b128_ms
+    (no train step with ``cuda_graphs``)."""
     out: Dict[str, float] = {}
     what = set(what)
     torch.manual_seed(0)
     model = spec.build()
     if "b1" in what:
-        out["latency_b1_ms"] = 1e3 * time_fn(make_infer_fn(model, 1, device, channels_last, compile), cfg)
+        out["latency_b1_ms"] = 1e3 * time_fn(_make_infer(model, 1, device, channels_last, compile, cuda_graphs,
+                                                         cfg.warmup), cfg)
     if "b128" in what:
-        t = time_fn(make_infer_fn(model, cfg.batch, device, channels_last, compile), cfg)
+        t = time_fn(_make_infer(model, cfg.batch, device, channels_last, compile, cuda_graphs, cfg.warmup), cfg)
         out["infer_b128_ms"] = 1e3 * t
         out["throughput_b128"] = cfg.batch / t
-    if "train" in what:
+    if "train" in what and not cuda_graphs:
         model = spec.build()  # fresh weights/BN statistics for the train step
         out["train_step_b128_ms"] = 1e3 * time_fn(make_train_fn(model, cfg.batch, device, channels_last, compile),
                                                   cfg)
@@ -269,20 +357,23 @@ def time_model(spec: Spec, device: str, cfg: TimingConfig, what: Iterable[str] =
 
 def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig,
                      kinds: Union[Sequence[str], Dict[str, Sequence[str]]] = ("b128", "train"),
-                     channels_last=False, compile=False) -> Dict[str, Dict[str, float]]:
+                     channels_last=False, compile=False, cuda_graphs=False) -> Dict[str, Dict[str, float]]:
     """Median over ``cfg.rounds`` interleaved rounds (each round times every model once per kind).
 
-    ``kinds``: one tuple for every model, or label -> tuple of ``b1`` / ``b128`` / ``train``."""
+    ``kinds``: one tuple for every model, or label -> tuple of ``b1`` / ``b128`` / ``train``. With ``cuda_graphs``
+    the inference kinds are graph replays (:func:`make_graph_infer_fn`) and ``train`` is skipped (no entry)."""
     fns: Dict[Tuple[str, str], Callable] = {}
     for name, spec in specs.items():
         torch.manual_seed(0)
         for kind in (kinds[name] if isinstance(kinds, dict) else kinds):
+            if kind == "train" and cuda_graphs:
+                continue  # the train step is not captured: its cell stays empty
             model = spec.build()
             if kind == "train":
                 fns[name, kind] = make_train_fn(model, cfg.batch, device, channels_last, compile)
             else:
-                fns[name, kind] = make_infer_fn(model, 1 if kind == "b1" else cfg.batch, device, channels_last,
-                                                compile)
+                fns[name, kind] = _make_infer(model, 1 if kind == "b1" else cfg.batch, device, channels_last,
+                                              compile, cuda_graphs, cfg.warmup)
             for _ in range(cfg.warmup):
                 fns[name, kind]()
     samples: Dict[Tuple[str, str], List[float]] = {k: [] for k in fns}
@@ -298,19 +389,20 @@ def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig,
 
 def run_speed(groups: Sequence[Tuple[str, int]], device: str, cfg: TimingConfig,
               target1_depths: Sequence[int] = TARGET1_DEPTHS, b1_depths: Optional[Sequence[int]] = None,
-              channels_last=False, compile=False, log: Callable[[str], None] = lambda s: None
+              channels_last=False, compile=False, cuda_graphs=False, log: Callable[[str], None] = lambda s: None
               ) -> Dict[str, Dict[str, Dict[str, float]]]:
     """The speed section on one device/variant: group key -> model label -> timings (ms), each group interleaved."""
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
     for ds, depth in groups:
         plan = speed_plan(ds, depth, target1=depth in target1_depths,
-                          b1=b1_depths is None or depth in b1_depths, compile=compile)
+                          b1=b1_depths is None or depth in b1_depths, compile=compile, cuda_graphs=cuda_graphs)
         t0 = time.perf_counter()
         out[speed_group(ds, depth)] = time_interleaved({k: v[0] for k, v in plan.items()}, device, cfg,
                                                        kinds={k: v[1] for k, v in plan.items()},
-                                                       channels_last=channels_last, compile=compile)
-        log(f"speed {device}{' channels_last' if channels_last else ''}{' compile' if compile else ''} "
-            f"{speed_group(ds, depth)}: {time.perf_counter() - t0:.0f} s")
+                                                       channels_last=channels_last, compile=compile,
+                                                       cuda_graphs=cuda_graphs)
+        log(f"speed {device}{' channels_last' if channels_last else ''}{' compile' if compile else ''}"
+            f"{' cuda_graphs' if cuda_graphs else ''} {speed_group(ds, depth)}: {time.perf_counter() - t0:.0f} s")
     return out
 
 
@@ -474,10 +566,10 @@ def measure(specs: Sequence[Spec], devices: Sequence[str] = ("cpu",), cfg: Optio
         rec["macs"] = count_macs(model)
         if timed_keys is None or spec.key in timed_keys:
             for dev in devices:
-                variants = cuda_variants if dev == "cuda" else ("eager",)
+                variants = check_variants(dev, cuda_variants) if dev == "cuda" else ("eager",)
                 for var in variants:
                     t = time_model(spec, dev, cfg, what, channels_last=(var == "channels_last"),
-                                   compile=(var == "compile"))
+                                   compile=(var == "compile"), cuda_graphs=(var == "cuda_graphs"))
                     rec[dev if var == "eager" else f"{dev}_{var}"] = t
         results[spec.key] = rec
         log(f"{spec.key}: params {rec['params']:,} MACs {rec['macs']:,} "
@@ -487,15 +579,18 @@ def measure(specs: Sequence[Spec], devices: Sequence[str] = ("cpu",), cfg: Optio
 
 def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depths=tuple(zoo.DEPTHS),
                      datasets=tuple(zoo.DATASETS), speed_depths: Optional[Sequence[int]] = None,
-                     cuda_variants=("eager", "channels_last", "compile"), log=print, speed_only: bool = False,
+                     cuda_variants=("eager", "channels_last", "compile", "cuda_graphs"), log=print,
+                     speed_only: bool = False,
                      cpu_variants=("eager",), target1_depths: Sequence[int] = TARGET1_DEPTHS,
                      b1_depths: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Params and MACs of every model of the paper grids, and the speed section on each device/variant.
 
     The speed section times, per (dataset, depth) group of ``datasets`` x ``speed_depths`` (default ``depths``),
     the models of :func:`speed_plan` interleaved; its eager timings also fill the timed columns of Tables 6 and 9.
-    ``speed_only``: no paper grids (e.g. a torch.compile run)."""
+    ``speed_only``: no paper grids (e.g. a torch.compile run). Variants a device cannot run (``cuda_graphs`` on
+    CPU) are a ValueError before anything is measured."""
     cfg = cfg or TimingConfig()
+    variants = {dev: check_variants(dev, cuda_variants if dev == "cuda" else cpu_variants) for dev in devices}
     speed_depths = tuple(depths if speed_depths is None else speed_depths)
     grid = {tid: t for tid, t in paper_grid().items() if t.dataset in datasets and not speed_only}
     specs: List[Spec] = [variant_spec(v, d, t.dataset) for t in grid.values() for v in t.variants for d in depths]
@@ -510,22 +605,26 @@ def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depth
         if dev == "cpu":
             from ..common import flush_denormals
             flush_denormals()
-        for var in (cuda_variants if dev == "cuda" else cpu_variants):
+        for var in variants[dev]:
             label = dev if var == "eager" else f"{dev} {var}"
             log(f"speed section: {label}")
             try:
                 speed[label] = run_speed(groups, dev, cfg, target1_depths=target1_depths, b1_depths=b1_depths,
                                          channels_last=(var == "channels_last"), compile=(var == "compile"),
-                                         log=log)
+                                         cuda_graphs=(var == "cuda_graphs"), log=log)
             except Exception as e:  # e.g. torch.compile unavailable
                 log(f"speed section {label} failed: {type(e).__name__}: {e}")
     speed_macs = {g: {label: results.get(k, {}).get("macs") for label, k in m.items()}
                   for g, m in speed_specs.items()}
+    t1 = [d for d in target1_depths if d in speed_depths]
+    config = dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch, rounds=cfg.rounds,
+                  b1_depths=list(speed_depths if b1_depths is None else b1_depths), target1_depths=t1)
+    if "cuda" in devices:  # cuDNN convolutions may run in TF32 by default: record what the fp32 timings used
+        config["cuda_tf32"] = dict(cudnn=bool(torch.backends.cudnn.allow_tf32),
+                                   matmul=bool(torch.backends.cuda.matmul.allow_tf32))
     return dict(grid_ids=list(grid), depths=list(depths), datasets=list(datasets), devices=list(devices),
                 results=results, speed=speed, speed_specs=speed_specs, speed_macs=speed_macs,
-                target1_depths=[d for d in target1_depths if d in speed_depths],
-                config=dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch, rounds=cfg.rounds,
-                            b1_depths=list(speed_depths if b1_depths is None else b1_depths)))
+                target1_depths=t1, config=config)
 
 
 def merge_reports(base: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Any]:

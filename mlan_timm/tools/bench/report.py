@@ -16,7 +16,8 @@ from .measure import PaperTable, Spec, paper_grid, variant_spec
 
 __all__ = ['NOT_TRAINED', 'NOT_MEASURED', 'CIFAR_TEST_IMAGES', 'TARGET1_INFER', 'TARGET1_TRAIN', 'TARGET2_RIVALS',
            'load_eval_results', 'render_results_table', 'render_paper_table', 'render_target1', 'render_fast_paths',
-           'render_target2', 'render_speed', 'render_profiles', 'conv_cost_findings', 'render_conv_costs',
+           'render_target2', 'TARGET3_LIMIT', 'TARGET3_VARIANTS', 'target3_rows', 'target3_verdict', 'render_target3',
+           'render_speed', 'render_profiles', 'conv_cost_findings', 'render_conv_costs',
            'render_report', 'target1_rows', 'target2_cases', 'fast_path_rows', 'conv_cost_ratios',
            'render_readme_summary', 'README_START', 'README_END', 'readme_summary_span', 'replace_readme_summary']
 
@@ -35,6 +36,17 @@ TIME_COLUMNS = (("b1", "latency_b1_ms", "batch 1"), ("b128", "infer_b128_ms", "b
                 ("train", "train_step_b128_ms", "train step b128"))
 #: Target 1's measures: (kind, timing column, limit factor).
 TARGET1_MEASURES = (("inference", "infer_b128_ms", TARGET1_INFER), ("train step", "train_step_b128_ms", TARGET1_TRAIN))
+#: Target 3: on the GPU, MLAN-20's inference within this factor of its backbone's time with CUDA graphs.
+TARGET3_LIMIT = 1.2
+TARGET3_DEPTH = 20
+#: Target 3's GPU variants: (speed-section label, name), in table order; the verdict reads TARGET3_GRAPHS.
+TARGET3_VARIANTS = (("cuda", "eager"), ("cuda channels_last", "channels_last"), ("cuda compile", "torch.compile"),
+                    ("cuda cuda_graphs", "CUDA graphs"))
+TARGET3_GRAPHS = "cuda cuda_graphs"
+#: How the cuda_graphs variant times (said in its speed section).
+GRAPHS_METHOD = ("Each timed call replays a CUDA graph of one eval forward captured at that batch "
+                 "(`torch.cuda.CUDAGraph` under `torch.no_grad`, static input, warm-up on a side stream); the "
+                 "train step is not captured, so its cells are '—'.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,14 +205,18 @@ def _speed_source(report: Dict[str, Any], label: str) -> Dict[str, Any]:
 
 
 def target1_rows(speed: Dict[str, Dict[str, Dict[str, float]]],
-                 macs: Dict[str, Dict[str, Optional[int]]]) -> List[Dict[str, Any]]:
-    """Target 1's rows (groups with a backbone and an MLAN train step), one per group and measure: ``group``,
-    ``kind`` ('inference' / 'train step'), ``factor`` (the limit's), ``backbone_ms``, ``mlan_ms``, ``time_ratio``,
-    ``macs_ratio``, ``over`` (time ratio / MACs ratio) and ``met`` (time ratio <= factor x MACs ratio)."""
+                 macs: Dict[str, Dict[str, Optional[int]]],
+                 depths: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
+    """Target 1's rows (groups at ``depths``, the run's target-1 depths, or with an MLAN train step: reports
+    before ``depths`` was recorded), one per group and measure timed: ``group``, ``kind`` ('inference' / 'train
+    step'), ``factor`` (the limit's), ``backbone_ms``, ``mlan_ms``, ``time_ratio``, ``macs_ratio``, ``over`` (time
+    ratio / MACs ratio) and ``met`` (time ratio <= factor x MACs ratio)."""
     rows = []
     for group, res in speed.items():
         m = macs.get(group, {})
-        if "train_step_b128_ms" not in res.get("mlan", {}) or not m.get("mlan") or not m.get("backbone"):
+        target1 = "train_step_b128_ms" in res.get("mlan", {}) or (depths is not None
+                                                                  and _split_group(group)[1] in depths)
+        if not target1 or not m.get("mlan") or not m.get("backbone"):
             continue
         mr = m["mlan"] / m["backbone"]
         for kind, col, factor in TARGET1_MEASURES:
@@ -214,9 +230,9 @@ def target1_rows(speed: Dict[str, Dict[str, Dict[str, float]]],
 
 
 def render_target1(speed: Dict[str, Dict[str, Dict[str, float]]], macs: Dict[str, Dict[str, Optional[int]]],
-                   label: str, batch: Any = 128) -> str:
-    """Target 1 rows (groups with a backbone and MLAN train step): time ratio beside MACs ratio and the limit."""
-    t1 = target1_rows(speed, macs)
+                   label: str, batch: Any = 128, depths: Optional[Sequence[int]] = None) -> str:
+    """Target 1 rows (:func:`target1_rows`): time ratio beside MACs ratio and the limit."""
+    t1 = target1_rows(speed, macs, depths)
     if not t1:
         return ""
     rows = [f"| {_group_name(r['group'])} | {r['kind']} | {_fmt_ms(r['backbone_ms'])} | {_fmt_ms(r['mlan_ms'])} | "
@@ -271,10 +287,11 @@ def render_fast_paths(speed: Dict[str, Dict[str, Dict[str, float]]], label: str)
 
 
 def target2_cases(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[str, Any]]:
-    """Target 2's (dataset, depth, batch) cases, batch 1 then batch 128, each group with an MLAN time: ``batch``
-    (TIME_COLUMNS key), ``what`` ('batch 1' / 'batch 128'), ``group``, ``mlan_ms``, ``rivals``: rival name ->
-    (its ms, MLAN / rival) or None where not measured, ``slower``: the rivals MLAN is not faster than, and ``met``
-    (MLAN faster than every rival, all measured)."""
+    """Target 2's (dataset, depth, batch) cases, batch 1 then batch 128, each group with an MLAN time and at least
+    one rival's (a run of backbone and MLAN only, e.g. torch.compile, has none): ``batch`` (TIME_COLUMNS key),
+    ``what`` ('batch 1' / 'batch 128'), ``group``, ``mlan_ms``, ``rivals``: rival name -> (its ms, MLAN / rival) or
+    None where not measured, ``slower``: the rivals MLAN is not faster than, and ``met`` (MLAN faster than every
+    rival, all measured)."""
     cases = []
     for key, col, what in TIME_COLUMNS[:2]:
         for group, res in speed.items():
@@ -285,6 +302,8 @@ def target2_cases(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[st
             for rkey, name in TARGET2_RIVALS:
                 o = res.get(rkey, {}).get(col)
                 rivals[name] = None if o is None else (o, t / o)
+            if all(v is None for v in rivals.values()):
+                continue
             slower = [name for name, v in rivals.items() if v is not None and t >= v[0]]
             cases.append(dict(batch=key, what=what, group=group, mlan_ms=t, rivals=rivals, slower=slower,
                               met=not slower and all(v is not None for v in rivals.values())))
@@ -318,17 +337,122 @@ def render_target2(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) ->
                               f"it is not faster than: {lose}.", ""])
 
 
+def _batches(report: Dict[str, Any]) -> Dict[str, Any]:
+    """Speed-section label -> the large batch of the run that measured it."""
+    return {label: _speed_source(report, label).get("config", {}).get("batch", 128)
+            for label in report.get("speed") or {}}
+
+
+def target3_rows(speed: Dict[str, Dict[str, Dict[str, Dict[str, float]]]],
+                 batches: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """Target 3's rows from the whole speed section (label -> groups): for every dataset with a ResNet-20 group in
+    a GPU label, every variant of :data:`TARGET3_VARIANTS` that was run and batch 1 / the large batch
+    (``batches``: label -> batch, default 128): ``dataset``, ``group``, ``label``, ``variant``, ``batch``,
+    ``backbone_ms``, ``mlan_ms`` and ``ratio`` (MLAN / backbone; None where either is not measured)."""
+    batches = batches or {}
+    order = list(zoo.DATASETS)
+    datasets = sorted({_split_group(g)[0] for lbl in _gpu_labels(speed) for g in speed[lbl]
+                       if _split_group(g)[1] == TARGET3_DEPTH},
+                      key=lambda d: (order.index(d) if d in order else len(order), d))
+    rows = []
+    for ds in datasets:
+        group = f"{ds}/{TARGET3_DEPTH}"
+        for label, name in TARGET3_VARIANTS:
+            if label not in speed:
+                continue
+            res = speed[label].get(group, {})
+            for key, col, _ in TIME_COLUMNS[:2]:
+                b, m = res.get("backbone", {}).get(col), res.get("mlan", {}).get(col)
+                rows.append(dict(dataset=ds, group=group, label=label, variant=name,
+                                 batch=1 if key == "b1" else batches.get(label, 128), backbone_ms=b, mlan_ms=m,
+                                 ratio=None if b is None or m is None else m / b))
+    return rows
+
+
+def target3_verdict(rows: Sequence[Dict[str, Any]]) -> Optional[bool]:
+    """Target 3 met: every measured CUDA-graph ratio of ``rows`` at most :data:`TARGET3_LIMIT`; None: none measured."""
+    ratios = [r["ratio"] for r in rows if r["label"] == TARGET3_GRAPHS and r["ratio"] is not None]
+    return None if not ratios else all(v <= TARGET3_LIMIT for v in ratios)
+
+
+def _cells(rows: Sequence[Dict[str, Any]], ratio: bool = False) -> str:
+    return _join([f"{_dataset_label(r['dataset'])} batch {r['batch']}" + (f" ({r['ratio']:.2f})" if ratio else "")
+                  for r in rows])
+
+
+def _target3_verdict_sentence(rows: Sequence[Dict[str, Any]]) -> str:
+    head = f"Within {TARGET3_LIMIT}x with CUDA graphs"
+    graphs = [r for r in rows if r["label"] == TARGET3_GRAPHS and r["ratio"] is not None]
+    verdict = target3_verdict(rows)
+    if verdict is None:
+        return f"**{head}: not measured** (no CUDA-graph timings of the ResNet-20 pair)."
+    ratios = _range([r["ratio"] for r in graphs])
+    if verdict:
+        return f"**{head}: yes.** MLAN / backbone {ratios} over the {len(graphs)} measured cells ({_cells(graphs)})."
+    over = [r for r in graphs if r["ratio"] > TARGET3_LIMIT]
+    return (f"**{head}: no.** MLAN / backbone {ratios}; above {TARGET3_LIMIT} in {len(over)} of the {len(graphs)} "
+            f"measured cells: {_cells(over, ratio=True)}.")
+
+
+def _tf32_phrase(report: Dict[str, Any]) -> str:
+    for label in _gpu_labels(report.get("speed") or {}):
+        tf32 = _speed_source(report, label).get("config", {}).get("cuda_tf32")
+        if tf32:
+            allowed = [name for k, name in (("cudnn", "cuDNN convolutions"), ("matmul", "matmuls")) if tf32.get(k)]
+            return ("TF32 allowed for " + _join(allowed) if allowed else "TF32 off") + " (the run's PyTorch settings)"
+    return ""
+
+
+def render_target3(report: Dict[str, Any]) -> str:
+    """Target 3: MLAN-20 / ResNet-20 inference time on the GPU at batch 1 and the large batch, per variant (eager,
+    channels_last, torch.compile, CUDA graphs), with the verdict computed from the CUDA-graph cells."""
+    speed = report.get("speed") or {}
+    rows = target3_rows(speed, _batches(report))
+    if not rows:
+        return ""
+    table = [f"| {_dataset_label(r['dataset'])} | {r['variant']} | {r['batch']} | {_fmt_ms(r['backbone_ms'])} | "
+             f"{_fmt_ms(r['mlan_ms'])} | " + ("— | — |" if r["ratio"] is None else
+                                              f"{r['ratio']:.2f} | {'yes' if r['ratio'] <= TARGET3_LIMIT else 'no'} |")
+             for r in rows]
+    labels = [label for label, _ in TARGET3_VARIANTS if label in speed]
+    big = sorted({r["batch"] for r in rows if r["batch"] != 1})
+    tf32 = _tf32_phrase(report)
+    out = ["### Target 3 (cuda): MLAN-20 inference vs its backbone on the GPU", "",
+           f"ResNet-20 and MLAN-20 from the GPU speed sections ({', '.join(repr(lbl) for lbl in labels)}; each "
+           "variant's command, machine and settings are in its section), each pair timed interleaved in its run. "
+           f"Batch sizes: 1 and {_join([str(b) for b in big]) if big else '—'} (the paper's Tables 6/9 GPU times do "
+           f"not state theirs); fp32 tensors{', ' + tf32 if tf32 else ''}; random weights; eval mode (CUDA graphs "
+           f"as described in their section). The target: MLAN-20's inference within {TARGET3_LIMIT}x of its "
+           "backbone's time with CUDA graphs.", "",
+           f"| dataset | variant | batch | backbone ms | MLAN ms | MLAN / backbone | within {TARGET3_LIMIT}x |",
+           "|---|---|---|---|---|---|---|"] + table + ["", _target3_verdict_sentence(rows), ""]
+    for label, name in TARGET3_VARIANTS:
+        v = [r for r in rows if r["label"] == label and r["ratio"] is not None]
+        if v:
+            per_batch = [f"batch {b}: {_range([r['ratio'] for r in v if r['batch'] == b])}"
+                         for b in sorted({r["batch"] for r in v})]
+            out.append(f"- {name}: MLAN / backbone {'; '.join(per_batch)}.")
+    return "\n".join(out + [""])
+
+
 def render_speed(report: Dict[str, Any]) -> str:
-    """Issue 10's targets 1 and 2 (and the fast-path A/B) for every device/variant of the report's speed section."""
+    """Issue 10's targets 1 and 2 (and the fast-path A/B) for every device/variant of the report's speed section,
+    and target 3 (:func:`render_target3`) before the first GPU variant's section."""
     speed = report.get("speed") or {}
     if not speed:
         return ""
     macs = report.get("speed_macs", {})
     out = []
+    target3 = render_target3(report)
     for label, groups in speed.items():
+        if label.startswith("cuda") and target3:  # before the first GPU section
+            out += [target3]
+            target3 = ""
         src = _speed_source(report, label)
         cfg = src.get("config", {})
         b1 = cfg.get("b1_depths")
+        t1_depths = cfg.get("target1_depths", None if label in report.get("speed_sources", {})
+                            else report.get("target1_depths"))
         out += [f"## Speed targets (issue 10): {label}", "", f"Command: `{src.get('command')}`", "",
                 f"Machine: {src.get('machine')}", "",
                 f"Each (dataset, depth) group's models are timed interleaved: {cfg.get('rounds')} rounds, each "
@@ -336,8 +460,9 @@ def render_speed(report: Dict[str, Any]) -> str:
                 f"after {cfg.get('warmup')} warm-up call(s)); tables show the median over rounds. Batch "
                 f"{cfg.get('batch')} for 'batch 128' / 'b128' and the train step; fp32; random weights."
                 + (f" Batch-1 timings at depths {', '.join(map(str, b1))} only." if b1 is not None
-                   and sorted(b1) != sorted({_split_group(g)[1] for g in groups}) else ""), ""]
-        out += [x for x in (render_target1(groups, macs, label, cfg.get("batch", 128)),
+                   and sorted(b1) != sorted({_split_group(g)[1] for g in groups}) else "")
+                + (f" {GRAPHS_METHOD}" if label == TARGET3_GRAPHS else ""), ""]
+        out += [x for x in (render_target1(groups, macs, label, cfg.get("batch", 128), t1_depths),
                             render_fast_paths(groups, label),
                             render_target2(groups, label)) if x]
     if not _gpu_labels(speed):
@@ -458,11 +583,12 @@ def _grid_ids(report: Dict[str, Any]):
 
 
 def _speed_timings(report: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """Device label (eager only) -> spec key -> timings, from the speed section (fills Tables 6/9's time columns)."""
+    """Device label (eager, and CUDA graphs) -> spec key -> timings, from the speed section (fills Tables 6/9's
+    time columns: the paper's GPU times beside ours eager and with CUDA graphs)."""
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
     specs = report.get("speed_specs", {})
     for label, groups in (report.get("speed") or {}).items():
-        if " " in label:  # channels_last / compile variants stay in their own sections
+        if " " in label and label != TARGET3_GRAPHS:  # channels_last / compile variants stay in their sections
             continue
         for group, res in groups.items():
             for name, t in res.items():
@@ -823,7 +949,19 @@ def _gpu_sentence(report: Dict[str, Any]) -> str:
     label = "cuda" if "cuda" in labels else labels[0]
     src = _speed_source(report, label)
     parts = []
-    t1 = target1_rows(speed[label], report.get("speed_macs", {}))
+    rows3 = target3_rows(speed, _batches(report))
+    verdict = target3_verdict(rows3)
+    if rows3 and verdict is None:
+        parts.append("target 3's CUDA-graph timings are missing")
+    elif rows3:
+        graphs = [r for r in rows3 if r["label"] == TARGET3_GRAPHS and r["ratio"] is not None]
+        eager = [r["ratio"] for r in rows3 if r["label"] == "cuda" and r["ratio"] is not None]
+        batches = _join([str(b) for b in sorted({r["batch"] for r in graphs})])
+        parts.append(f"target 3 {'is met' if verdict else 'is not met'}: with CUDA graphs MLAN-20 takes "
+                     f"{_range([r['ratio'] for r in graphs], unit='x')} its backbone's time at batch {batches} "
+                     f"(limit {TARGET3_LIMIT}x" + (f"; eager {_range(eager, unit='x')})" if eager else ")"))
+    t1_depths = _speed_source(report, label).get("config", {}).get("target1_depths")
+    t1 = target1_rows(speed[label], report.get("speed_macs", {}), t1_depths)
     if t1:
         overs = "; ".join(f"{_range([r['over'] for r in t1 if r['kind'] == kind])} for "
                           f"{'inference' if kind == 'inference' else 'the ' + kind} (limit {factor})"
