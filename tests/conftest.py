@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic CIFAR-like data, the small model the tool tests use, subprocess helpers."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -53,6 +54,17 @@ def _subprocess_env(**extra):
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope='session')
+def load_script():
+    """``load_script("scripts/gpu_runbook.py")``: a script of the repository (not a package module) as a module."""
+    def load(relpath: str):
+        spec = importlib.util.spec_from_file_location(Path(relpath).stem, REPO / relpath)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load
 
 
 @pytest.fixture(scope='session')

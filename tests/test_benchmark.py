@@ -1,6 +1,5 @@
 """mlan-bench (mlan_timm.tools.bench: measure, report, cli) in quick mode (tiny models, tiny repeat counts; no
 timing asserts), and benchmarks/run_benchmarks.py --quick end to end."""
-import importlib.util
 import json
 import math
 import os
@@ -559,22 +558,15 @@ def test_run_benchmarks_quick_regenerates_markdown(tmp_path, repo_root, subproce
 # ----------------------------------------------------------------------------------------------------------------
 # README.md's speed summary: generated from the same results (and helpers) as docs/benchmarks.md
 # ----------------------------------------------------------------------------------------------------------------
-def _run_benchmarks(repo_root):
-    spec = importlib.util.spec_from_file_location("run_benchmarks", repo_root / "benchmarks" / "run_benchmarks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _flat(text):
     """The summary without its line wrapping."""
     return " ".join(text.split())
 
 
-def test_readme_speed_summary_is_rendered_from_the_committed_results(repo_root, tmp_path, monkeypatch):
+def test_readme_speed_summary_is_rendered_from_the_committed_results(repo_root, load_script, tmp_path, monkeypatch):
     """README.md's speed summary is what `python benchmarks/run_benchmarks.py --render-only` renders from
     benchmarks/results/*.json: same arguments (run_benchmarks.render_args), same merged report (cli.add_results)."""
-    rb = _run_benchmarks(repo_root)
+    rb = load_script("benchmarks/run_benchmarks.py")
     monkeypatch.chdir(repo_root)  # run_benchmarks runs mlan-bench in the repo root, with paths relative to it
     original = (repo_root / "README.md").read_bytes()
     readme = tmp_path / "README.md"
@@ -741,8 +733,8 @@ def test_readme_summary_markers(tmp_path, capsys):
     assert "--readme-out needs --paper-tables or --render-only" in capsys.readouterr().err
 
 
-def test_run_benchmarks_passes_readme_out_only_for_the_docs_render(repo_root, tmp_path, monkeypatch):
-    rb = _run_benchmarks(repo_root)
+def test_run_benchmarks_passes_readme_out_only_for_the_docs_render(repo_root, load_script, tmp_path, monkeypatch):
+    rb = load_script("benchmarks/run_benchmarks.py")
     calls = []
     monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
 
@@ -760,8 +752,8 @@ def test_run_benchmarks_passes_readme_out_only_for_the_docs_render(repo_root, tm
     assert set(readme_outs("--render-only", "--md-out", str(tmp_path / "x.md"))) == {None}
 
 
-def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(repo_root, tmp_path, monkeypatch, capsys):
-    rb = _run_benchmarks(repo_root)
+def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_script, tmp_path, monkeypatch, capsys):
+    rb = load_script("benchmarks/run_benchmarks.py")
     calls = []
     monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
 

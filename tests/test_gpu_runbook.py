@@ -1,6 +1,5 @@
 """scripts/gpu_runbook.py: the core models' order and waves, the data cut into per-call pieces and joined back,
 and the whole runbook dry-run on CPU (two sessions, state packed, unpacked and resumed)."""
-import importlib.util
 import subprocess
 import sys
 
@@ -10,11 +9,8 @@ from mlan_timm import zoo
 
 
 @pytest.fixture(scope='module')
-def runbook(repo_root):
-    spec = importlib.util.spec_from_file_location('gpu_runbook', repo_root / 'scripts' / 'gpu_runbook.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def runbook(load_script):
+    return load_script('scripts/gpu_runbook.py')
 
 
 def test_core_models_in_the_issues_order(runbook):
