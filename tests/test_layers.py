@@ -293,3 +293,17 @@ def test_pointwise_conv_is_a_1x1_conv_over_the_concatenation(channels_last):
 def test_pointwise_conv_needs_one_weight_per_input():
     with pytest.raises(ValueError, match="one weight per input, got 2 inputs, 1 weights"):
         pointwise_conv([torch.randn(1, 2, 3, 3)] * 2, [torch.randn(4, 2)])
+
+
+def test_fast_ops_under_bf16_autocast_return_each_input_its_dtype():
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    w = torch.randn(3, 4, 3, 3, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = same_conv(x, w, b)
+        ref = F.conv2d(x, w, b, padding=1)
+        proj = pointwise_conv([x, x], [w[:, :, 1, 1], w[:, :, 0, 0]])
+    assert out.dtype == ref.dtype == proj.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref)
+    (out.float().sum() + proj.float().sum()).backward()
+    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32

@@ -274,3 +274,25 @@ def test_fast_path_applies_only_to_shared_mask_aggregation():
     for attn in ("fma", "se", "cbam", "gc", "ta"):
         model = timm.create_model("mlan_resnet14_cifar10", attn=attn)
         assert not any(g.has_fast_path() for g in model.groups), attn
+
+
+@pytest.mark.parametrize("batch", [2, STREAMING_MIN_BATCH + 4])
+def test_fast_path_trains_under_bf16_autocast(batch):
+    """Both fast-path regimes run under autocast (in-place and custom-backward ops cast explicitly); logits match the
+    reference under the same autocast within bf16 rounding, every gradient is finite and in its parameter's dtype."""
+    torch.manual_seed(0)
+    fast = timm.create_model("mlan_resnet14_cifar10").train()
+    ref = timm.create_model("mlan_resnet14_cifar10").train()
+    ref.load_state_dict(fast.state_dict())
+    ref.set_fast_paths(False)
+    x = torch.randn(batch, 3, 32, 32)
+    logits = []
+    for model in (fast, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        assert out.dtype == torch.bfloat16
+        out.float().square().mean().backward()
+        logits.append(out.float())
+    torch.testing.assert_close(logits[0], logits[1], rtol=0.05, atol=0.05 * logits[1].abs().max().item())
+    for n, p in fast.named_parameters():
+        assert p.grad.dtype == p.dtype and torch.isfinite(p.grad).all(), n

@@ -29,6 +29,7 @@ class _SameConv(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int):
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         return F.conv2d(x, weight, bias, padding=padding)
 
     @staticmethod
@@ -37,13 +38,15 @@ class _SameConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         p = ctx.padding
         grad_x = grad_w = grad_b = None
+        # under autocast the forward ran in grad's (lower) precision: compute in it, return each input's dtype
         if ctx.needs_input_grad[0]:
             # d/dx conv(x, w) = conv(grad, w flipped in space, in/out swapped): the transposed conv at stride 1
-            grad_x = F.conv2d(grad, weight.flip(2, 3).transpose(0, 1), padding=p)
+            w_t = weight.to(grad.dtype).flip(2, 3).transpose(0, 1)
+            grad_x = F.conv2d(grad, w_t, padding=p).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad, padding=p)
+            grad_w = torch.nn.grad.conv2d_weight(x.to(grad.dtype), weight.shape, grad, padding=p).to(weight.dtype)
         if ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
+            grad_b = grad.sum((0, 2, 3)).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b, None
 
 
@@ -75,5 +78,6 @@ def pointwise_conv(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
     b, size = xs[0].shape[0], xs[0].shape[2:]
     out = torch.bmm(weights[0].expand(b, -1, -1), xs[0].flatten(2))
     for x, w in zip(xs[1:], weights[1:]):
-        out.baddbmm_(w.expand(b, -1, -1), x.flatten(2))  # in place: no copy of the running sum
+        # in place: no copy of the running sum; in-place ops skip autocast, so match the sum's dtype explicitly
+        out.baddbmm_(w.to(out.dtype).expand(b, -1, -1), x.flatten(2).to(out.dtype))
     return out.unflatten(2, size)
