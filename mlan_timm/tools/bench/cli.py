@@ -25,7 +25,7 @@ import torch
 
 from ... import zoo
 from ...atomic import atomic_write_text
-from ..common import UsageError, flush_denormals, run_cli, set_threads
+from ..common import UsageError, run_cli, set_threads, tune_cpu
 from .measure import (
     TimingConfig,
     check_variants,
@@ -158,7 +158,7 @@ def run(args, argv_list) -> int:
     set_threads(args.threads)
     devices = args.device.split(",") if args.device else (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     if "cpu" in devices:
-        flush_denormals()  # subnormal floats slow CPU kernels several-fold (mlan_timm.tools.common)
+        tune_cpu()  # subnormal floats and mmap'ed activations slow CPU kernels (mlan_timm.tools.common)
     cfg = TimingConfig.quick() if args.quick else TimingConfig()
     if args.min_run_time is not None:
         cfg.min_run_time = args.min_run_time

@@ -532,6 +532,9 @@ def machine_line(devices: Sequence[str] = ("cpu",)) -> str:
     except OSError:
         pass
     parts = [f"CPU: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"]
+    from ..common import cpu_heap_tuned
+    if "cpu" in devices and cpu_heap_tuned():
+        parts[0] += ", glibc mmap/trim thresholds 1 GiB (tools.common.keep_cpu_memory_in_heap)"
     if "cuda" in devices and torch.cuda.is_available():
         parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
     parts.append(f"python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}")
@@ -603,8 +606,8 @@ def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depth
     speed: Dict[str, Dict[str, Dict[str, Dict[str, float]]]] = {}
     for dev in devices:
         if dev == "cpu":
-            from ..common import flush_denormals
-            flush_denormals()
+            from ..common import tune_cpu
+            tune_cpu()
         for var in variants[dev]:
             label = dev if var == "eager" else f"{dev} {var}"
             log(f"speed section: {label}")
