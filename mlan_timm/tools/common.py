@@ -205,10 +205,11 @@ def keep_cpu_memory_in_heap() -> bool:
 
     PyTorch's CPU allocator does not cache: every activation above glibc's mmap threshold is a fresh ``mmap`` of
     zeroed pages, page-faulted in and unmapped on free. Raising the mmap and trim thresholds to 1 GiB (top pad 64 MiB)
-    lets them reuse heap memory: batch-128 CPU inference 3-11% faster for the backbones and MLAN's fast path, up to
+    lets them reuse heap memory: batch-128 CPU inference 0-11% faster for the backbones and MLAN's fast path, up to
     44% for models that build large concatenations (multi-level SE; README, same benchmark command before and
-    after). The process keeps its peak heap instead of returning it to the OS. Outside the tools: ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824
-    MALLOC_TOP_PAD_=67108864``, or a caching allocator (jemalloc, tcmalloc) via ``LD_PRELOAD``.
+    after). The process keeps its peak heap instead of returning it to the OS. Outside the tools:
+    ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=67108864``, or a caching
+    allocator (jemalloc, tcmalloc) via ``LD_PRELOAD``.
     """
     global _cpu_heap_tuned
     try:
