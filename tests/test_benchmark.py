@@ -3,6 +3,7 @@ timing asserts), and benchmarks/run_benchmarks.py --quick end to end."""
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -226,6 +227,84 @@ def test_target2_needs_mlan_faster_than_every_rival():
     assert "it is not faster than: none." in R.render_target2(_speed(), "cpu")
 
 
+def _paired(a_rounds, b_rounds, key="infer_b128_ms"):
+    """Two synthetic timings of ``key`` with per-round samples and their medians."""
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731  (odd lengths here)
+    return ({key: med(a_rounds), key + "_rounds": list(a_rounds)},
+            {key: med(b_rounds), key + "_rounds": list(b_rounds)})
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # round 2 is disturbed for a (a slow period of the machine): the ratio of medians 11 / 10 = 1.1 is inflated
+    a, b = _paired([10.0, 10.5, 30.0, 11.0, 11.0], [10.0, 10.0, 10.0, 12.0, 12.0])
+    ratios = sorted([10.0 / 10.0, 10.5 / 10.0, 30.0 / 10.0, 11.0 / 12.0, 11.0 / 12.0])
+    assert a["infer_b128_ms"] / b["infer_b128_ms"] == pytest.approx(1.1)
+    assert R.paired_ratio(a, b, "infer_b128_ms") == pytest.approx(ratios[2]) == pytest.approx(1.0)
+    # without (or with mismatched) per-round samples: the ratio of medians, as before
+    old_a, old_b = {"infer_b128_ms": 11.0}, {"infer_b128_ms": 10.0}
+    assert R.paired_ratio(old_a, old_b, "infer_b128_ms") == 11.0 / 10.0
+    assert R.paired_ratio(a, old_b, "infer_b128_ms") == 11.0 / 10.0
+    assert R.paired_ratio(a, dict(b, infer_b128_ms_rounds=[10.0] * 3), "infer_b128_ms") == 11.0 / 10.0
+    assert R.paired_ratio(a, {}, "infer_b128_ms") is None
+
+
+def _paired_speed(mlan_rounds, se_rounds, bb_rounds=(10.0, 10.0, 10.0), ref_rounds=None):
+    """cifar10/20 with per-round b128 samples for backbone, MLAN, its reference (default 2 x MLAN) and the
+    rivals (CBAM, TA, GC at 100 ms)."""
+    key = "infer_b128_ms"
+    mlan, se = _paired(mlan_rounds, se_rounds)
+    bb, ref = _paired(bb_rounds, ref_rounds or [2 * t for t in mlan_rounds])
+    res = {"backbone": bb, "mlan": mlan, "mlan (reference)": ref, "se": se}
+    for k in ("cbam", "ta", "gc"):
+        res[k] = {key: 100.0, key + "_rounds": [100.0] * len(mlan_rounds)}
+    return {"cifar10/20": res}
+
+
+def test_target2_verdict_uses_the_paired_ratio():
+    # medians: MLAN 11 vs SE 10, "slower" by the ratio of medians (1.1); per round MLAN / SE = 5/6, 12/13, 11/10:
+    # median 12/13 < 1, MLAN faster
+    speed = _paired_speed([5.0, 12.0, 11.0], [6.0, 13.0, 10.0])
+    res = speed["cifar10/20"]
+    assert res["mlan"]["infer_b128_ms"] / res["se"]["infer_b128_ms"] == pytest.approx(1.1)
+    (case,) = R.target2_cases(speed)
+    assert case["rivals"]["SE"][1] == pytest.approx(12.0 / 13.0)
+    assert case["met"] and not case["slower"]
+    # the other way round: medians say MLAN faster (11.5 < 12), per-round ratios 1.045, 1.042, 0.43 say not
+    speed = _paired_speed([11.5, 12.5, 6.0], [11.0, 12.0, 14.0])
+    res = speed["cifar10/20"]
+    assert res["mlan"]["infer_b128_ms"] < res["se"]["infer_b128_ms"]
+    (case,) = R.target2_cases(speed)
+    assert case["rivals"]["SE"][1] == pytest.approx(12.5 / 12.0) and case["slower"] == ["SE"] and not case["met"]
+    text = R.render_target2(speed, "cpu")
+    assert f"| 12.00 | {12.5 / 12.0:.2f} |" in text and "it is not faster than: SE in 1." in text
+
+
+def test_every_speed_ratio_is_paired():
+    # MLAN / backbone per round 1, 3, 2 (median 2) against 10 / 10 = 1 for the medians; reference / fast per round
+    # 2.5, 0.67, 2.5 (median 2.5) against 20 / 10 = 2
+    speed = _paired_speed([10.0, 30.0, 8.0], [11.0, 9.0, 7.0], bb_rounds=(10.0, 10.0, 4.0),
+                          ref_rounds=[25.0, 20.0, 20.0])
+    res = speed["cifar10/20"]
+    assert res["mlan"]["infer_b128_ms"] / res["backbone"]["infer_b128_ms"] == 1.0
+    assert R.paired_ratio(res["mlan"], res["backbone"], "infer_b128_ms") == pytest.approx(2.0)
+    (row,) = R.target1_rows(speed, {"cifar10/20": {"backbone": 100, "mlan": 110}}, depths=(20,))
+    assert row["time_ratio"] == pytest.approx(2.0)
+    (fast,) = R.fast_path_rows(speed)
+    assert fast["cells"]["b128"][2] == pytest.approx(2.5)
+    report = dict(command="c", machine="m", config=dict(rounds=3, batch=128),
+                  speed={"cpu": speed, "cuda cuda_graphs": speed})
+    rows3 = [r for r in R.target3_rows(report["speed"]) if r["ratio"] is not None]
+    assert rows3 and all(r["ratio"] == pytest.approx(2.0) for r in rows3)
+    summary = R.render_readme_summary(report)
+    assert "2.00x" in summary  # target 3 (CUDA graphs) in the GPU line: the paired ratio, not 1.00x
+    # the method is stated where the conventions are, and only when per-round samples are present
+    text = R.render_speed(report)
+    assert R.PAIRED_METHOD in text and "median of per-round ratios" in text
+    assert "ratios medians of per-round ratios" in summary
+    old = dict(report, speed={"cpu": _speed()})
+    assert R.PAIRED_METHOD not in R.render_speed(old) and "per-round" not in R.render_readme_summary(old)
+
+
 def test_speed_section_says_gpu_numbers_are_missing_until_merged():
     report = dict(command="c", machine="m", config=dict(rounds=5, batch=128), speed={"cpu": _speed()},
                   speed_macs={"cifar10/20": {"backbone": 100, "mlan": 110}})
@@ -356,11 +435,18 @@ def test_readme_summary_gpu_line_reads_target3():
 
 def test_time_interleaved_quick():
     specs = {"backbone": B.Spec("a", factory=_tiny_conv_model), "other": B.Spec("b", factory=_tiny_conv_model)}
-    res = B.time_interleaved(specs, "cpu", B.TimingConfig.quick())
+    cfg = B.TimingConfig.quick()
+    res = B.time_interleaved(specs, "cpu", cfg)
     for name in specs:
         assert res[name]["infer_b128_ms"] > 0 and res[name]["train_step_b128_ms"] > 0
-    res = B.time_interleaved(specs, "cpu", B.TimingConfig.quick(), kinds={"backbone": ("b1",), "other": ("train",)})
-    assert set(res["backbone"]) == {"latency_b1_ms"} and set(res["other"]) == {"train_step_b128_ms"}
+        for col in ("infer_b128_ms", "train_step_b128_ms"):  # per-round samples (ms) beside the median
+            rounds = res[name][col + "_rounds"]
+            assert len(rounds) == cfg.rounds and all(t > 0 for t in rounds)
+            assert res[name][col] == pytest.approx(statistics.median(rounds))
+    res = B.time_interleaved(specs, "cpu", cfg, kinds={"backbone": ("b1",), "other": ("train",)})
+    assert set(res["backbone"]) == {"latency_b1_ms", "latency_b1_ms_rounds"}
+    assert set(res["other"]) == {"train_step_b128_ms", "train_step_b128_ms_rounds"}
+    assert len(res["backbone"]["latency_b1_ms_rounds"]) == cfg.rounds
 
 
 def test_cuda_graphs_variant_times_graph_replays_and_no_train_step(monkeypatch):
@@ -377,7 +463,8 @@ def test_cuda_graphs_variant_times_graph_replays_and_no_train_step(monkeypatch):
     specs = {"backbone": B.Spec("a", factory=_tiny_conv_model), "mlan": B.Spec("b", factory=_tiny_conv_model)}
     res = B.time_interleaved(specs, "cpu", cfg, kinds=("b1", "b128", "train"), cuda_graphs=True)
     assert built == [1, 4, 1, 4]
-    assert all(set(t) == {"latency_b1_ms", "infer_b128_ms"} for t in res.values())
+    assert all(set(t) == {"latency_b1_ms", "infer_b128_ms", "latency_b1_ms_rounds", "infer_b128_ms_rounds"}
+               for t in res.values())
     assert set(B.time_model(specs["mlan"], "cpu", cfg, cuda_graphs=True)) == {"latency_b1_ms", "infer_b128_ms",
                                                                               "throughput_b128"}
     with pytest.raises(ValueError, match="separate speed variants"):

@@ -11,7 +11,9 @@ What is measured
 
 Times come from ``torch.utils.benchmark.Timer.blocked_autorange`` (which synchronises accelerators) after warm-up
 calls; the value is the median over blocks. Speed ratios interleave the compared models over several rounds and
-take the median per model, so slow drifts of a shared machine favour no model.
+take the median per model, so slow drifts of a shared machine favour no model; the per-round samples are kept
+(``<column>_rounds``) so that the report's ratios are medians of per-round ratios (each round times the compared
+models back to back), which a slow period inside one round disturbs less.
 
 A model spec is ``name`` or ``name?key=value&key=value``: the ``key=value`` items use the one kwargs syntax of all
 tools (:func:`mlan_timm.tools.common.parse_model_kwargs`). One key is not a ``create_model`` kwarg:
@@ -55,10 +57,12 @@ __all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SP
            'speed_plan', 'default_target1_depths', 'count_speed_cells', 'TimingConfig', 'make_infer_fn',
            'make_graph_infer_fn', 'make_train_fn', 'time_fn', 'time_model', 'time_interleaved', 'run_speed',
            'profile_ops', 'CONV_COST_SHAPES', 'CONV_COST_COLUMNS', 'measure_conv_costs', 'code_version',
-           'machine_line', 'measure', 'run_paper_tables', 'merge_reports', 'NOT_REGISTERED', 'count_macs',
-           'count_params']
+           'machine_line', 'measure', 'run_paper_tables', 'merge_reports', 'NOT_REGISTERED', 'ROUNDS_SUFFIX',
+           'count_macs', 'count_params']
 
 NOT_REGISTERED = "model not registered"
+#: Suffix of the per-round samples :func:`time_interleaved` stores beside each median (``latency_b1_ms_rounds``).
+ROUNDS_SUFFIX = "_rounds"
 #: Spec keys that are not ``create_model`` kwargs: ``fast_paths`` -> ``model.set_fast_paths(value)``.
 SPEC_OPTIONS = ("fast_paths",)
 
@@ -357,8 +361,9 @@ def time_model(spec: Spec, device: str, cfg: TimingConfig, what: Iterable[str] =
 
 def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig,
                      kinds: Union[Sequence[str], Dict[str, Sequence[str]]] = ("b128", "train"),
-                     channels_last=False, compile=False, cuda_graphs=False) -> Dict[str, Dict[str, float]]:
-    """Median over ``cfg.rounds`` interleaved rounds (each round times every model once per kind).
+                     channels_last=False, compile=False, cuda_graphs=False) -> Dict[str, Dict[str, Any]]:
+    """Median over ``cfg.rounds`` interleaved rounds (each round times every model once per kind), and the
+    per-round samples under ``<column>_rounds`` (ms, in round order: the report's paired ratios read them).
 
     ``kinds``: one tuple for every model, or label -> tuple of ``b1`` / ``b128`` / ``train``. With ``cuda_graphs``
     the inference kinds are graph replays (:func:`make_graph_infer_fn`) and ``train`` is skipped (no entry)."""
@@ -380,10 +385,11 @@ def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig,
     for _ in range(cfg.rounds):
         for k, fn in fns.items():
             samples[k].append(time_fn(fn, TimingConfig(cfg.min_run_time, 0, cfg.batch, cfg.rounds)))
-    res: Dict[str, Dict[str, float]] = {name: {} for name in specs}
+    res: Dict[str, Dict[str, Any]] = {name: {} for name in specs}
     col = {"b1": "latency_b1_ms", "b128": "infer_b128_ms", "train": "train_step_b128_ms"}
     for (name, kind), ts in samples.items():
         res[name][col[kind]] = 1e3 * statistics.median(ts)
+        res[name][col[kind] + ROUNDS_SUFFIX] = [1e3 * t for t in ts]  # per-round samples, for paired ratios
     return res
 
 

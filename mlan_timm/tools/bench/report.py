@@ -8,18 +8,20 @@ import glob
 import json
 import os
 import re
+import statistics
 import textwrap
 from typing import Any, Dict, List, Optional, Sequence
 
 from ... import paper_tables, zoo
-from .measure import PaperTable, Spec, paper_grid, variant_spec
+from .measure import ROUNDS_SUFFIX, PaperTable, Spec, paper_grid, variant_spec
 
 __all__ = ['NOT_TRAINED', 'NOT_MEASURED', 'CIFAR_TEST_IMAGES', 'TARGET1_INFER', 'TARGET1_TRAIN', 'TARGET2_RIVALS',
            'load_eval_results', 'render_results_table', 'render_paper_table', 'render_target1', 'render_fast_paths',
            'render_target2', 'TARGET3_LIMIT', 'TARGET3_VARIANTS', 'target3_rows', 'target3_verdict', 'render_target3',
            'render_speed', 'render_profiles', 'conv_cost_findings', 'render_conv_costs',
            'render_report', 'target1_rows', 'target2_cases', 'fast_path_rows', 'conv_cost_ratios',
-           'render_readme_summary', 'README_START', 'README_END', 'readme_summary_span', 'replace_readme_summary']
+           'render_readme_summary', 'paired_ratio', 'PAIRED_METHOD', 'README_START', 'README_END',
+           'readme_summary_span', 'replace_readme_summary']
 
 NOT_TRAINED = "not trained yet"
 NOT_MEASURED = "not measured"
@@ -43,6 +45,10 @@ TARGET3_DEPTH = 20
 TARGET3_VARIANTS = (("cuda", "eager"), ("cuda channels_last", "channels_last"), ("cuda compile", "torch.compile"),
                     ("cuda cuda_graphs", "CUDA graphs"))
 TARGET3_GRAPHS = "cuda cuda_graphs"
+#: How speed ratios are computed when the timings carry per-round samples (said where the speed section states its
+#: conventions; reports without per-round samples use the ratio of medians and do not say this).
+PAIRED_METHOD = ("Ratios (time ratios, MLAN / rival, speed-ups) are medians of per-round ratios (each round times "
+                 "the compared models back to back).")
 #: How the cuda_graphs variant times (said in its speed section).
 GRAPHS_METHOD = ("Each timed call replays a CUDA graph of one eval forward captured at that batch "
                  "(`torch.cuda.CUDAGraph` under `torch.no_grad`, static input, warm-up on a side stream); the "
@@ -192,6 +198,22 @@ def _range(values, digits: int = 2, unit: str = "") -> str:
     return lo if lo == hi else f"{lo} to {hi}"
 
 
+def paired_ratio(a: Dict[str, Any], b: Dict[str, Any], key: str) -> Optional[float]:
+    """``a``'s time over ``b``'s for timing column ``key``: the median over rounds of ``a[key + '_rounds'][i] /
+    b[key + '_rounds'][i]`` (both timed in round ``i``) when both have per-round samples of the same length, else
+    the ratio of medians ``a[key] / b[key]`` (reports before per-round samples); None where either is missing."""
+    ra, rb = a.get(key + ROUNDS_SUFFIX), b.get(key + ROUNDS_SUFFIX)
+    if ra and rb and len(ra) == len(rb):
+        return statistics.median(x / y for x, y in zip(ra, rb))
+    x, y = a.get(key), b.get(key)
+    return None if x is None or y is None else x / y
+
+
+def _has_rounds(groups: Dict[str, Dict[str, Dict[str, Any]]]) -> bool:
+    """Whether any model of ``groups`` (group -> label -> timings) carries per-round samples."""
+    return any(k.endswith(ROUNDS_SUFFIX) for res in groups.values() for t in res.values() for k in t)
+
+
 def _gpu_labels(speed: Dict[str, Any]) -> List[str]:
     """The speed section's GPU labels (``cuda``, ``cuda channels_last``, ...)."""
     return [lbl for lbl in speed if lbl.startswith("cuda")]
@@ -209,8 +231,8 @@ def target1_rows(speed: Dict[str, Dict[str, Dict[str, float]]],
                  depths: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
     """Target 1's rows (groups at ``depths``, the run's target-1 depths, or with an MLAN train step: reports
     before ``depths`` was recorded), one per group and measure timed: ``group``, ``kind`` ('inference' / 'train
-    step'), ``factor`` (the limit's), ``backbone_ms``, ``mlan_ms``, ``time_ratio``, ``macs_ratio``, ``over`` (time
-    ratio / MACs ratio) and ``met`` (time ratio <= factor x MACs ratio)."""
+    step'), ``factor`` (the limit's), ``backbone_ms``, ``mlan_ms``, ``time_ratio`` (:func:`paired_ratio`),
+    ``macs_ratio``, ``over`` (time ratio / MACs ratio) and ``met`` (time ratio <= factor x MACs ratio)."""
     rows = []
     for group, res in speed.items():
         m = macs.get(group, {})
@@ -223,7 +245,7 @@ def target1_rows(speed: Dict[str, Dict[str, Dict[str, float]]],
             b, t = res.get("backbone", {}).get(col), res["mlan"].get(col)
             if b is None or t is None:
                 continue
-            tr = t / b
+            tr = paired_ratio(res["mlan"], res["backbone"], col)
             rows.append(dict(group=group, kind=kind, factor=factor, backbone_ms=b, mlan_ms=t, time_ratio=tr,
                              macs_ratio=mr, over=tr / mr, met=tr <= factor * mr))
     return rows
@@ -251,7 +273,8 @@ def render_target1(speed: Dict[str, Dict[str, Dict[str, float]]], macs: Dict[str
 
 def fast_path_rows(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[str, Any]]:
     """One row per group and fast model measured beside its reference: ``group``, ``fast`` (speed-section label),
-    ``name``, and ``cells``: TIME_COLUMNS key -> (reference ms, fast ms, speed-up = reference / fast) or None."""
+    ``name``, and ``cells``: TIME_COLUMNS key -> (reference ms, fast ms, speed-up = reference / fast, paired: see
+    :func:`paired_ratio`) or None."""
     rows = []
     for group, res in speed.items():
         for fast, ref, name in FAST_PATH_PAIRS:
@@ -260,7 +283,7 @@ def fast_path_rows(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[s
             cells = {}
             for key, col, _ in TIME_COLUMNS:
                 r, f = res[ref].get(col), res[fast].get(col)
-                cells[key] = None if r is None or f is None else (r, f, r / f)
+                cells[key] = None if r is None or f is None else (r, f, paired_ratio(res[ref], res[fast], col))
             rows.append(dict(group=group, fast=fast, name=name, cells=cells))
     return rows
 
@@ -289,9 +312,9 @@ def render_fast_paths(speed: Dict[str, Dict[str, Dict[str, float]]], label: str)
 def target2_cases(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[str, Any]]:
     """Target 2's (dataset, depth, batch) cases, batch 1 then batch 128, each group with an MLAN time and at least
     one rival's (a run of backbone and MLAN only, e.g. torch.compile, has none): ``batch`` (TIME_COLUMNS key),
-    ``what`` ('batch 1' / 'batch 128'), ``group``, ``mlan_ms``, ``rivals``: rival name -> (its ms, MLAN / rival) or
-    None where not measured, ``slower``: the rivals MLAN is not faster than, and ``met`` (MLAN faster than every
-    rival, all measured)."""
+    ``what`` ('batch 1' / 'batch 128'), ``group``, ``mlan_ms``, ``rivals``: rival name -> (its ms, MLAN / rival,
+    :func:`paired_ratio`) or None where not measured, ``slower``: the rivals MLAN is not faster than (MLAN / rival
+    >= 1), and ``met`` (MLAN faster than every rival, all measured)."""
     cases = []
     for key, col, what in TIME_COLUMNS[:2]:
         for group, res in speed.items():
@@ -301,10 +324,10 @@ def target2_cases(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[st
             rivals = {}
             for rkey, name in TARGET2_RIVALS:
                 o = res.get(rkey, {}).get(col)
-                rivals[name] = None if o is None else (o, t / o)
+                rivals[name] = None if o is None else (o, paired_ratio(res["mlan"], res[rkey], col))
             if all(v is None for v in rivals.values()):
                 continue
-            slower = [name for name, v in rivals.items() if v is not None and t >= v[0]]
+            slower = [name for name, v in rivals.items() if v is not None and v[1] >= 1]
             cases.append(dict(batch=key, what=what, group=group, mlan_ms=t, rivals=rivals, slower=slower,
                               met=not slower and all(v is not None for v in rivals.values())))
     return cases
@@ -348,7 +371,8 @@ def target3_rows(speed: Dict[str, Dict[str, Dict[str, Dict[str, float]]]],
     """Target 3's rows from the whole speed section (label -> groups): for every dataset with a ResNet-20 group in
     a GPU label, every variant of :data:`TARGET3_VARIANTS` that was run and batch 1 / the large batch
     (``batches``: label -> batch, default 128): ``dataset``, ``group``, ``label``, ``variant``, ``batch``,
-    ``backbone_ms``, ``mlan_ms`` and ``ratio`` (MLAN / backbone; None where either is not measured)."""
+    ``backbone_ms``, ``mlan_ms`` and ``ratio`` (MLAN / backbone, :func:`paired_ratio`; None where either is not
+    measured)."""
     batches = batches or {}
     order = list(zoo.DATASETS)
     datasets = sorted({_split_group(g)[0] for lbl in _gpu_labels(speed) for g in speed[lbl]
@@ -365,7 +389,8 @@ def target3_rows(speed: Dict[str, Dict[str, Dict[str, Dict[str, float]]]],
                 b, m = res.get("backbone", {}).get(col), res.get("mlan", {}).get(col)
                 rows.append(dict(dataset=ds, group=group, label=label, variant=name,
                                  batch=1 if key == "b1" else batches.get(label, 128), backbone_ms=b, mlan_ms=m,
-                                 ratio=None if b is None or m is None else m / b))
+                                 ratio=None if b is None or m is None
+                                 else paired_ratio(res["mlan"], res["backbone"], col)))
     return rows
 
 
@@ -423,7 +448,9 @@ def render_target3(report: Dict[str, Any]) -> str:
            f"Batch sizes: 1 and {_join([str(b) for b in big]) if big else '—'} (the paper's Tables 6/9 GPU times do "
            f"not state theirs); fp32 tensors{', ' + tf32 if tf32 else ''}; random weights; eval mode (CUDA graphs "
            f"as described in their section). The target: MLAN-20's inference within {TARGET3_LIMIT}x of its "
-           "backbone's time with CUDA graphs.", "",
+           "backbone's time with CUDA graphs."
+           + (" MLAN / backbone is the median of per-round ratios (each round times the pair back to back)."
+              if any(_has_rounds(speed[lbl]) for lbl in labels) else ""), "",
            f"| dataset | variant | batch | backbone ms | MLAN ms | MLAN / backbone | within {TARGET3_LIMIT}x |",
            "|---|---|---|---|---|---|---|"] + table + ["", _target3_verdict_sentence(rows), ""]
     for label, name in TARGET3_VARIANTS:
@@ -461,7 +488,8 @@ def render_speed(report: Dict[str, Any]) -> str:
                 f"{cfg.get('batch')} for 'batch 128' / 'b128' and the train step; fp32; random weights."
                 + (f" Batch-1 timings at depths {', '.join(map(str, b1))} only." if b1 is not None
                    and sorted(b1) != sorted({_split_group(g)[1] for g in groups}) else "")
-                + (f" {GRAPHS_METHOD}" if label == TARGET3_GRAPHS else ""), ""]
+                + (f" {GRAPHS_METHOD}" if label == TARGET3_GRAPHS else "")
+                + (f" {PAIRED_METHOD}" if _has_rounds(groups) else ""), ""]
         out += [x for x in (render_target1(groups, macs, label, cfg.get("batch", 128), t1_depths),
                             render_fast_paths(groups, label),
                             render_target2(groups, label)) if x]
@@ -848,7 +876,7 @@ def _target2_exceptions(cases: Sequence[Dict[str, Any]]) -> str:
             for c in hit:
                 ds, depth = _split_group(c["group"])
                 by_ds.setdefault(ds, []).append(f"ResNet-{depth} ({c['rivals'][name][1]:.2f})")
-            verb = "slower than" if all(c["mlan_ms"] > c["rivals"][name][0] for c in hit) else "not faster than"
+            verb = "slower than" if all(c["rivals"][name][1] > 1 for c in hit) else "not faster than"
             per_rival.append(f"{verb} {name} " + " and ".join(f"on {_dataset_label(ds)} {_join(v)}"
                                                                for ds, v in by_ds.items()))
         missing = [c["group"] for c in bad if not c["slower"]]
@@ -991,6 +1019,8 @@ def render_readme_summary(report: Dict[str, Any], label: Optional[str] = None) -
     groups, src = speed[label], _speed_source(report, label)
     cfg = src.get("config", {})
     rounds = f"medians of {cfg['rounds']} rounds" if cfg.get("rounds") else "medians over rounds"
+    if _has_rounds(groups):
+        rounds += ", ratios medians of per-round ratios"
     head = (f"Current numbers ({DOCS_MD}; {_device_phrase(src.get('machine'), label)}, fp32, random weights, each "
             f"depth's models timed interleaved, {rounds}; the targets: MLAN's time ratio to its backbone at most "
             f"{TARGET1_INFER}x (inference) / {TARGET1_TRAIN}x (train step) its MACs ratio, and MLAN faster than "
