@@ -57,9 +57,9 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     or without autograd, it is ``F.conv2d`` itself.
     """
     k = weight.shape[-1]
-    if isinstance(x, torch.fx.Proxy):  # FX symbolic tracing (timm's feature extraction) records the plain conv
-        return F.conv2d(x, weight, bias, padding=k // 2)
-    if x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    # FX symbolic tracing (timm's feature extraction) records the plain conv
+    if (not isinstance(x, torch.fx.Proxy) and x.device.type == "cpu" and torch.is_grad_enabled()
+            and (x.requires_grad or weight.requires_grad)):
         return _SameConv.apply(x, weight, bias, k // 2)
     return F.conv2d(x, weight, bias, padding=k // 2)
 
