@@ -30,7 +30,9 @@ __all__ = [
 ]
 
 #: Batch size from which :class:`MLANGroup`'s fast path streams (concatenation-free); below it, it concatenates.
-#: Measured on CPU (tests of both in tests/test_models.py; crossover between batch 2 and 8, docs/benchmarks.md).
+#: Picked from interleaved CPU timings of both formulations during development (no project command reproduces
+#: them); docs/benchmarks.md times the fast path against the reference at batch 1 and 128; tests of both in
+#: tests/test_models.py.
 STREAMING_MIN_BATCH = 4
 
 #: ``(channels, level) -> attention module``; level is "layer", "aggregate" or "classic" (layers.create_attention).
