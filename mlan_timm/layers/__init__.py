@@ -1,4 +1,5 @@
 """Attention, aggregation and fusion layers of MLAN (eqs. 1-11)."""
+from . import cpu_kernels
 from .aggregation import AttentionAggregation
 from .factory import ATTN_LEVELS, ATTN_TYPES, check_attn_type, create_attention, reduced_channels
 from .fast_ops import pointwise_conv, same_conv
@@ -10,6 +11,6 @@ from .triplet import TripletAttention
 __all__ = [
     "ATTN_LEVELS", "ATTN_TYPES", "FUSION_TYPES", "AttentionAggregation", "ConvFusion", "FullMaskAttention",
     "ParallelAttention", "PlusFusion", "SharedMaskAttention", "SharedMaskAttentionV2", "TripletAttention",
-    "WeightedFusion", "check_attn_type", "check_mask_args", "create_attention", "create_fusion", "pointwise_conv",
-    "reduced_channels", "same_conv",
+    "WeightedFusion", "check_attn_type", "check_mask_args", "cpu_kernels", "create_attention", "create_fusion",
+    "pointwise_conv", "reduced_channels", "same_conv",
 ]

@@ -13,24 +13,32 @@ costs more than its MACs", times each case side by side):
 Only the fast paths use these (``MLANGroup.forward_streaming``); the reference path keeps ``nn.Conv2d``, and
 tests/test_layers.py checks values and gradients against ``F.conv2d``.
 """
+from types import ModuleType
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from . import cpu_kernels
+
 __all__ = ["same_conv", "pointwise_conv"]
 
 
 class _SameConv(torch.autograd.Function):
-    """Stride-1 conv with 'same' padding whose input gradient is a forward conv (no oneDNN backward-data)."""
+    """Stride-1 conv with 'same' padding whose input gradient is a forward conv (no oneDNN backward-data); with
+    ``kernels`` (the compiled CPU kernels), their forward and weight gradient replace PyTorch's."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int,
+                kernels: Optional[ModuleType]):
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
+        ctx.kernels = kernels
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        return F.conv2d(x, weight, bias, padding=padding)
+        if kernels is None:
+            return F.conv2d(x, weight, bias, padding=padding)
+        return _add_bias(kernels.conv_same(x, weight), bias)
 
     @staticmethod
     @once_differentiable
@@ -44,23 +52,37 @@ class _SameConv(torch.autograd.Function):
             w_t = weight.to(grad.dtype).flip(2, 3).transpose(0, 1)
             grad_x = F.conv2d(grad, w_t, padding=p).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.nn.grad.conv2d_weight(x.to(grad.dtype), weight.shape, grad, padding=p).to(weight.dtype)
+            if ctx.kernels is not None:
+                grad_w = ctx.kernels.conv_same_grad_weight(x, grad.contiguous(), weight.shape[-1])
+            else:
+                grad_w = torch.nn.grad.conv2d_weight(x.to(grad.dtype), weight.shape, grad, padding=p)
+            grad_w = grad_w.to(weight.dtype)
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3)).to(ctx.bias_dtype)
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _add_bias(out: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
 
 
 def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=k // 2)`` for an odd square kernel ``k``, stride 1, one group.
 
-    On CPU, with gradients, the input gradient is computed as a forward conv (see the module docstring); elsewhere,
-    or without autograd, it is ``F.conv2d`` itself.
+    On CPU, with gradients, the input gradient is computed as a forward conv (see the module docstring). Where the
+    compiled CPU kernels are enabled and apply (:mod:`.cpu_kernels`), they compute the forward and the weight
+    gradient; elsewhere, or without autograd, it is ``F.conv2d`` itself.
     """
     k = weight.shape[-1]
-    # FX symbolic tracing (timm's feature extraction) records the plain conv
-    if (not isinstance(x, torch.fx.Proxy) and x.device.type == "cpu" and torch.is_grad_enabled()
-            and (x.requires_grad or weight.requires_grad)):
-        return _SameConv.apply(x, weight, bias, k // 2)
+    if isinstance(x, torch.fx.Proxy):  # FX symbolic tracing (timm's feature extraction) records the plain conv
+        return F.conv2d(x, weight, bias, padding=k // 2)
+    kernels = cpu_kernels.kernel_applies(x, weight)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    if x.device.type == "cpu" and needs_grad:
+        return _SameConv.apply(x, weight, bias, k // 2, kernels)
+    if kernels is not None:
+        return _add_bias(kernels.conv_same(x, weight), bias)
     return F.conv2d(x, weight, bias, padding=k // 2)
 
 

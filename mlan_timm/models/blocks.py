@@ -15,6 +15,7 @@ Groups 2 and 3 start with a D block (Fig. 1: "the down-sample block whose first 
 (``groups.1.down_block.conv1.weight``, ``groups.1.blocks.0.conv1.weight``, ...) are the same in the plain, classic
 and MLAN models, and an MLAN model loads its backbone's weights with ``strict=False``.
 """
+from types import ModuleType
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -23,7 +24,7 @@ from timm.layers import DropPath
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from torch import nn
 
-from ..layers import AttentionAggregation, SharedMaskAttention, create_fusion, pointwise_conv
+from ..layers import AttentionAggregation, PlusFusion, SharedMaskAttention, cpu_kernels, create_fusion, pointwise_conv
 
 __all__ = [
     "STREAMING_MIN_BATCH", "AttnFactory", "BasicBlock", "SingleLevelBlock", "MLANBlock", "MLANGroup", "PlainGroup",
@@ -152,6 +153,31 @@ class MLANBlock(BasicBlock):
             return self.bn2(both[:, :c]), sma.mask_from_partials(both[:, c:])
         return self.bn2(self.conv2(out1)), sma.mask_from_partials(sma.mask_partial(out1, 0))
 
+    def can_fuse(self) -> bool:
+        """Whether :meth:`forward_fused` applies: plain SMAs with conv2's kernel everywhere, plus fusion."""
+        t1, t2, la = self.layer_attn[0], self.layer_attn[1], self.block_attn.attn
+        return (self.can_merge_first_mask() and type(self.fusion) is PlusFusion
+                and all(type(a) is SharedMaskAttention and a.conv.kernel_size == t1.conv.kernel_size
+                        and a.num_masks == t1.num_masks for a in (t2, la)))
+
+    @torch.jit.unused
+    def forward_fused(self, kernels: ModuleType, x: torch.Tensor, group_attn: SharedMaskAttention,
+                      group_proj: torch.Tensor, offset: int, group_logits: torch.Tensor, group_proj_sum: torch.Tensor,
+                      first: bool) -> torch.Tensor:
+        """:meth:`forward_streaming` for inference with the compiled CPU kernels (:mod:`..layers.cpu_kernels`):
+        the backbone convs and BN in PyTorch, conv2 and T_1's masks as one conv, then the whole attention of the
+        block (T_2, LA, BA's partial convs, both projections and the fusion) in one kernel, image by image.
+        Adds BA's partial logits to ``group_logits`` and this block's share of the group projection to
+        ``group_proj_sum`` (sets them if ``first``); returns the block output."""
+        out1 = self.act1(self.bn1(self.conv1(x)))
+        c = self.conv2.out_channels
+        t1, t2, la = self.layer_attn[0], self.layer_attn[1], self.block_attn.attn
+        both = F.conv2d(out1, torch.cat([self.conv2.weight, t1.conv.weight], 0), None, padding=self.conv2.padding)
+        return kernels.mlan_block_forward(
+            out1, self.bn2(both[:, :c]), both[:, c:], x, t1.conv.bias, t2.conv.weight, t2.conv.bias, la.conv.weight,
+            la.conv.bias, group_attn.conv.weight[:, offset:offset + 2 * c], self.attn_proj.weight.flatten(1),
+            group_proj[:, offset:offset + 2 * c].flatten(1), group_logits, group_proj_sum, first)
+
     @torch.jit.unused
     def forward_streaming(self, x: torch.Tensor, group_attn: SharedMaskAttention, group_proj: torch.Tensor,
                           offset: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -247,6 +273,13 @@ class MLANGroup(nn.Module):
         x = self.down_block(x)
         group_input = x
         ba, c = self.group_attn.attn, x.shape[1]
+        kernels = self.fused_kernels(x)
+        if kernels is not None:
+            partial = x.new_empty(x.shape[0], ba.num_masks, *x.shape[2:])
+            proj = torch.empty_like(x, memory_format=torch.contiguous_format)
+            for i, block in enumerate(self.blocks):
+                x = block.forward_fused(kernels, x, ba, self.attn_proj.weight, 2 * c * i, partial, proj, i == 0)
+            return self.act(self.fusion(x, ba.mask_from_partials(partial) * proj, group_input))
         partial, proj = None, None
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing:
@@ -257,6 +290,20 @@ class MLANGroup(nn.Module):
             proj = q if proj is None else proj + q
         group_attn = ba.mask_from_partials(partial) * proj
         return self.act(self.fusion(x, group_attn, group_input))
+
+    def fused_kernels(self, x: torch.Tensor) -> Optional[ModuleType]:
+        """The compiled CPU kernels if the fused block forward applies to ``x`` (inference, kernels enabled and
+        available, every block :meth:`MLANBlock.can_fuse`, BA a plain SMA with the blocks' mask shape), else None."""
+        if isinstance(x, torch.fx.Proxy) or self.grad_checkpointing or (
+                torch.is_grad_enabled() and (x.requires_grad or self.attn_proj.weight.requires_grad)):
+            return None
+        ba = self.group_attn.attn
+        if type(ba) is not SharedMaskAttention or not all(b.can_fuse() for b in self.blocks):
+            return None
+        first = self.blocks[0].layer_attn[0]
+        if ba.conv.kernel_size != first.conv.kernel_size or ba.num_masks != first.num_masks:
+            return None
+        return cpu_kernels.kernel_applies(x, ba.conv.weight)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Eqs. 4-11 as written: concatenate, attend, project."""

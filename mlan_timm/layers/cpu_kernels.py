@@ -1,0 +1,115 @@
+"""Optional compiled CPU kernels for MLAN's mask convolutions (``csrc/small_conv.cpp``), off by default.
+
+oneDNN pads a convolution's output channels to its SIMD width, so a ``C -> 3`` mask conv costs about what a
+``C -> 16`` one does (docs/benchmarks.md, "per-call conv costs"). ``small_conv.cpp`` is a direct AVX-512
+convolution whose cost follows the MACs; :func:`fast_ops.same_conv` (the mask convs of the fast path) uses it
+for the forward pass and the weight gradient when the kernels are enabled and apply; everything else, and every
+case they do not cover, stays on PyTorch's own convolutions (the fallback), with the same values up to float32
+rounding (tests/test_cpu_kernels.py).
+
+Enable with :func:`enable_cpu_kernels` or ``MLAN_TIMM_CPU_KERNELS=1``; the tools take ``--cpu-kernels``. The
+first use compiles the extension with ``torch.utils.cpp_extension`` (a C++ compiler and ninja, about 20 s, cached
+under ``TORCH_EXTENSIONS_DIR``, keyed by the source's hash). Without AVX-512, or if the build fails, it warns once
+and the library convolutions are used.
+"""
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+__all__ = [
+    "ENV_VAR", "SOURCE", "cpu_kernels_enabled", "cpu_kernels_status", "enable_cpu_kernels", "kernel_applies",
+    "load_cpu_kernels",
+]
+
+#: Environment variable that enables the kernels at import ("1", "true", "yes", "on").
+ENV_VAR = "MLAN_TIMM_CPU_KERNELS"
+#: The C++ source, shipped in the wheel.
+SOURCE = Path(__file__).parent / "csrc" / "small_conv.cpp"
+_VECTOR_WIDTH = 16  # AVX-512 float32 lanes; H * W must be a multiple of it
+
+
+class _State:
+    enabled = os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    module: Optional[ModuleType] = None
+    error: Optional[str] = None  # why the kernels are unavailable, once a load was tried
+
+
+def _unavailable_reason() -> Optional[str]:
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "AVX512":
+        return f"this CPU (PyTorch capability {capability}) has no AVX-512"
+    return None
+
+
+def load_cpu_kernels() -> Optional[ModuleType]:
+    """The compiled extension (built on first call), or None with a one-time warning saying why not."""
+    if _State.module is not None or _State.error is not None:
+        return _State.module
+    reason = _unavailable_reason()
+    if reason is None:
+        try:
+            from torch.utils.cpp_extension import load
+
+            digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no CUDA runtime" and the like: not ours to report
+                module = load(f"mlan_timm_small_conv_{digest}", [str(SOURCE)],
+                              extra_cflags=["-O3", "-mavx512f", "-mavx2", "-mfma", "-fopenmp"],
+                              extra_ldflags=["-fopenmp"], verbose=False)
+            if module.vector_width() != _VECTOR_WIDTH:
+                reason = "the extension was built without AVX-512"
+            else:
+                _State.module = module
+        except Exception as exc:  # no compiler, no ninja, read-only cache...: fall back, say why
+            reason = f"building {SOURCE.name} failed ({type(exc).__name__}: {str(exc).strip().splitlines()[-1:]})"
+    if reason is not None:
+        _State.error = reason
+        warnings.warn(f"mlan_timm CPU kernels unavailable, using PyTorch's convolutions: {reason}", RuntimeWarning,
+                      stacklevel=2)
+    return _State.module
+
+
+def enable_cpu_kernels(enabled: bool = True) -> bool:
+    """Switch the kernels on or off for this process; when switching on, build them now.
+
+    Returns whether they are in use (False when disabled, or enabled but unavailable on this machine).
+    """
+    _State.enabled = bool(enabled)
+    return cpu_kernels_enabled() and load_cpu_kernels() is not None
+
+
+def cpu_kernels_enabled() -> bool:
+    """Whether the kernels were asked for (:func:`enable_cpu_kernels` or the environment variable)."""
+    return _State.enabled
+
+
+def cpu_kernels_status() -> str:
+    """One line for machine descriptions: ``off``, ``on (AVX-512, small_conv.cpp <hash>)`` or why unavailable."""
+    if not _State.enabled:
+        return "off"
+    if load_cpu_kernels() is None:
+        return f"requested but unavailable: {_State.error}"
+    return f"on (AVX-512, {SOURCE.name} {hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]})"
+
+
+def kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> Optional[ModuleType]:
+    """The extension if it should compute ``conv(x, weight)``, else None (the caller falls back).
+
+    Applies to float32 NCHW-contiguous CPU tensors with ``H * W`` a multiple of 16, outside tracing, scripting,
+    compiling and CPU autocast (whose lower-precision convs it would otherwise silently replace).
+    """
+    if not _State.enabled or isinstance(x, torch.fx.Proxy):
+        return None
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 4
+            or not x.is_contiguous() or (x.shape[2] * x.shape[3]) % _VECTOR_WIDTH != 0):
+        return None
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        return None
+    return load_cpu_kernels()

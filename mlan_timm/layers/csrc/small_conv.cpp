@@ -1,0 +1,412 @@
+// Direct 'same' convolutions with few output channels for MLAN's mask convs on CPU (mlan_timm/layers/cpu_kernels.py).
+//
+// out[n, o, p] (+)= sum_c sum_t w[o, c, t] * x[n, c, p + off(t)], stride 1, odd k x k kernel, zero padding k // 2,
+// fp32, NCHW contiguous. The image plane is walked in SIMD vectors of consecutive pixels (a vector may span rows);
+// each (vector, tap) pair has a precomputed lane mask, so padding costs masked loads and no copy. Outputs are
+// computed in blocks of up to 4 channels with 4 vectors per tile, all accumulators in registers: the cost follows
+// the MACs, unlike oneDNN's kernels, which pad the output channels to the SIMD width (docs/benchmarks.md).
+// AVX-512 only: built with AVX2 (8 lanes, vmaskmovps) the same code measured no faster than oneDNN.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <cstdint>
+#include <vector>
+
+int64_t vector_width();
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr bool kSimd = true;
+struct Vec {
+  using T = __m512;
+  using M = __mmask16;
+  static constexpr int L = 16;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static T mload(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T bcast(float v) { return _mm512_set1_ps(v); }
+  static M mask(uint32_t bits) { return static_cast<M>(bits); }
+  static float hsum(T v) { return _mm512_reduce_add_ps(v); }
+};
+#else
+constexpr bool kSimd = false;
+#endif
+
+#if defined(__AVX512F__)
+constexpr int kTileVectors = 4;  // vectors of pixels per tile
+constexpr int kOutBlock = 4;     // output channels per block
+
+// Per (vector, tap): the offset of the tap, whether every lane is inside the image, and the lane mask.
+struct Taps {
+  std::vector<int64_t> offset;
+  std::vector<uint8_t> full;
+  std::vector<Vec::M> masks;
+  int count;
+
+  Taps(int64_t H, int64_t W, int k) : offset(k * k), count(k * k) {
+    const int64_t nvec = H * W / Vec::L;
+    const int r = k / 2;
+    full.resize(nvec * count);
+    masks.resize(nvec * count);
+    for (int t = 0; t < count; ++t) {
+      const int dy = t / k - r, dx = t % k - r;
+      offset[t] = dy * W + dx;
+      for (int64_t j = 0; j < nvec; ++j) {
+        uint32_t bits = 0;
+        for (int l = 0; l < Vec::L; ++l) {
+          const int64_t p = j * Vec::L + l, h = p / W + dy, w = p % W + dx;
+          if (h >= 0 && h < H && w >= 0 && w < W) bits |= 1u << l;
+        }
+        full[j * count + t] = bits == (1u << Vec::L) - 1;
+        masks[j * count + t] = Vec::mask(bits);
+      }
+    }
+  }
+  // Pixels p + offset(t) of one channel plane for vector j; zeros outside the image. Masked-off lanes are not read.
+  inline Vec::T load(const float* plane, int64_t j, int t) const {
+    const float* src = plane + j * Vec::L + offset[t];
+    const int64_t m = j * count + t;
+    return full[m] ? Vec::load(src) : Vec::mload(masks[m], src);
+  }
+};
+
+// One tile (NV vectors of pixels starting at vector j0) of one block of OB output channels for one image.
+// x: the image's C planes; wt: [C][T][O] (O = all output channels); dst: the image's output planes.
+template <int OB, int NV>
+inline void conv_tile(const float* x, const float* wt, float* dst, int64_t C, int64_t O, int64_t o0, int64_t P,
+                      int64_t j0, const Taps& taps, bool accumulate) {
+  const int T = taps.count;
+  float* out = dst + o0 * P + j0 * Vec::L;
+  Vec::T acc[OB][NV];
+  for (int o = 0; o < OB; ++o)
+    for (int v = 0; v < NV; ++v) acc[o][v] = accumulate ? Vec::load(out + o * P + v * Vec::L) : Vec::zero();
+  for (int64_t c = 0; c < C; ++c) {
+    const float* plane = x + c * P;
+    const float* wc = wt + c * T * O + o0;
+    for (int t = 0; t < T; ++t) {
+      const float* wtap = wc + t * O;
+      Vec::T xv[NV];
+      for (int v = 0; v < NV; ++v) xv[v] = taps.load(plane, j0 + v, t);
+      for (int o = 0; o < OB; ++o) {
+        const Vec::T wv = Vec::bcast(wtap[o]);
+        for (int v = 0; v < NV; ++v) acc[o][v] = Vec::fma(xv[v], wv, acc[o][v]);
+      }
+    }
+  }
+  for (int o = 0; o < OB; ++o)
+    for (int v = 0; v < NV; ++v) Vec::store(out + o * P + v * Vec::L, acc[o][v]);
+}
+
+template <int OB, int NV>
+void forward_block(const float* x, const float* wt, float* out, int64_t N, int64_t C, int64_t O, int64_t o0,
+                   int64_t P, const Taps& taps, bool accumulate) {
+  const int64_t tiles = P / Vec::L / NV;
+  at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t n = idx / tiles;
+      conv_tile<OB, NV>(x + n * C * P, wt, out + n * O * P, C, O, o0, P, (idx % tiles) * NV, taps, accumulate);
+    }
+  });
+}
+
+template <int NV>
+void forward_all(const float* x, const float* wt, float* out, int64_t N, int64_t C, int64_t O, int64_t P,
+                 const Taps& taps, bool accumulate) {
+  for (int64_t o0 = 0; o0 < O; o0 += kOutBlock) {
+    switch (std::min<int64_t>(kOutBlock, O - o0)) {
+      case 4: forward_block<4, NV>(x, wt, out, N, C, O, o0, P, taps, accumulate); break;
+      case 3: forward_block<3, NV>(x, wt, out, N, C, O, o0, P, taps, accumulate); break;
+      case 2: forward_block<2, NV>(x, wt, out, N, C, O, o0, P, taps, accumulate); break;
+      default: forward_block<1, NV>(x, wt, out, N, C, O, o0, P, taps, accumulate); break;
+    }
+  }
+}
+
+// grad_w[o, c, t] = sum_n sum_p g[n, o, p] * x[n, c, p + off(t)], in blocks of OB output channels; per input
+// channel the OB * T accumulators stay in registers (k = 3, three outputs: 27 of AVX-512's 32 registers).
+template <int OB, int T>
+void grad_weight_block(const float* x, const float* g, float* gw, int64_t N, int64_t C, int64_t O, int64_t o0,
+                       int64_t P, const Taps& taps) {
+  const int64_t nvec = P / Vec::L;
+  at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      Vec::T acc[OB][T];
+      for (int o = 0; o < OB; ++o)
+        for (int t = 0; t < T; ++t) acc[o][t] = Vec::zero();
+      for (int64_t n = 0; n < N; ++n) {
+        const float* plane = x + (n * C + c) * P;
+        const float* gn = g + (n * O + o0) * P;
+        for (int64_t j = 0; j < nvec; ++j) {
+          Vec::T gv[OB];
+          for (int o = 0; o < OB; ++o) gv[o] = Vec::load(gn + o * P + j * Vec::L);
+          for (int t = 0; t < T; ++t) {
+            const Vec::T xv = taps.load(plane, j, t);
+            for (int o = 0; o < OB; ++o) acc[o][t] = Vec::fma(gv[o], xv, acc[o][t]);
+          }
+        }
+      }
+      for (int o = 0; o < OB; ++o)
+        for (int t = 0; t < T; ++t) gw[((o0 + o) * C + c) * T + t] = Vec::hsum(acc[o][t]);
+    }
+  });
+}
+
+template <int T>
+void grad_weight_all(const float* x, const float* g, float* gw, int64_t N, int64_t C, int64_t O, int64_t P,
+                     const Taps& taps) {
+  constexpr int block = 3;
+  for (int64_t o0 = 0; o0 < O; o0 += block) {
+    switch (std::min<int64_t>(block, O - o0)) {
+      case 3: grad_weight_block<3, T>(x, g, gw, N, C, O, o0, P, taps); break;
+      case 2: grad_weight_block<2, T>(x, g, gw, N, C, O, o0, P, taps); break;
+      default: grad_weight_block<1, T>(x, g, gw, N, C, O, o0, P, taps); break;
+    }
+  }
+}
+// exp and sigmoid on 16 lanes: exp by range reduction to [-ln2/2, ln2/2] and Cephes' expf polynomial (relative
+// error ~1e-7), 2^n by scalef; inputs clamped to [-88, 88].
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+inline __m512 sigmoid_ps(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+// conv(x) for one image, all O outputs (blocks of up to kOutBlock channels), into or onto dst.
+void conv_image(const float* x, const float* wt, float* dst, int64_t C, int64_t O, int64_t P, const Taps& taps,
+                bool accumulate) {
+  const int64_t nvec = P / Vec::L;
+  const bool tiled = nvec % kTileVectors == 0;
+  for (int64_t o0 = 0; o0 < O; o0 += kOutBlock) {
+    const int64_t ob = std::min<int64_t>(kOutBlock, O - o0);
+    for (int64_t j0 = 0; j0 < nvec; j0 += tiled ? kTileVectors : 1) {
+#define MLAN_CONV_TILE(OB_)                                                                              \
+  if (tiled) conv_tile<OB_, kTileVectors>(x, wt, dst, C, O, o0, P, j0, taps, accumulate);                 \
+  else conv_tile<OB_, 1>(x, wt, dst, C, O, o0, P, j0, taps, accumulate);
+      switch (ob) {
+        case 4: MLAN_CONV_TILE(4) break;
+        case 3: MLAN_CONV_TILE(3) break;
+        case 2: MLAN_CONV_TILE(2) break;
+        default: MLAN_CONV_TILE(1) break;
+      }
+#undef MLAN_CONV_TILE
+    }
+  }
+}
+
+// mask[p] = mean_o sigmoid(logits[o, p] + bias[o]) (eq. 2), for one image.
+void shared_mask(const float* logits, int64_t logit_stride, const float* bias, int64_t O, int64_t P, float* mask) {
+  const __m512 inv = _mm512_set1_ps(1.0f / static_cast<float>(O));
+  for (int64_t j = 0; j < P; j += Vec::L) {
+    __m512 m = _mm512_setzero_ps();
+    for (int64_t o = 0; o < O; ++o)
+      m = _mm512_add_ps(m, sigmoid_ps(_mm512_add_ps(_mm512_loadu_ps(logits + o * logit_stride + j),
+                                                    _mm512_set1_ps(bias[o]))));
+    _mm512_storeu_ps(mask + j, _mm512_mul_ps(m, inv));
+  }
+}
+
+// dst[c, p] = src[c, p] * mask[p] (a shared mask, broadcast over channels); dst may be src.
+void apply_mask(const float* src, const float* mask, float* dst, int64_t C, int64_t P) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < P; j += Vec::L)
+      _mm512_storeu_ps(dst + c * P + j, _mm512_mul_ps(_mm512_loadu_ps(src + c * P + j), _mm512_loadu_ps(mask + j)));
+}
+// For output channels [co0, co0 + CB) at pixel vector j: the block projection P_block b and the group projection's
+// share P_group b (b = cat(b1, b2); P rows of 2C), then out = ReLU(out2 + P_block b + x) and group_proj (+)= P_group b.
+// CB independent accumulator pairs share each load of b.
+constexpr int kProjBlock = 8;
+template <int CB>
+inline void project_and_fuse(const float* b1, const float* b2, const float* pw, const float* gw, const float* o2,
+                             const float* xn, float* out, float* gp, int64_t C, int64_t P, int64_t co0, int64_t j,
+                             bool first) {
+  __m512 ab[CB], ag[CB];
+  for (int q = 0; q < CB; ++q) {
+    ab[q] = _mm512_setzero_ps();
+    ag[q] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(gp + (co0 + q) * P + j);
+  }
+  for (int64_t ci = 0; ci < C; ++ci) {
+    const __m512 v1 = _mm512_loadu_ps(b1 + ci * P + j), v2 = _mm512_loadu_ps(b2 + ci * P + j);
+    for (int q = 0; q < CB; ++q) {
+      const float *pr = pw + (co0 + q) * 2 * C, *gr = gw + (co0 + q) * 2 * C;
+      ab[q] = _mm512_fmadd_ps(v1, _mm512_set1_ps(pr[ci]), ab[q]);
+      ab[q] = _mm512_fmadd_ps(v2, _mm512_set1_ps(pr[C + ci]), ab[q]);
+      ag[q] = _mm512_fmadd_ps(v1, _mm512_set1_ps(gr[ci]), ag[q]);
+      ag[q] = _mm512_fmadd_ps(v2, _mm512_set1_ps(gr[C + ci]), ag[q]);
+    }
+  }
+  for (int q = 0; q < CB; ++q) {
+    const int64_t at = (co0 + q) * P + j;
+    const __m512 fused = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(o2 + at), ab[q]), _mm512_loadu_ps(xn + at));
+    _mm512_storeu_ps(out + at, _mm512_max_ps(fused, _mm512_setzero_ps()));
+    _mm512_storeu_ps(gp + at, ag[q]);
+  }
+}
+#endif
+
+void check_args(const torch::Tensor& x, const torch::Tensor& w) {
+  TORCH_CHECK(kSimd, "mlan_timm small_conv: built without AVX-512");
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "small_conv: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat && w.scalar_type() == torch::kFloat, "small_conv: float32 only");
+  TORCH_CHECK(x.dim() == 4 && w.dim() == 4, "small_conv: x (N, C, H, W) and w (O, C, k, k)");
+  TORCH_CHECK(w.size(1) == x.size(1), "small_conv: weight has ", w.size(1), " input channels, x has ", x.size(1));
+  TORCH_CHECK(w.size(2) == w.size(3) && w.size(2) % 2 == 1, "small_conv: odd square kernels only");
+  TORCH_CHECK((x.size(2) * x.size(3)) % vector_width() == 0, "small_conv: H * W must be a multiple of ",
+              vector_width());
+}
+
+}  // namespace
+
+int64_t vector_width() {
+#if defined(__AVX512F__)
+  return Vec::L;
+#else
+  return 0;
+#endif
+}
+
+// F.conv2d(x, w, padding=k // 2) added to ``out`` when given (in place), else into a new tensor.
+torch::Tensor conv_same(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> out) {
+  check_args(x, w);
+  x = x.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = w.size(0), P = H * W;
+  const int k = static_cast<int>(w.size(2));
+  const bool accumulate = out.has_value();
+  torch::Tensor result = accumulate ? *out : torch::empty({N, O, H, W}, x.options());
+  if (accumulate) {
+    TORCH_CHECK(result.is_contiguous() && result.scalar_type() == torch::kFloat &&
+                result.sizes() == torch::IntArrayRef({N, O, H, W}), "small_conv: out must be a contiguous float32 (N, O, H, W)");
+  }
+#if defined(__AVX512F__)
+  const torch::Tensor wt = w.permute({1, 2, 3, 0}).contiguous();  // [C][ky][kx][O]
+  const Taps taps(H, W, k);
+  const int64_t nvec = P / Vec::L;
+  if (nvec % kTileVectors == 0)
+    forward_all<kTileVectors>(x.data_ptr<float>(), wt.data_ptr<float>(), result.data_ptr<float>(), N, C, O, P, taps, accumulate);
+  else
+    forward_all<1>(x.data_ptr<float>(), wt.data_ptr<float>(), result.data_ptr<float>(), N, C, O, P, taps, accumulate);
+#endif
+  return result;
+}
+
+// torch.nn.grad.conv2d_weight(x, w_shape, grad, padding=k // 2) for a k x k kernel.
+torch::Tensor conv_same_grad_weight(torch::Tensor x, torch::Tensor grad, int64_t k) {
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == x.size(0) && grad.size(2) == x.size(2) && grad.size(3) == x.size(3),
+              "small_conv: grad must be (N, O, H, W) with x's N, H, W");
+  TORCH_CHECK(grad.scalar_type() == torch::kFloat, "small_conv: float32 only");
+  check_args(x, torch::empty({grad.size(1), x.size(1), k, k}, x.options()));
+  x = x.contiguous();
+  grad = grad.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), O = grad.size(1), P = x.size(2) * x.size(3);
+  torch::Tensor gw = torch::empty({O, C, k, k}, x.options());
+#if defined(__AVX512F__)
+  const Taps taps(x.size(2), x.size(3), static_cast<int>(k));
+  const float *xp = x.data_ptr<float>(), *gp = grad.data_ptr<float>();
+  float* out = gw.data_ptr<float>();
+  switch (k) {
+    case 1: grad_weight_all<1>(xp, gp, out, N, C, O, P, taps); break;
+    case 3: grad_weight_all<9>(xp, gp, out, N, C, O, P, taps); break;
+    case 5: grad_weight_all<25>(xp, gp, out, N, C, O, P, taps); break;
+    case 7: grad_weight_all<49>(xp, gp, out, N, C, O, P, taps); break;
+    default: TORCH_CHECK(false, "small_conv: grad_weight for kernel sizes 1, 3, 5, 7 only, got ", k);
+  }
+#endif
+  return gw;
+}
+
+// Inference forward of one MLAN block's attention with shared-mask attentions and plus fusion, one image at a
+// time so that every intermediate stays in cache (MLANBlock.forward_streaming computes the same in PyTorch ops):
+//   m1 = SMA mask from T_1's logits (the merged conv2 + T_1 conv), m2 = SMA mask of out2 (T_2),
+//   a1 = out1 m1, a2 = out2 m2, M = LA's mask of cat(a1, a2), b = cat(a1, a2) M (the block attention),
+//   returns ReLU(out2 + P_block b + x) (eq. 8) and adds BA's partial logits of b to group_logits and the group
+//   projection's share P_group b to group_proj (both set instead of added for the group's first block).
+torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::Tensor t1_logits, torch::Tensor x,
+                                 torch::Tensor t1_b, torch::Tensor t2_w, torch::Tensor t2_b, torch::Tensor la_w,
+                                 torch::Tensor la_b, torch::Tensor ba_w, torch::Tensor proj_w, torch::Tensor gproj_w,
+                                 torch::Tensor group_logits, torch::Tensor group_proj, bool first) {
+  check_args(out1, t2_w);
+  out1 = out1.contiguous();
+  out2 = out2.contiguous();
+  x = x.contiguous();
+  const int64_t N = out1.size(0), C = out1.size(1), H = out1.size(2), W = out1.size(3), P = H * W, O = t2_w.size(0);
+  const int k = static_cast<int>(t2_w.size(2));
+  for (const auto* t : {&out2, &x})
+    TORCH_CHECK(t->sizes() == out1.sizes() && t->scalar_type() == torch::kFloat, "mlan_block_forward: out2 and x must match out1");
+  TORCH_CHECK(t1_logits.size(0) == N && t1_logits.size(1) == O && t1_logits.stride(1) == P && t1_logits.stride(2) == W &&
+              t1_logits.stride(3) == 1, "mlan_block_forward: t1_logits must be (N, O, H, W) with contiguous planes");
+  TORCH_CHECK(la_w.size(0) == O && la_w.size(1) == 2 * C && ba_w.size(0) == O && ba_w.size(1) == 2 * C &&
+              la_w.size(2) == k && ba_w.size(2) == k, "mlan_block_forward: LA/BA weights must be (O, 2C, k, k)");
+  TORCH_CHECK(proj_w.size(0) == C && proj_w.size(1) == 2 * C && gproj_w.sizes() == proj_w.sizes(),
+              "mlan_block_forward: projections must be (C, 2C)");
+  TORCH_CHECK(group_logits.is_contiguous() && group_logits.size(0) == N && group_logits.size(1) == O &&
+              group_proj.is_contiguous() && group_proj.sizes() == out1.sizes(),
+              "mlan_block_forward: group buffers must be contiguous (N, O, H, W) and (N, C, H, W)");
+  torch::Tensor out = torch::empty_like(out1);
+#if defined(__AVX512F__)
+  auto tr = [](const torch::Tensor& w) { return w.permute({1, 2, 3, 0}).contiguous(); };  // [C][ky][kx][O]
+  const torch::Tensor t2t = tr(t2_w), la1 = tr(la_w.narrow(1, 0, C)), la2 = tr(la_w.narrow(1, C, C)),
+                      ba1 = tr(ba_w.narrow(1, 0, C)), ba2 = tr(ba_w.narrow(1, C, C));
+  const torch::Tensor pw = proj_w.contiguous(), gw = gproj_w.contiguous(), t1b = t1_b.contiguous(),
+                      t2b = t2_b.contiguous(), lab = la_b.contiguous();
+  const Taps taps(H, W, k);
+  const float *o1p = out1.data_ptr<float>(), *o2p = out2.data_ptr<float>(), *xp = x.data_ptr<float>(),
+              *t1p = t1_logits.data_ptr<float>(), *pwp = pw.data_ptr<float>(), *gwp = gw.data_ptr<float>();
+  float *outp = out.data_ptr<float>(), *glp = group_logits.data_ptr<float>(), *gpp = group_proj.data_ptr<float>();
+  const int64_t t1_stride = t1_logits.stride(0);
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(2 * C * P + O * P + 3 * P);
+    float *a1 = scratch.data(), *a2 = a1 + C * P, *logits = a2 + C * P, *m1 = logits + O * P, *m2 = m1 + P,
+          *mask = m2 + P;
+    for (int64_t n = begin; n < end; ++n) {
+      const float *o1 = o1p + n * C * P, *o2 = o2p + n * C * P, *xn = xp + n * C * P;
+      shared_mask(t1p + n * t1_stride, P, t1b.data_ptr<float>(), O, P, m1);
+      conv_image(o2, t2t.data_ptr<float>(), logits, C, O, P, taps, false);
+      shared_mask(logits, P, t2b.data_ptr<float>(), O, P, m2);
+      apply_mask(o1, m1, a1, C, P);
+      apply_mask(o2, m2, a2, C, P);
+      conv_image(a1, la1.data_ptr<float>(), logits, C, O, P, taps, false);
+      conv_image(a2, la2.data_ptr<float>(), logits, C, O, P, taps, true);
+      shared_mask(logits, P, lab.data_ptr<float>(), O, P, mask);
+      apply_mask(a1, mask, a1, C, P);  // b1
+      apply_mask(a2, mask, a2, C, P);  // b2
+      float* gl = glp + n * O * P;
+      conv_image(a1, ba1.data_ptr<float>(), gl, C, O, P, taps, !first);
+      conv_image(a2, ba2.data_ptr<float>(), gl, C, O, P, taps, true);
+      float *on = outp + n * C * P, *gp = gpp + n * C * P;
+      for (int64_t j = 0; j < P; j += Vec::L) {
+        int64_t co = 0;
+        for (; co + kProjBlock <= C; co += kProjBlock)
+          project_and_fuse<kProjBlock>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, co, j, first);
+        for (; co < C; ++co) project_and_fuse<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, co, j, first);
+      }
+    }
+  });
+#endif
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("vector_width", &vector_width, "SIMD lanes: 16 with AVX-512, 0 without (unsupported)");
+  m.def("conv_same", &conv_same, "'same' conv, stride 1, optional in-place accumulation",
+        py::arg("x"), py::arg("w"), py::arg("out") = py::none());
+  m.def("conv_same_grad_weight", &conv_same_grad_weight, "weight gradient of conv_same");
+  m.def("mlan_block_forward", &mlan_block_forward, "inference forward of an MLAN block's attention (SMA, plus fusion)");
+}
