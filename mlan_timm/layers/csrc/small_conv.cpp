@@ -84,15 +84,18 @@ inline void conv_tile(const float* x, const float* wt, float* dst, int64_t C, in
   Vec::T acc[OB][NV];
   for (int o = 0; o < OB; ++o)
     for (int v = 0; v < NV; ++v) acc[o][v] = accumulate ? Vec::load(out + o * P + v * Vec::L) : Vec::zero();
-  for (int64_t c = 0; c < C; ++c) {
-    const float* plane = x + c * P;
-    const float* wc = wt + c * T * O + o0;
-    for (int t = 0; t < T; ++t) {
-      const float* wtap = wc + t * O;
+  // taps outer, channels inner: each tap's lane masks are loaded once and stay in mask registers
+  for (int t = 0; t < T; ++t) {
+    Vec::M mask[NV];
+    for (int v = 0; v < NV; ++v) mask[v] = taps.masks[(j0 + v) * T + t];
+    const float* src = x + j0 * Vec::L + taps.offset[t];
+    const float* wtap = wt + t * O + o0;
+    for (int64_t c = 0; c < C; ++c) {
       Vec::T xv[NV];
-      for (int v = 0; v < NV; ++v) xv[v] = taps.load(plane, j0 + v, t);
+      for (int v = 0; v < NV; ++v) xv[v] = Vec::mload(mask[v], src + c * P + v * Vec::L);
+      const float* wc = wtap + c * T * O;
       for (int o = 0; o < OB; ++o) {
-        const Vec::T wv = Vec::bcast(wtap[o]);
+        const Vec::T wv = Vec::bcast(wc[o]);
         for (int v = 0; v < NV; ++v) acc[o][v] = Vec::fma(xv[v], wv, acc[o][v]);
       }
     }
