@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 __all__ = [
-    "ENV_VAR", "SOURCE", "cpu_kernels_enabled", "cpu_kernels_status", "enable_cpu_kernels", "kernel_applies",
+    "ENV_VAR", "SOURCE", "cpu_kernels_enabled", "cpu_kernels_status", "enable_cpu_kernels", "kernels_for",
     "load_cpu_kernels",
 ]
 
@@ -84,7 +84,8 @@ def enable_cpu_kernels(enabled: bool = True) -> bool:
 
 
 def cpu_kernels_enabled() -> bool:
-    """Whether the kernels were asked for (:func:`enable_cpu_kernels` or the environment variable)."""
+    """Whether the kernels are asked for process-wide (:func:`enable_cpu_kernels` or the environment variable);
+    a model's own setting (``set_fast_paths(cpu_kernels=...)``) overrides it."""
     return _State.enabled
 
 
@@ -97,16 +98,19 @@ def cpu_kernels_status() -> str:
     return f"on (AVX-512, {SOURCE.name} {hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]})"
 
 
-def kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> Optional[ModuleType]:
-    """The extension if it should compute ``conv(x, weight)``, else None (the caller falls back).
+def kernels_for(x: torch.Tensor, enabled: Optional[bool] = None) -> Optional[ModuleType]:
+    """The extension if it should compute MLAN's mask convs over ``x`` (and tensors of its kind), else None (the
+    caller falls back to PyTorch's convolutions).
 
-    Applies to float32 NCHW-contiguous CPU tensors with ``H * W`` a multiple of 16, outside tracing, scripting,
-    compiling and CPU autocast (whose lower-precision convs it would otherwise silently replace).
+    ``enabled``: a model's own setting (``model.set_fast_paths(cpu_kernels=...)``); None follows the process-wide
+    :func:`cpu_kernels_enabled`. Applies to float32 NCHW-contiguous CPU tensors with ``H * W`` a multiple of 16,
+    outside tracing, scripting, compiling and CPU autocast (whose lower-precision convs it would otherwise silently
+    replace).
     """
-    if not _State.enabled or isinstance(x, torch.fx.Proxy):
+    if not (_State.enabled if enabled is None else enabled) or isinstance(x, torch.fx.Proxy):
         return None
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 4
-            or not x.is_contiguous() or (x.shape[2] * x.shape[3]) % _VECTOR_WIDTH != 0):
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or not x.is_contiguous()
+            or (x.shape[2] * x.shape[3]) % _VECTOR_WIDTH != 0):
         return None
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return None

@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from . import cpu_kernels
-
 __all__ = ["same_conv", "pointwise_conv"]
 
 
@@ -66,17 +64,19 @@ def _add_bias(out: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
 
 
-def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+              kernels: Optional[ModuleType] = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=k // 2)`` for an odd square kernel ``k``, stride 1, one group.
 
-    On CPU, with gradients, the input gradient is computed as a forward conv (see the module docstring). Where the
-    compiled CPU kernels are enabled and apply (:mod:`.cpu_kernels`), they compute the forward and the weight
-    gradient; elsewhere, or without autograd, it is ``F.conv2d`` itself.
+    On CPU, with gradients, the input gradient is computed as a forward conv (see the module docstring). With
+    ``kernels`` (the compiled CPU kernels, :func:`.cpu_kernels.kernels_for` of ``x``), they compute the forward and
+    the weight gradient; elsewhere, or without autograd, it is ``F.conv2d`` itself.
     """
     k = weight.shape[-1]
     if isinstance(x, torch.fx.Proxy):  # FX symbolic tracing (timm's feature extraction) records the plain conv
         return F.conv2d(x, weight, bias, padding=k // 2)
-    kernels = cpu_kernels.kernel_applies(x, weight)
+    if weight.dtype != torch.float32:
+        kernels = None
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     if x.device.type == "cpu" and needs_grad:

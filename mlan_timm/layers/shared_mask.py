@@ -6,6 +6,9 @@ the same parameters and the same function as ``N`` separate convolutions, in one
 (``tests/test_layers.py`` checks the equivalence). Mask convolutions are 3x3 with bias by default, the reading
 that reproduces the paper's parameter counts (docs/architecture.md, choice A1).
 """
+from types import ModuleType
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -40,14 +43,14 @@ class SharedMaskAttention(nn.Module):
         """The shared mask ``M_mean`` (eq. 2), shape (B, 1, H, W), values in (0, 1)."""
         return self.conv(x).sigmoid().mean(1, keepdim=True)
 
-    def mask_partial(self, part: torch.Tensor, offset: int) -> torch.Tensor:
+    def mask_partial(self, part: torch.Tensor, offset: int, kernels: Optional[ModuleType] = None) -> torch.Tensor:
         """What channels ``[offset, offset + C)`` of a concatenated input contribute to its mask: the mask convs
         restricted to those channels (no bias). Summed over all parts, :meth:`mask_from_partials` gives
         ``mask(cat(parts))`` without building the concatenation (a conv over a concatenation is the sum of the
-        convs over its parts)."""
+        convs over its parts). ``kernels``: the compiled CPU kernels to compute it with (:func:`.same_conv`)."""
         c = part.shape[1]
         weight = self.conv.weight[:, offset:offset + c].contiguous()  # a strided slice is slow in oneDNN
-        return same_conv(part, weight)
+        return same_conv(part, weight, kernels=kernels)
 
     def mask_from_partials(self, total: torch.Tensor) -> torch.Tensor:
         """The mask from the sum of :meth:`mask_partial` over every part of the input."""
@@ -72,7 +75,7 @@ class SharedMaskAttentionV2(SharedMaskAttention):
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.mean(1, keepdim=True)).sigmoid().mean(1, keepdim=True)
 
-    def mask_partial(self, part: torch.Tensor, offset: int) -> torch.Tensor:
+    def mask_partial(self, part: torch.Tensor, offset: int, kernels: Optional[ModuleType] = None) -> torch.Tensor:
         """A part's channel sum: summed over the parts it is the concatenation's channel sum."""
         return part.sum(1, keepdim=True)
 

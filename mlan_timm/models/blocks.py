@@ -137,12 +137,14 @@ class MLANBlock(BasicBlock):
         sma = self.layer_attn[0]
         return type(sma) is SharedMaskAttention and sma.conv.kernel_size == self.conv2.kernel_size
 
-    def conv2_and_first_layer_mask(self, out1: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def conv2_and_first_layer_mask(self, out1: torch.Tensor,
+                                   kernels: Optional[ModuleType] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(bn2(conv2(out1)), T_1's mask of out1)`` for the fast paths.
 
         conv2 and the first layer attention's mask convs read the same tensor: without autograd, when that attention
         is a plain SMA with conv2's kernel, they run as one conv with ``C + N`` outputs (one pass over ``out1``).
-        With autograd (or under FX tracing) they stay two, so that conv2's gradient costs what the backbone's does.
+        With autograd (or under FX tracing) they stay two, so that conv2's gradient costs what the backbone's does;
+        ``kernels``: the compiled CPU kernels for the mask convs then (:func:`..layers.same_conv`).
         """
         sma = self.layer_attn[0]
         merge = not isinstance(out1, torch.fx.Proxy) and not (
@@ -151,7 +153,7 @@ class MLANBlock(BasicBlock):
             c = self.conv2.out_channels
             both = F.conv2d(out1, torch.cat([self.conv2.weight, sma.conv.weight], 0), None, padding=self.conv2.padding)
             return self.bn2(both[:, :c]), sma.mask_from_partials(both[:, c:])
-        return self.bn2(self.conv2(out1)), sma.mask_from_partials(sma.mask_partial(out1, 0))
+        return self.bn2(self.conv2(out1)), sma.mask_from_partials(sma.mask_partial(out1, 0, kernels))
 
     def can_fuse(self) -> bool:
         """Whether :meth:`forward_fused` applies: plain SMAs with conv2's kernel everywhere, plus fusion."""
@@ -180,7 +182,8 @@ class MLANBlock(BasicBlock):
 
     @torch.jit.unused
     def forward_streaming(self, x: torch.Tensor, group_attn: SharedMaskAttention, group_proj: torch.Tensor,
-                          offset: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          offset: int, kernels: Optional[ModuleType] = None
+                          ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward` for a shared-mask LA, handing the group what BA needs instead of the block attention.
 
         With ``b = M * cat(a1, a2) = cat(b1, b2)`` (M: LA's mask, shared over channels):
@@ -188,19 +191,20 @@ class MLANBlock(BasicBlock):
         ``[offset, offset + 2C)`` of their input only through ``group_attn.mask_partial`` and the weight slice
         ``group_proj[:, offset:offset + 2C]``. Returns
         ``(block output, BA partial, this block's share of conv1x1(g) before BA's mask)``; no 2C-channel tensor
-        is built. The block's and the group's 1x1 projections of both parts run as one :func:`pointwise_conv`.
+        is built. The block's and the group's 1x1 projections of both parts run as one :func:`pointwise_conv`;
+        ``kernels``: the compiled CPU kernels for the mask convs (None: PyTorch's).
         Reference: :meth:`forward` + :class:`MLANGroup`'s concatenation (tests/test_models.py).
         """
         out1 = self.act1(self.bn1(self.conv1(x)))
-        out2, mask1 = self.conv2_and_first_layer_mask(out1)
+        out2, mask1 = self.conv2_and_first_layer_mask(out1, kernels)
         la1 = self.layer_attn[1]
-        a1, a2 = out1 * mask1, out2 * la1.mask_from_partials(la1.mask_partial(out2, 0))
+        a1, a2 = out1 * mask1, out2 * la1.mask_from_partials(la1.mask_partial(out2, 0, kernels))
         la, c = self.block_attn.attn, a1.shape[1]
-        mask = la.mask_from_partials(la.mask_partial(a1, 0) + la.mask_partial(a2, c))
+        mask = la.mask_from_partials(la.mask_partial(a1, 0, kernels) + la.mask_partial(a2, c, kernels))
         b1, b2 = a1 * mask, a2 * mask  # the two halves of the block attention b
         w = torch.cat([self.attn_proj.weight, group_proj[:, offset:offset + 2 * c]], 0).flatten(1)
         block_proj, group_proj_part = pointwise_conv([b1, b2], [w[:, :c], w[:, c:]]).split(c, 1)
-        group_partial = group_attn.mask_partial(b1, offset) + group_attn.mask_partial(b2, offset + c)
+        group_partial = group_attn.mask_partial(b1, offset, kernels) + group_attn.mask_partial(b2, offset + c, kernels)
         return self.act2(self.fusion(out2, block_proj, x)), group_partial, group_proj_part
 
 
@@ -254,6 +258,7 @@ class MLANGroup(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.grad_checkpointing = False
         self.fast_path = True
+        self.cpu_kernels: Optional[bool] = None  # None: the process-wide setting (layers.cpu_kernels)
 
     def has_fast_path(self) -> bool:
         """Whether the concatenation-free path applies: LA and BA are shared-mask attentions."""
@@ -262,7 +267,9 @@ class MLANGroup(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast_path and not torch.jit.is_scripting() and self.has_fast_path():
-            if isinstance(x, torch.fx.Proxy) or x.shape[0] >= STREAMING_MIN_BATCH:  # FX traces the streaming path
+            # FX traces the streaming path; the fused kernels are the fastest formulation at every batch size
+            if isinstance(x, torch.fx.Proxy) or x.shape[0] >= STREAMING_MIN_BATCH or (
+                    self.can_fuse(x) and self.kernels(x) is not None):
                 return self.forward_streaming(x)
             return self.forward_concatenated(x, small_batch=True)
         return self.forward_reference(x)
@@ -273,8 +280,8 @@ class MLANGroup(nn.Module):
         x = self.down_block(x)
         group_input = x
         ba, c = self.group_attn.attn, x.shape[1]
-        kernels = self.fused_kernels(x)
-        if kernels is not None:
+        kernels = None if isinstance(x, torch.fx.Proxy) else self.kernels(x)
+        if kernels is not None and self.can_fuse(x):
             partial = x.new_empty(x.shape[0], ba.num_masks, *x.shape[2:])
             proj = torch.empty_like(x, memory_format=torch.contiguous_format)
             for i, block in enumerate(self.blocks):
@@ -283,27 +290,29 @@ class MLANGroup(nn.Module):
         partial, proj = None, None
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing:
-                x, p, q = checkpoint(block.forward_streaming, x, ba, self.attn_proj.weight, 2 * c * i)
+                x, p, q = checkpoint(block.forward_streaming, x, ba, self.attn_proj.weight, 2 * c * i, kernels)
             else:
-                x, p, q = block.forward_streaming(x, ba, self.attn_proj.weight, 2 * c * i)
+                x, p, q = block.forward_streaming(x, ba, self.attn_proj.weight, 2 * c * i, kernels)
             partial = p if partial is None else partial + p
             proj = q if proj is None else proj + q
         group_attn = ba.mask_from_partials(partial) * proj
         return self.act(self.fusion(x, group_attn, group_input))
 
-    def fused_kernels(self, x: torch.Tensor) -> Optional[ModuleType]:
-        """The compiled CPU kernels if the fused block forward applies to ``x`` (inference, kernels enabled and
-        available, every block :meth:`MLANBlock.can_fuse`, BA a plain SMA with the blocks' mask shape), else None."""
+    def kernels(self, x: torch.Tensor) -> Optional[ModuleType]:
+        """The compiled CPU kernels for this group's mask convs over ``x`` (:func:`..layers.cpu_kernels.kernels_for`
+        with this group's ``cpu_kernels`` setting), or None for PyTorch's convolutions."""
+        return cpu_kernels.kernels_for(x, self.cpu_kernels)
+
+    def can_fuse(self, x: torch.Tensor) -> bool:
+        """Whether the kernels' fused block forward (:meth:`MLANBlock.forward_fused`) may run: inference (no
+        autograd), no gradient checkpointing, every block :meth:`MLANBlock.can_fuse`, BA a plain SMA of the blocks'
+        mask shape."""
         if isinstance(x, torch.fx.Proxy) or self.grad_checkpointing or (
                 torch.is_grad_enabled() and (x.requires_grad or self.attn_proj.weight.requires_grad)):
-            return None
-        ba = self.group_attn.attn
-        if type(ba) is not SharedMaskAttention or not all(b.can_fuse() for b in self.blocks):
-            return None
-        first = self.blocks[0].layer_attn[0]
-        if ba.conv.kernel_size != first.conv.kernel_size or ba.num_masks != first.num_masks:
-            return None
-        return cpu_kernels.kernel_applies(x, ba.conv.weight)
+            return False
+        ba, first = self.group_attn.attn, self.blocks[0].layer_attn[0]
+        return (type(ba) is SharedMaskAttention and all(b.can_fuse() for b in self.blocks)
+                and ba.conv.kernel_size == first.conv.kernel_size and ba.num_masks == first.num_masks)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Eqs. 4-11 as written: concatenate, attend, project."""
