@@ -156,29 +156,30 @@ class MLANBlock(BasicBlock):
         return self.bn2(self.conv2(out1)), sma.mask_from_partials(sma.mask_partial(out1, 0, kernels))
 
     def can_fuse(self) -> bool:
-        """Whether :meth:`forward_fused` applies: plain SMAs with conv2's kernel everywhere, plus fusion."""
+        """Whether :meth:`forward_fused` applies: plain SMAs of one mask shape everywhere, plus fusion."""
         t1, t2, la = self.layer_attn[0], self.layer_attn[1], self.block_attn.attn
-        return (self.can_merge_first_mask() and type(self.fusion) is PlusFusion
-                and all(type(a) is SharedMaskAttention and a.conv.kernel_size == t1.conv.kernel_size
-                        and a.num_masks == t1.num_masks for a in (t2, la)))
+        return type(self.fusion) is PlusFusion and all(
+            type(a) is SharedMaskAttention and a.conv.kernel_size == t1.conv.kernel_size
+            and a.num_masks == t1.num_masks for a in (t1, t2, la))
 
     @torch.jit.unused
     def forward_fused(self, kernels: ModuleType, x: torch.Tensor, group_attn: SharedMaskAttention,
                       group_proj: torch.Tensor, offset: int, group_logits: torch.Tensor, group_proj_sum: torch.Tensor,
-                      first: bool) -> torch.Tensor:
+                      first: bool, group_input: Optional[torch.Tensor] = None) -> torch.Tensor:
         """:meth:`forward_streaming` for inference with the compiled CPU kernels (:mod:`..layers.cpu_kernels`):
-        the backbone convs and BN in PyTorch, conv2 and T_1's masks as one conv, then the whole attention of the
-        block (T_2, LA, BA's partial convs, both projections and the fusion) in one kernel, image by image.
+        the backbone's convs and BNs in PyTorch as in :class:`BasicBlock`, then the whole attention of the block
+        (T_1, T_2, LA, BA's partial convs, both projections and the fusion) in one kernel, image by image.
         Adds BA's partial logits to ``group_logits`` and this block's share of the group projection to
-        ``group_proj_sum`` (sets them if ``first``); returns the block output."""
-        out1 = self.act1(self.bn1(self.conv1(x)))
+        ``group_proj_sum`` (sets them if ``first``); returns the block output, or, given the ``group_input`` (last
+        block of a group with plus fusion), the group's output ``ReLU(y + M_g * g_A + group_input)``."""
+        out1, out2 = self.conv_layers(x)
         c = self.conv2.out_channels
         t1, t2, la = self.layer_attn[0], self.layer_attn[1], self.block_attn.attn
-        both = F.conv2d(out1, torch.cat([self.conv2.weight, t1.conv.weight], 0), None, padding=self.conv2.padding)
         return kernels.mlan_block_forward(
-            out1, self.bn2(both[:, :c]), both[:, c:], x, t1.conv.bias, t2.conv.weight, t2.conv.bias, la.conv.weight,
+            out1, out2, x, t1.conv.weight, t1.conv.bias, t2.conv.weight, t2.conv.bias, la.conv.weight,
             la.conv.bias, group_attn.conv.weight[:, offset:offset + 2 * c], self.attn_proj.weight.flatten(1),
-            group_proj[:, offset:offset + 2 * c].flatten(1), group_logits, group_proj_sum, first)
+            group_proj[:, offset:offset + 2 * c].flatten(1), group_logits, group_proj_sum, first,
+            group_input is not None, x if group_input is None else group_input, group_attn.conv.bias)
 
     @torch.jit.unused
     def forward_streaming(self, x: torch.Tensor, group_attn: SharedMaskAttention, group_proj: torch.Tensor,
@@ -284,8 +285,13 @@ class MLANGroup(nn.Module):
         if kernels is not None and self.can_fuse(x):
             partial = x.new_empty(x.shape[0], ba.num_masks, *x.shape[2:])
             proj = torch.empty_like(x, memory_format=torch.contiguous_format)
+            fuse_group = type(self.fusion) is PlusFusion  # then the last block's kernel ends the group too
+            last = len(self.blocks) - 1
             for i, block in enumerate(self.blocks):
-                x = block.forward_fused(kernels, x, ba, self.attn_proj.weight, 2 * c * i, partial, proj, i == 0)
+                x = block.forward_fused(kernels, x, ba, self.attn_proj.weight, 2 * c * i, partial, proj, i == 0,
+                                        group_input if fuse_group and i == last else None)
+            if fuse_group:
+                return x
             return self.act(self.fusion(x, ba.mask_from_partials(partial) * proj, group_input))
         partial, proj = None, None
         for i, block in enumerate(self.blocks):

@@ -37,6 +37,7 @@ constexpr bool kSimd = false;
 #endif
 
 #if defined(__AVX512F__)
+#define MLAN_UNROLL _Pragma("GCC unroll 16")  // full unrolling keeps per-tile arrays in registers
 constexpr int kTileVectors = 4;  // vectors of pixels per tile
 constexpr int kOutBlock = 4;     // output channels per block
 
@@ -82,26 +83,26 @@ inline void conv_tile(const float* x, const float* wt, float* dst, int64_t C, in
   const int T = taps.count;
   float* out = dst + o0 * P + j0 * Vec::L;
   Vec::T acc[OB][NV];
-  for (int o = 0; o < OB; ++o)
-    for (int v = 0; v < NV; ++v) acc[o][v] = accumulate ? Vec::load(out + o * P + v * Vec::L) : Vec::zero();
+  MLAN_UNROLL for (int o = 0; o < OB; ++o)
+    MLAN_UNROLL for (int v = 0; v < NV; ++v) acc[o][v] = accumulate ? Vec::load(out + o * P + v * Vec::L) : Vec::zero();
   // taps outer, channels inner: each tap's lane masks are loaded once and stay in mask registers
   for (int t = 0; t < T; ++t) {
     Vec::M mask[NV];
-    for (int v = 0; v < NV; ++v) mask[v] = taps.masks[(j0 + v) * T + t];
+    MLAN_UNROLL for (int v = 0; v < NV; ++v) mask[v] = taps.masks[(j0 + v) * T + t];
     const float* src = x + j0 * Vec::L + taps.offset[t];
     const float* wtap = wt + t * O + o0;
     for (int64_t c = 0; c < C; ++c) {
       Vec::T xv[NV];
-      for (int v = 0; v < NV; ++v) xv[v] = Vec::mload(mask[v], src + c * P + v * Vec::L);
+      MLAN_UNROLL for (int v = 0; v < NV; ++v) xv[v] = Vec::mload(mask[v], src + c * P + v * Vec::L);
       const float* wc = wtap + c * T * O;
-      for (int o = 0; o < OB; ++o) {
+      MLAN_UNROLL for (int o = 0; o < OB; ++o) {
         const Vec::T wv = Vec::bcast(wc[o]);
-        for (int v = 0; v < NV; ++v) acc[o][v] = Vec::fma(xv[v], wv, acc[o][v]);
+        MLAN_UNROLL for (int v = 0; v < NV; ++v) acc[o][v] = Vec::fma(xv[v], wv, acc[o][v]);
       }
     }
   }
-  for (int o = 0; o < OB; ++o)
-    for (int v = 0; v < NV; ++v) Vec::store(out + o * P + v * Vec::L, acc[o][v]);
+  MLAN_UNROLL for (int o = 0; o < OB; ++o)
+    MLAN_UNROLL for (int v = 0; v < NV; ++v) Vec::store(out + o * P + v * Vec::L, acc[o][v]);
 }
 
 template <int OB, int NV>
@@ -138,22 +139,22 @@ void grad_weight_block(const float* x, const float* g, float* gw, int64_t N, int
   at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       Vec::T acc[OB][T];
-      for (int o = 0; o < OB; ++o)
-        for (int t = 0; t < T; ++t) acc[o][t] = Vec::zero();
+      MLAN_UNROLL for (int o = 0; o < OB; ++o)
+        MLAN_UNROLL for (int t = 0; t < T; ++t) acc[o][t] = Vec::zero();
       for (int64_t n = 0; n < N; ++n) {
         const float* plane = x + (n * C + c) * P;
         const float* gn = g + (n * O + o0) * P;
         for (int64_t j = 0; j < nvec; ++j) {
           Vec::T gv[OB];
-          for (int o = 0; o < OB; ++o) gv[o] = Vec::load(gn + o * P + j * Vec::L);
-          for (int t = 0; t < T; ++t) {
+          MLAN_UNROLL for (int o = 0; o < OB; ++o) gv[o] = Vec::load(gn + o * P + j * Vec::L);
+          MLAN_UNROLL for (int t = 0; t < T; ++t) {
             const Vec::T xv = taps.load(plane, j, t);
-            for (int o = 0; o < OB; ++o) acc[o][t] = Vec::fma(gv[o], xv, acc[o][t]);
+            MLAN_UNROLL for (int o = 0; o < OB; ++o) acc[o][t] = Vec::fma(gv[o], xv, acc[o][t]);
           }
         }
       }
-      for (int o = 0; o < OB; ++o)
-        for (int t = 0; t < T; ++t) gw[((o0 + o) * C + c) * T + t] = Vec::hsum(acc[o][t]);
+      MLAN_UNROLL for (int o = 0; o < OB; ++o)
+        MLAN_UNROLL for (int t = 0; t < T; ++t) gw[((o0 + o) * C + c) * T + t] = Vec::hsum(acc[o][t]);
     }
   });
 }
@@ -242,13 +243,13 @@ inline void project_and_fuse(const float* b1, const float* b2, const float* pw, 
                              const float* xn, float* out, float* gp, int64_t C, int64_t P, int64_t co0, int64_t j,
                              bool first) {
   __m512 ab[CB], ag[CB];
-  for (int q = 0; q < CB; ++q) {
+  MLAN_UNROLL for (int q = 0; q < CB; ++q) {
     ab[q] = _mm512_setzero_ps();
     ag[q] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(gp + (co0 + q) * P + j);
   }
   for (int64_t ci = 0; ci < C; ++ci) {
     const __m512 v1 = _mm512_loadu_ps(b1 + ci * P + j), v2 = _mm512_loadu_ps(b2 + ci * P + j);
-    for (int q = 0; q < CB; ++q) {
+    MLAN_UNROLL for (int q = 0; q < CB; ++q) {
       const float *pr = pw + (co0 + q) * 2 * C, *gr = gw + (co0 + q) * 2 * C;
       ab[q] = _mm512_fmadd_ps(v1, _mm512_set1_ps(pr[ci]), ab[q]);
       ab[q] = _mm512_fmadd_ps(v2, _mm512_set1_ps(pr[C + ci]), ab[q]);
@@ -256,7 +257,7 @@ inline void project_and_fuse(const float* b1, const float* b2, const float* pw, 
       ag[q] = _mm512_fmadd_ps(v2, _mm512_set1_ps(gr[C + ci]), ag[q]);
     }
   }
-  for (int q = 0; q < CB; ++q) {
+  MLAN_UNROLL for (int q = 0; q < CB; ++q) {
     const int64_t at = (co0 + q) * P + j;
     const __m512 fused = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(o2 + at), ab[q]), _mm512_loadu_ps(xn + at));
     _mm512_storeu_ps(out + at, _mm512_max_ps(fused, _mm512_setzero_ps()));
@@ -337,14 +338,17 @@ torch::Tensor conv_same_grad_weight(torch::Tensor x, torch::Tensor grad, int64_t
 
 // Inference forward of one MLAN block's attention with shared-mask attentions and plus fusion, one image at a
 // time so that every intermediate stays in cache (MLANBlock.forward_streaming computes the same in PyTorch ops):
-//   m1 = SMA mask from T_1's logits (the merged conv2 + T_1 conv), m2 = SMA mask of out2 (T_2),
+//   m1 = SMA mask of out1 (T_1), m2 = SMA mask of out2 (T_2),
 //   a1 = out1 m1, a2 = out2 m2, M = LA's mask of cat(a1, a2), b = cat(a1, a2) M (the block attention),
 //   returns ReLU(out2 + P_block b + x) (eq. 8) and adds BA's partial logits of b to group_logits and the group
 //   projection's share P_group b to group_proj (both set instead of added for the group's first block).
-torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::Tensor t1_logits, torch::Tensor x,
+//   For the group's last block with plus fusion (``last``), returns the group output instead:
+//   ReLU(y + M_g P_group g + group_input) with y the block output and M_g BA's mask (bias ba_b), eq. 8 at group level.
+torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::Tensor x, torch::Tensor t1_w,
                                  torch::Tensor t1_b, torch::Tensor t2_w, torch::Tensor t2_b, torch::Tensor la_w,
                                  torch::Tensor la_b, torch::Tensor ba_w, torch::Tensor proj_w, torch::Tensor gproj_w,
-                                 torch::Tensor group_logits, torch::Tensor group_proj, bool first) {
+                                 torch::Tensor group_logits, torch::Tensor group_proj, bool first, bool last,
+                                 torch::Tensor group_input, torch::Tensor ba_b) {
   check_args(out1, t2_w);
   out1 = out1.contiguous();
   out2 = out2.contiguous();
@@ -353,8 +357,7 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
   const int k = static_cast<int>(t2_w.size(2));
   for (const auto* t : {&out2, &x})
     TORCH_CHECK(t->sizes() == out1.sizes() && t->scalar_type() == torch::kFloat, "mlan_block_forward: out2 and x must match out1");
-  TORCH_CHECK(t1_logits.size(0) == N && t1_logits.size(1) == O && t1_logits.stride(1) == P && t1_logits.stride(2) == W &&
-              t1_logits.stride(3) == 1, "mlan_block_forward: t1_logits must be (N, O, H, W) with contiguous planes");
+  TORCH_CHECK(t1_w.sizes() == t2_w.sizes(), "mlan_block_forward: T_1 and T_2 weights must have the same shape");
   TORCH_CHECK(la_w.size(0) == O && la_w.size(1) == 2 * C && ba_w.size(0) == O && ba_w.size(1) == 2 * C &&
               la_w.size(2) == k && ba_w.size(2) == k, "mlan_block_forward: LA/BA weights must be (O, 2C, k, k)");
   TORCH_CHECK(proj_w.size(0) == C && proj_w.size(1) == 2 * C && gproj_w.sizes() == proj_w.sizes(),
@@ -362,25 +365,31 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
   TORCH_CHECK(group_logits.is_contiguous() && group_logits.size(0) == N && group_logits.size(1) == O &&
               group_proj.is_contiguous() && group_proj.sizes() == out1.sizes(),
               "mlan_block_forward: group buffers must be contiguous (N, O, H, W) and (N, C, H, W)");
+  if (last) {
+    TORCH_CHECK(group_input.sizes() == out1.sizes() && group_input.scalar_type() == torch::kFloat && ba_b.numel() == O,
+                "mlan_block_forward: group_input must match out1 and ba_b have O values");
+    group_input = group_input.contiguous();
+  }
   torch::Tensor out = torch::empty_like(out1);
 #if defined(__AVX512F__)
   auto tr = [](const torch::Tensor& w) { return w.permute({1, 2, 3, 0}).contiguous(); };  // [C][ky][kx][O]
-  const torch::Tensor t2t = tr(t2_w), la1 = tr(la_w.narrow(1, 0, C)), la2 = tr(la_w.narrow(1, C, C)),
+  const torch::Tensor t1t = tr(t1_w), t2t = tr(t2_w), la1 = tr(la_w.narrow(1, 0, C)), la2 = tr(la_w.narrow(1, C, C)),
                       ba1 = tr(ba_w.narrow(1, 0, C)), ba2 = tr(ba_w.narrow(1, C, C));
   const torch::Tensor pw = proj_w.contiguous(), gw = gproj_w.contiguous(), t1b = t1_b.contiguous(),
-                      t2b = t2_b.contiguous(), lab = la_b.contiguous();
+                      t2b = t2_b.contiguous(), lab = la_b.contiguous(), bab = ba_b.contiguous();
+  const float* gip = last ? group_input.data_ptr<float>() : nullptr;
   const Taps taps(H, W, k);
   const float *o1p = out1.data_ptr<float>(), *o2p = out2.data_ptr<float>(), *xp = x.data_ptr<float>(),
-              *t1p = t1_logits.data_ptr<float>(), *pwp = pw.data_ptr<float>(), *gwp = gw.data_ptr<float>();
+              *pwp = pw.data_ptr<float>(), *gwp = gw.data_ptr<float>();
   float *outp = out.data_ptr<float>(), *glp = group_logits.data_ptr<float>(), *gpp = group_proj.data_ptr<float>();
-  const int64_t t1_stride = t1_logits.stride(0);
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(2 * C * P + O * P + 3 * P);
     float *a1 = scratch.data(), *a2 = a1 + C * P, *logits = a2 + C * P, *m1 = logits + O * P, *m2 = m1 + P,
           *mask = m2 + P;
     for (int64_t n = begin; n < end; ++n) {
       const float *o1 = o1p + n * C * P, *o2 = o2p + n * C * P, *xn = xp + n * C * P;
-      shared_mask(t1p + n * t1_stride, P, t1b.data_ptr<float>(), O, P, m1);
+      conv_image(o1, t1t.data_ptr<float>(), logits, C, O, P, taps, false);
+      shared_mask(logits, P, t1b.data_ptr<float>(), O, P, m1);
       conv_image(o2, t2t.data_ptr<float>(), logits, C, O, P, taps, false);
       shared_mask(logits, P, t2b.data_ptr<float>(), O, P, m2);
       apply_mask(o1, m1, a1, C, P);
@@ -399,6 +408,17 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
         for (; co + kProjBlock <= C; co += kProjBlock)
           project_and_fuse<kProjBlock>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, co, j, first);
         for (; co < C; ++co) project_and_fuse<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, co, j, first);
+      }
+      if (last) {  // the group's fusion for this image while it is in cache: ReLU(y + M_g gp + group_input)
+        shared_mask(gl, P, bab.data_ptr<float>(), O, P, mask);
+        const float* gin = gip + n * C * P;
+        for (int64_t co = 0; co < C; ++co)
+          for (int64_t j = 0; j < P; j += Vec::L) {
+            const int64_t at = co * P + j;
+            const __m512 g = _mm512_fmadd_ps(_mm512_loadu_ps(mask + j), _mm512_loadu_ps(gp + at),
+                                             _mm512_add_ps(_mm512_loadu_ps(on + at), _mm512_loadu_ps(gin + at)));
+            _mm512_storeu_ps(on + at, _mm512_max_ps(g, _mm512_setzero_ps()));
+          }
       }
     }
   });
