@@ -234,34 +234,53 @@ void apply_mask(const float* src, const float* mask, float* dst, int64_t C, int6
     for (int64_t j = 0; j < P; j += Vec::L)
       _mm512_storeu_ps(dst + c * P + j, _mm512_mul_ps(_mm512_loadu_ps(src + c * P + j), _mm512_loadu_ps(mask + j)));
 }
-// For output channels [co0, co0 + CB) at pixel vector j: the block projection P_block b and the group projection's
-// share P_group b (b = cat(b1, b2); P rows of 2C), then out = ReLU(out2 + P_block b + x) and group_proj (+)= P_group b.
-// CB independent accumulator pairs share each load of b.
-constexpr int kProjBlock = 8;
-template <int CB>
+// For output channels [co0, co0 + CB) at NV pixel vectors from pixel j: the block projection P_block b and the
+// group projection's share P_group b (b = cat(b1, b2); P rows of 2C), then out = ReLU(out2 + P_block b + x) and
+// group_proj (+)= P_group b. Each weight broadcast serves NV vectors, each load of b serves CB channels.
+constexpr int kProjBlock = 4;
+template <int CB, int NV>
 inline void project_and_fuse(const float* b1, const float* b2, const float* pw, const float* gw, const float* o2,
                              const float* xn, float* out, float* gp, int64_t C, int64_t P, int64_t co0, int64_t j,
                              bool first) {
-  __m512 ab[CB], ag[CB];
-  MLAN_UNROLL for (int q = 0; q < CB; ++q) {
-    ab[q] = _mm512_setzero_ps();
-    ag[q] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(gp + (co0 + q) * P + j);
-  }
+  __m512 ab[CB][NV], ag[CB][NV];
+  MLAN_UNROLL for (int q = 0; q < CB; ++q)
+    MLAN_UNROLL for (int v = 0; v < NV; ++v) {
+      ab[q][v] = _mm512_setzero_ps();
+      ag[q][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(gp + (co0 + q) * P + j + v * Vec::L);
+    }
   for (int64_t ci = 0; ci < C; ++ci) {
-    const __m512 v1 = _mm512_loadu_ps(b1 + ci * P + j), v2 = _mm512_loadu_ps(b2 + ci * P + j);
+    __m512 v1[NV], v2[NV];
+    MLAN_UNROLL for (int v = 0; v < NV; ++v) {
+      v1[v] = _mm512_loadu_ps(b1 + ci * P + j + v * Vec::L);
+      v2[v] = _mm512_loadu_ps(b2 + ci * P + j + v * Vec::L);
+    }
     MLAN_UNROLL for (int q = 0; q < CB; ++q) {
       const float *pr = pw + (co0 + q) * 2 * C, *gr = gw + (co0 + q) * 2 * C;
-      ab[q] = _mm512_fmadd_ps(v1, _mm512_set1_ps(pr[ci]), ab[q]);
-      ab[q] = _mm512_fmadd_ps(v2, _mm512_set1_ps(pr[C + ci]), ab[q]);
-      ag[q] = _mm512_fmadd_ps(v1, _mm512_set1_ps(gr[ci]), ag[q]);
-      ag[q] = _mm512_fmadd_ps(v2, _mm512_set1_ps(gr[C + ci]), ag[q]);
+      const __m512 p1 = _mm512_set1_ps(pr[ci]), p2 = _mm512_set1_ps(pr[C + ci]), g1 = _mm512_set1_ps(gr[ci]),
+                   g2 = _mm512_set1_ps(gr[C + ci]);
+      MLAN_UNROLL for (int v = 0; v < NV; ++v) {
+        ab[q][v] = _mm512_fmadd_ps(v2[v], p2, _mm512_fmadd_ps(v1[v], p1, ab[q][v]));
+        ag[q][v] = _mm512_fmadd_ps(v2[v], g2, _mm512_fmadd_ps(v1[v], g1, ag[q][v]));
+      }
     }
   }
-  MLAN_UNROLL for (int q = 0; q < CB; ++q) {
-    const int64_t at = (co0 + q) * P + j;
-    const __m512 fused = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(o2 + at), ab[q]), _mm512_loadu_ps(xn + at));
-    _mm512_storeu_ps(out + at, _mm512_max_ps(fused, _mm512_setzero_ps()));
-    _mm512_storeu_ps(gp + at, ag[q]);
+  MLAN_UNROLL for (int q = 0; q < CB; ++q)
+    MLAN_UNROLL for (int v = 0; v < NV; ++v) {
+      const int64_t at = (co0 + q) * P + j + v * Vec::L;
+      const __m512 fused = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(o2 + at), ab[q][v]), _mm512_loadu_ps(xn + at));
+      _mm512_storeu_ps(out + at, _mm512_max_ps(fused, _mm512_setzero_ps()));
+      _mm512_storeu_ps(gp + at, ag[q][v]);
+    }
+}
+
+template <int NV>
+inline void project_and_fuse_all(const float* b1, const float* b2, const float* pw, const float* gw, const float* o2,
+                                 const float* xn, float* out, float* gp, int64_t C, int64_t P, bool first) {
+  for (int64_t j = 0; j < P; j += NV * Vec::L) {
+    int64_t co = 0;
+    for (; co + kProjBlock <= C; co += kProjBlock)
+      project_and_fuse<kProjBlock, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, co, j, first);
+    for (; co < C; ++co) project_and_fuse<1, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, co, j, first);
   }
 }
 #endif
@@ -403,12 +422,8 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
       conv_image(a1, ba1.data_ptr<float>(), gl, C, O, P, taps, !first);
       conv_image(a2, ba2.data_ptr<float>(), gl, C, O, P, taps, true);
       float *on = outp + n * C * P, *gp = gpp + n * C * P;
-      for (int64_t j = 0; j < P; j += Vec::L) {
-        int64_t co = 0;
-        for (; co + kProjBlock <= C; co += kProjBlock)
-          project_and_fuse<kProjBlock>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, co, j, first);
-        for (; co < C; ++co) project_and_fuse<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, co, j, first);
-      }
+      if ((P / Vec::L) % 2 == 0) project_and_fuse_all<2>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
+      else project_and_fuse_all<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
       if (last) {  // the group's fusion for this image while it is in cache: ReLU(y + M_g gp + group_input)
         shared_mask(gl, P, bab.data_ptr<float>(), O, P, mask);
         const float* gin = gip + n * C * P;
