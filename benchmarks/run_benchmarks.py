@@ -103,7 +103,8 @@ def cuda_plan(depths=None, datasets=None):
         ds = [x for x in datasets if only_datasets is None or x in only_datasets]
         if d and ds:
             t1 = default_target1_depths(d)  # as mlan-bench picks them for these depths
-            plan.append((name, variants, d, ds, {v: count_speed_cells(ds, d, v, t1) for v in variants.split(",")}))
+            plan.append((name, variants, d, ds, {v: count_speed_cells(ds, d, v, t1, device="cuda")
+                                                 for v in variants.split(",")}))
     return plan
 
 
