@@ -7,9 +7,11 @@
 
 Everything is measured by ``mlan-bench``. Raw results live in benchmarks/results/: ``cpu.json`` (``mlan-bench
 --paper-tables`` on CPU: params and MACs of every paper grid, and the speed section of issue 10's targets, which
-also times each fast path against its reference, ``?fast_paths=False``, in the same interleaved run),
-``profile_cpu.json`` (``mlan-bench --profile``), ``conv_costs_cpu.json`` (``mlan-bench --conv-costs``: per-call
-times of single convs of MLAN's and the backbone's shapes), ``cpu_compile.json`` (``--cpu-compile``, optional),
+also times each fast path against its reference, ``?fast_paths=False``, and, where the compiled CPU kernels load
+(AVX-512), MLAN with them, ``?cpu_kernels=True``, in the same interleaved run; where they do not load, cpu.json
+records why), ``profile_cpu.json`` (``mlan-bench --profile``), ``conv_costs_cpu.json`` (``mlan-bench --conv-costs``:
+per-call times of single convs of MLAN's and the backbone's shapes, and of the CPU kernels' convs for the mask
+convs where they load), ``cpu_compile.json`` (``--cpu-compile``, optional),
 and, once a GPU run was made, ``cuda_graphs.json``, ``cuda.json`` and ``cuda_compile.json`` (copy them there from
 ``--out-dir``). The ``--cuda`` run prints its number of timed cells and a rough duration estimate first; ``--depths``
 and ``--datasets`` limit it (e.g. ``--depths 20``: only what issue 10's target 3 reads). The docs
@@ -30,7 +32,11 @@ RESULTS = os.path.join("benchmarks", "results")  # relative to ROOT (commands ru
 DOCS_MD = os.path.join("docs", "benchmarks.md")
 README = "README.md"
 CPU_JSON = os.path.join(RESULTS, "cpu.json")
-#: CPU defaults, sized so that the whole CPU regeneration takes about 10-15 minutes on 2 cores.
+#: CPU defaults, sized so that the whole CPU regeneration took about 10-15 minutes on 2 cores before the CPU-kernels
+#: model ("mlan (cpu kernels)", timed where the kernels load). It adds 20 timed cells to the speed section's 156
+#: (batch 1 and 128 in each of the 8 groups, the train step in the 4 target-1 groups) and 8 to the conv costs' 51
+#: (the kernels' forward and weight gradient of the 4 mask-conv shapes): about 13% more cells, so roughly 11-17
+#: minutes there (an estimate from the cell counts, not a measurement); without the kernels, as before.
 CPU_MIN_RUN_TIME, CPU_ROUNDS = "0.2", "5"
 #: CUDA defaults: short blocks and 3 rounds (one GPU call of these small models takes from well under a millisecond,
 #: a graph replay, to tens of ms, an eager train step), sized so that the whole --cuda run plausibly takes about 5
@@ -103,7 +109,8 @@ def cuda_plan(depths=None, datasets=None):
         ds = [x for x in datasets if only_datasets is None or x in only_datasets]
         if d and ds:
             t1 = default_target1_depths(d)  # as mlan-bench picks them for these depths
-            plan.append((name, variants, d, ds, {v: count_speed_cells(ds, d, v, t1) for v in variants.split(",")}))
+            plan.append((name, variants, d, ds, {v: count_speed_cells(ds, d, v, t1, device="cuda")
+                                                 for v in variants.split(",")}))
     return plan
 
 
@@ -159,7 +166,8 @@ def main(argv=None):
               "--json-out", report, "--md-out", md)
         bench("--profile", "--quick", "--device", "cpu", "resnet14_cifar10",
               "--json-out", os.path.join(out, "profile_cpu.json"))
-        # one round of 1 ms blocks: --quick's own 2 rounds of 20 ms blocks take ~15 s over the 52 conv-cost cells
+        # one round of 1 ms blocks: --quick's own 2 rounds of 20 ms blocks take ~15 s over the 51 conv-cost cells
+        # (59 with the CPU kernels' columns)
         bench("--conv-costs", "--quick", "--device", "cpu", "--min-run-time", "0.001", "--rounds", "1",
               "--json-out", os.path.join(out, "conv_costs_cpu.json"))
         render(report, md, root=out, results_dir=out)

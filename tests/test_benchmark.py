@@ -25,6 +25,27 @@ def _tiny_conv_model():
                          nn.Flatten(), nn.Linear(4, 5))
 
 
+#: The loader's reason on a machine without AVX-512 (what the fake_kernels fixture reports).
+NO_AVX512 = "this CPU (PyTorch capability AVX2) has no AVX-512"
+
+
+def _kernels_info(available):
+    source = "small_conv.cpp 0123456789ab"
+    return dict(available=available, reason=None if available else NO_AVX512, source=source, process_wide=False,
+                status=(f"available (AVX-512, {source}), used only by the models built with cpu_kernels=True"
+                        if available else f"unavailable: {NO_AVX512}"))
+
+
+@pytest.fixture
+def fake_kernels(monkeypatch):
+    """``fake_kernels(available)``: measure and cli see the compiled CPU kernels as loaded or not (no build)."""
+    def fake(available):
+        info = lambda load=True: _kernels_info(available)  # noqa: E731
+        monkeypatch.setattr(B, "cpu_kernels_info", info)
+        monkeypatch.setattr(cli, "cpu_kernels_info", info)
+    return fake
+
+
 def test_params_equal_sum_of_numel():
     m = _tiny_conv_model()
     assert B.count_params(m) == 3 * 4 * 9 + 4 * 5 + 5
@@ -54,12 +75,12 @@ def test_fast_paths_spec_option_builds_the_reference():
 
 
 def test_speed_plan_train_steps_only_in_target1_groups():
-    t1 = B.speed_plan("cifar100", 20, target1=True)
+    t1 = B.speed_plan("cifar100", 20, target1=True, cpu_kernels=False)
     assert t1["mlan (reference)"][0].key == "mlan_resnet20_cifar100?fast_paths=False"
     assert t1["se"][0].key == "mlan_resnet20_cifar100?attn=se"
     assert {k for k, (_, kinds) in t1.items() if "train" in kinds} == {"backbone", "mlan", "mlan (reference)"}
     assert all(kinds[:2] == ("b1", "b128") for _, kinds in t1.values())
-    other = B.speed_plan("cifar10", 14, target1=False, b1=False)
+    other = B.speed_plan("cifar10", 14, target1=False, b1=False, cpu_kernels=False)
     assert set(other) == set(t1) == {"backbone", "mlan", "mlan (reference)", "smav2", "smav2 (reference)", "se", "cbam",
                                      "ta", "gc"}
     assert all(kinds == ("b128",) for _, kinds in other.values())
@@ -67,15 +88,15 @@ def test_speed_plan_train_steps_only_in_target1_groups():
 
 
 def test_speed_plan_cuda_graphs_has_no_train_step_and_counts_cells():
-    eager = B.speed_plan("cifar10", 20, target1=True)
-    graphs = B.speed_plan("cifar10", 20, target1=True, cuda_graphs=True)
+    eager = B.speed_plan("cifar10", 20, target1=True, device="cuda")
+    graphs = B.speed_plan("cifar10", 20, target1=True, cuda_graphs=True, device="cuda")
     assert {k: v[0].key for k, v in graphs.items()} == {k: v[0].key for k, v in eager.items()}  # the same models
     assert all(kinds == ("b1", "b128") for _, kinds in graphs.values())  # inference only: nothing captured to train
     # the whole grid: 2 datasets x 4 depths x 9 models x (b1, b128), + train steps of 3 models at depths 20 and 32
-    grid = dict(datasets=zoo.DATASETS, depths=zoo.DEPTHS)
+    grid = dict(datasets=zoo.DATASETS, depths=zoo.DEPTHS, device="cuda")
     assert B.count_speed_cells(**grid, variant="cuda_graphs") == 2 * 4 * 9 * 2 == 144
     assert B.count_speed_cells(**grid) == B.count_speed_cells(**grid, variant="channels_last") == 144 + 2 * 2 * 3
-    assert B.count_speed_cells(["cifar10"], [20], "compile") == 2 * 3  # backbone and MLAN: b1, b128, train
+    assert B.count_speed_cells(["cifar10"], [20], "compile", device="cuda") == 2 * 3  # backbone, MLAN: b1, b128, train
     assert B.default_target1_depths((14, 20, 26)) == (20,) and B.default_target1_depths((14,)) == (14,)
 
 
@@ -186,11 +207,14 @@ def test_report_renders_stored_results_of_older_reports():
     assert "`resnet20_cifar10` | not measured |" in text
 
 
-def _speed(mlan=(12.0, 40.0), b1=None, **rivals):
-    """One synthetic speed group (cifar10/20): backbone 10 ms inference / 20 ms train; rivals' b128 times."""
+def _speed(mlan=(12.0, 40.0), b1=None, kernels=None, **rivals):
+    """One synthetic speed group (cifar10/20): backbone 10 ms inference / 20 ms train; rivals' b128 times;
+    ``kernels``: MLAN with the CPU kernels (b128, train step, b1 ms), absent by default (older reports)."""
     res = {"backbone": dict(infer_b128_ms=10.0, train_step_b128_ms=20.0),
            "mlan": dict(infer_b128_ms=mlan[0], train_step_b128_ms=mlan[1], latency_b1_ms=b1 or 1.0),
            "mlan (reference)": dict(infer_b128_ms=18.0, train_step_b128_ms=50.0, latency_b1_ms=2.0)}
+    if kernels is not None:
+        res[R.KERNELS] = dict(infer_b128_ms=kernels[0], train_step_b128_ms=kernels[1], latency_b1_ms=kernels[2])
     for k in ("se", "cbam", "ta", "gc"):
         res[k] = dict(infer_b128_ms=rivals.get(k, 100.0), latency_b1_ms=5.0)
     return {"cifar10/20": res}
@@ -526,27 +550,31 @@ def test_measure_conv_costs_times_every_shape():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rows = B.measure_conv_costs("cpu", cfg=CONV_COST_TEST_CFG)
+        rows = B.measure_conv_costs("cpu", cfg=CONV_COST_TEST_CFG, cpu_kernels=False)
     finally:
         torch.set_num_threads(threads)
     assert [(r["in_channels"], r["out_channels"], r["kernel"], r["size"]) for r in rows] == list(B.CONV_COST_SHAPES)
     for (c, o, k, h) in [(8, 3, 3, 32), (16, 16, 3, 32), (32, 3, 3, 8), (32, 64, 1, 16)]:
         assert (c, o, k, h) in B.CONV_COST_SHAPES
     for r in rows:
-        timed = [col for col in B.CONV_COST_COLUMNS if col != "matmul_ms" or r["kernel"] == 1]
+        timed = [col for col in B.CONV_COST_COLUMNS
+                 if (col != "matmul_ms" or r["kernel"] == 1) and not col.startswith("kernels_")]
         assert set(timed) <= set(r) and ("matmul_ms" in r) == (r["kernel"] == 1)
+        assert "kernels_forward_ms" not in r and r["conv_backend"]  # kernels not asked for; PyTorch's backend named
         assert all(r[col] > 0 and math.isfinite(r[col]) for col in timed)
         assert r["batch"] == 2
         assert r["macs"] == 2 * r["size"] ** 2 * r["in_channels"] * r["out_channels"] * r["kernel"] ** 2
         assert r["gmacs_per_s"] == pytest.approx(r["macs"] / (r["forward_ms"] / 1e3) / 1e9)
 
 
-def _cc_row(c, o, k, h, fwd, bwd, as_fwd, bwd_w=1.0, mm=None):
+def _cc_row(c, o, k, h, fwd, bwd, as_fwd, bwd_w=1.0, mm=None, kern=None):
     r = dict(batch=128, in_channels=c, out_channels=o, kernel=k, size=h, macs=128 * h * h * c * o * k * k,
              forward_ms=fwd, backward_data_ms=bwd, backward_data_as_forward_ms=as_fwd, backward_weight_ms=bwd_w)
     r["gmacs_per_s"] = r["macs"] / (fwd / 1e3) / 1e9
     if mm is not None:
         r["matmul_ms"] = mm
+    if kern is not None:  # the CPU kernels' forward and weight gradient ms, and PyTorch's backend for the conv
+        r.update(kernels_forward_ms=kern[0], kernels_backward_weight_ms=kern[1], conv_backend="Mkldnn")
     return r
 
 
@@ -572,7 +600,8 @@ def test_conv_cost_prose_is_computed_from_the_rows():
     assert R.conv_cost_findings(rows[:1]) == []  # no C -> 3 nor 1x1 rows: nothing to say
 
 
-def test_cli_conv_costs_quick_json_renders_into_the_report(tmp_path, capsys):
+def test_cli_conv_costs_quick_json_renders_into_the_report(tmp_path, capsys, fake_kernels):
+    fake_kernels(False)  # no kernel build here, and the unavailable kernels are said in the section
     js, md = tmp_path / "conv_costs_cpu.json", tmp_path / "b.md"
     assert cli.main(["--conv-costs", "--quick", "--threads", "1", "--device", "cpu", "--batch", "2",
                      "--min-run-time", "0.001", "--rounds", "1", "--json-out", str(js)]) == 0
@@ -590,6 +619,9 @@ def test_cli_conv_costs_quick_json_renders_into_the_report(tmp_path, capsys):
     assert text.index("## Where the time goes (torch.profiler)") < text.index(CONV_COST_TITLE) \
         < text.index("## Paper grids")
     assert f"Command: `{cc['command']}`" in text and "| [2, 8, 32, 32] -> 3, 3x3 |" in text
+    assert cc["config"]["cpu_kernels"]["available"] is False and "CPU kernels: unavailable: " in cc["machine"]
+    assert f"CPU kernels unavailable: {NO_AVX512}: the compiled kernels' convs are not timed." in text
+    assert "CPU kernels forward ms" not in text and not any("kernels_forward_ms" in r for r in cc["conv_costs"])
 
 
 def test_eval_results_need_recorded_kwargs_and_the_full_test_set(tmp_path):
@@ -892,3 +924,258 @@ def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_scrip
     argv = rb.render_args("cpu.json", "b.md", results_dir=str(tmp_path))
     assert [os.path.basename(argv[i + 1]) for i, a in enumerate(argv) if a == "--merge"] == \
         ["cuda.json", "cuda_graphs.json", "cuda_compile.json"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The compiled CPU kernels (?cpu_kernels=True, "mlan (cpu kernels)"): specs, plans, records and reports
+# ----------------------------------------------------------------------------------------------------------------
+def test_cpu_kernels_spec_option_sets_the_models_switch():
+    from mlan_timm.models.blocks import MLANGroup
+
+    spec = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=True")
+    assert spec.key == "mlan_resnet14_cifar10?cpu_kernels=True" and B.parse_spec(spec.key).kwargs == spec.kwargs
+    assert spec.uses_cpu_kernels and not B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=False").uses_cpu_kernels
+    groups = [m for m in spec.build().modules() if isinstance(m, MLANGroup)]
+    assert groups and all(g.fast_path and g.cpu_kernels is True for g in groups)  # fast_paths not given: True
+    both = B.parse_spec("mlan_resnet14_cifar10?fast_paths=False&cpu_kernels=True").build()
+    assert all(not g.fast_path and g.cpu_kernels is True for g in both.modules() if isinstance(g, MLANGroup))
+    off = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=False").build()
+    assert all(g.fast_path and g.cpu_kernels is False for g in off.modules() if isinstance(g, MLANGroup))
+    plain = B.parse_spec("mlan_resnet14_cifar10").build()  # no option: the process-wide setting (None)
+    assert all(g.cpu_kernels is None for g in plain.modules() if isinstance(g, MLANGroup))
+    for option in ("fast_paths=False", "cpu_kernels=True"):  # the same clear error for both options
+        with pytest.raises(ValueError, match=rf"resnet10t has no set_fast_paths \(spec option {option[:-6]}"):
+            B.parse_spec(f"resnet10t?num_classes=10&{option}").build()
+
+
+def test_speed_plan_times_the_cpu_kernels_on_cpu_only(fake_kernels):
+    t1 = B.speed_plan("cifar10", 20, target1=True, cpu_kernels=True)
+    spec, kinds = t1[B.CPU_KERNEL_SPEED_MODELS[0]]
+    assert B.CPU_KERNEL_SPEED_MODELS == (R.KERNELS,) and spec.key == "mlan_resnet20_cifar10?cpu_kernels=True"
+    assert kinds == ("b1", "b128", "train") == t1["mlan"][1]  # as MLAN: batch 1, batch 128, and the train step
+    assert list(t1).index(R.KERNELS) == list(t1).index("mlan") + 1  # interleaved right after the library path
+    assert B.speed_plan("cifar10", 14, target1=False, cpu_kernels=True)[R.KERNELS][1] == ("b1", "b128")
+    # never on CUDA, torch.compile (the kernels stand aside while compiling) or channels_last (not NCHW)
+    for kw in (dict(device="cuda"), dict(device="cuda:0"), dict(compile=True), dict(channels_last=True),
+               dict(device="cuda", cuda_graphs=True), dict(cpu_kernels=False)):
+        assert R.KERNELS not in B.speed_plan("cifar10", 20, target1=True, **dict(dict(cpu_kernels=True), **kw)), kw
+    # by default: on CPU where the kernels load
+    fake_kernels(True)
+    assert R.KERNELS in B.speed_plan("cifar10", 20, target1=True)
+    assert R.KERNELS not in B.speed_plan("cifar10", 20, target1=True, device="cuda")
+    grid = dict(datasets=zoo.DATASETS, depths=zoo.DEPTHS)
+    # + b1 and b128 in the 8 groups, + the train step in the 4 target-1 groups; the CUDA counts are unchanged
+    assert B.count_speed_cells(**grid) == 156 + 8 * 2 + 4 == 176
+    assert B.count_speed_cells(**grid, device="cuda") == B.count_speed_cells(**grid, cpu_kernels=False) == 156
+    fake_kernels(False)
+    assert R.KERNELS not in B.speed_plan("cifar10", 20, target1=True)
+
+
+def _run_speed_only(monkeypatch, timed):
+    """run_paper_tables' speed section on CPU for CIFAR-10 ResNet-14 with the timing and the model counting
+    replaced (the plans are real): ``timed`` collects the specs each group timed."""
+    def fake_interleaved(specs, device, cfg, kinds, **kw):
+        timed.append({label: spec.key for label, spec in specs.items()})
+        return {label: dict(infer_b128_ms=1.0, latency_b1_ms=1.0) for label in specs}
+
+    monkeypatch.setattr(B, "time_interleaved", fake_interleaved)
+    monkeypatch.setattr(B, "measure", lambda specs, *a, **k: {s.key: dict(params=1, macs=1) for s in specs})
+    return B.run_paper_tables(devices=["cpu"], depths=(14,), datasets=("cifar10",), speed_only=True,
+                              cfg=B.TimingConfig.quick(), log=lambda s: None, target1_depths=(14,))
+
+
+def test_unavailable_cpu_kernels_are_left_out_and_said(monkeypatch, fake_kernels):
+    fake_kernels(False)
+    timed = []
+    report = _run_speed_only(monkeypatch, timed)
+    info = report["config"]["cpu_kernels"]
+    assert info["available"] is False and info["reason"] == NO_AVX512 and info["left_out"] == [R.KERNELS]
+    assert timed and all(R.KERNELS not in t for t in timed)  # not timed as the library path under its name
+    assert R.KERNELS not in report["speed"]["cpu"]["cifar10/14"]
+    assert R.KERNELS not in report["speed_specs"]["cifar10/14"]
+    json.dumps(report)  # the record is plain JSON
+    assert f"CPU kernels: unavailable: {NO_AVX512}" in B.machine_line(["cpu"])
+    assert "CPU kernels" not in B.machine_line(["cuda"])
+    report.update(command="mlan-bench --paper-tables", machine=B.machine_line(["cpu"]))
+    said = (f"CPU kernels unavailable: {NO_AVX512}; `mlan (cpu kernels)` (MLAN with `?cpu_kernels=True`) not "
+            "timed in this run.")
+    text = R.render_speed(report)
+    assert said in text and "### CPU kernels (cpu)" not in text and R.KERNELS_METHOD not in text
+    assert f"- {said}" in _flat(R.render_readme_summary(report))
+    # where they load, the same run times them (and records that nothing was left out)
+    fake_kernels(True)
+    timed.clear()
+    report = _run_speed_only(monkeypatch, timed)
+    assert report["config"]["cpu_kernels"]["available"] is True and report["config"]["cpu_kernels"]["left_out"] == []
+    assert timed[0][R.KERNELS] == report["speed_specs"]["cifar10/14"][R.KERNELS] == \
+        "mlan_resnet14_cifar10?cpu_kernels=True"
+    assert R.KERNELS_METHOD in R.render_speed(report) and "CPU kernels unavailable" not in R.render_speed(report)
+
+
+def test_measure_does_not_time_kernels_models_without_the_kernels(fake_kernels):
+    fake_kernels(False)
+    spec = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=True")
+    rec = B.measure([spec], ("cpu",), B.TimingConfig.quick())[spec.key]
+    assert rec["not_timed"] == {"cpu": f"CPU kernels unavailable: {NO_AVX512}"} and "cpu" not in rec
+    off = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=False")
+    assert rec["macs"] == B.count_macs(off.build())  # the same function's MACs
+    table = R.render_results_table({spec.key: rec}, ["cpu"])
+    assert f"| `{spec.key}` | {rec['params'] / 1e6:.3f}M ({rec['params']:,}) | {rec['macs'] / 1e6:.2f}M | CPU " \
+           f"kernels unavailable: {NO_AVX512} | — | — | — |" in table
+
+
+def test_targets_read_the_cpu_kernels_beside_the_library_fast_path():
+    macs = {"cifar10/20": {"backbone": 100, "mlan": 110}}  # the kernels' MACs: MLAN's (same function)
+    speed = _speed(mlan=(12.0, 40.0), kernels=(11.0, 25.0, 0.5))
+    rows = R.target1_rows(speed, macs)
+    assert [(r["model"], r["kind"], r["met"]) for r in rows] == [
+        ("mlan", "inference", True), ("mlan", "train step", False),
+        (R.KERNELS, "inference", True), (R.KERNELS, "train step", True)]
+    text = R.render_target1(speed, macs, "cpu")
+    assert "| dataset | depth | MLAN path | measure | backbone ms | MLAN ms |" in text
+    # kernels: inference 11 / 10 = 1.10 <= 1.21, train 25 / 20 = 1.25 <= 1.32 (1.25 / 1.1 = 1.14 of the MACs ratio)
+    for row in ("| CIFAR10 | ResNet-20 | library fast path | train step | 20.00 | 40.00 | 2.00 | 1.100 | ≤ 1.32 "
+                "(1.2 x MACs ratio) | 1.82 | no |",
+                "| CIFAR10 | ResNet-20 | CPU kernels | inference | 10.00 | 11.00 | 1.10 | 1.100 | ≤ 1.21 (1.1 x MACs "
+                "ratio) | 1.00 | yes |",
+                "| CIFAR10 | ResNet-20 | CPU kernels | train step | 20.00 | 25.00 | 1.25 | 1.100 | ≤ 1.32 (1.2 x MACs "
+                "ratio) | 1.14 | yes |",
+                "- train step, library fast path: met in 0 of 1 rows; time ratio / MACs ratio 1.82 (limit 1.2).",
+                "- train step, CPU kernels: met in 1 of 1 rows; time ratio / MACs ratio 1.14 (limit 1.2)."):
+        assert row in text, row
+    # the fast-path section: the kernels against the library fast path, library / kernels time
+    fast = R.render_fast_paths(speed, "cpu")
+    assert fast.index("### Fast paths (cpu)") < fast.index("### CPU kernels (cpu): library fast path vs "
+                                                           "`?cpu_kernels=True`, same interleaved run")
+    assert "| CIFAR10 | ResNet-20 | MLAN | 1.00 | 0.50 | 2.00x | 12.00 | 11.00 | 1.09x | 40.00 | 25.00 | 1.60x |" \
+        in fast
+    assert "Speed-up (library fast path time / CPU kernels time) 1.09 to 2.00 over these 3 cells." in fast
+    assert "Speed-up (reference time / fast time) 1.25 to 2.00 over these 3 cells." in fast  # unchanged
+    assert R.render_cpu_kernels(_speed(), "cpu") == ""
+
+
+def test_target2_verdicts_per_mlan_path_use_the_paired_ratios():
+    # library path vs SE per round 1.045, 1.042, 0.43: slower (median 1.04); kernels vs SE per round 0.45, 1.04,
+    # 0.86: faster (median 0.86), though the ratio of medians (12 / 12 = 1) would say not faster
+    speed = _paired_speed([11.5, 12.5, 6.0], [11.0, 12.0, 14.0])
+    speed["cifar10/20"][R.KERNELS] = _paired([5.0, 12.5, 12.0], [1.0] * 3)[0]
+    (lib,), (ker,) = R.target2_cases(speed), R.target2_cases(speed, R.KERNELS)
+    assert lib["model"] == "mlan" and lib["slower"] == ["SE"] and not lib["met"]
+    assert ker["model"] == R.KERNELS and ker["met"] and ker["rivals"]["SE"][1] == pytest.approx(12.0 / 14.0)
+    text = R.render_target2(speed, "cpu")
+    assert text.index("#### batch 128 inference, MLAN with the library fast path") \
+        < text.index("#### batch 128 inference, MLAN with the CPU kernels")
+    assert "| CIFAR10 | ResNet-20 | 12.00 | 12.00 | 0.86 |" in text
+    assert "MLAN with the library fast path is faster than all four in 0 of 1 (dataset, depth, batch) cases; it is " \
+           "not faster than: SE in 1." in text
+    assert "MLAN with the CPU kernels is faster than all four in 1 of 1 (dataset, depth, batch) cases; it is not " \
+           "faster than: none." in text
+    assert "MLAN with the" not in R.render_target2(_speed(), "cpu")  # older reports: one MLAN, as before
+
+
+def test_readme_summary_reads_the_cpu_kernels():
+    text = _flat(R.render_readme_summary(_summary_report(_speed(mlan=(12.0, 40.0), kernels=(11.0, 25.0, 0.5)))))
+    assert ("- **Target 1 is met for inference and not met for the train step with the library fast path; with the "
+            "CPU kernels it is met.** At batch 128, MLAN's inference takes 1.20x its backbone's time for R20 on "
+            "CIFAR-10, against a MACs ratio of 1.100: time ratio / MACs ratio 1.09 (limit 1.1). Its train step takes "
+            "2.00x (1.82 times the MACs ratio; limit 1.2). With the CPU kernels (`?cpu_kernels=True`), MLAN's "
+            "inference takes 1.10x (1.00 times the MACs ratio; limit 1.1) and its train step 1.25x (1.14 times the "
+            "MACs ratio; limit 1.2).") in text
+    assert ("- **Target 2 is met everywhere with the library fast path; with the CPU kernels it is met everywhere.** "
+            "MLAN is faster than SE, CBAM, TA and GC in the same multi-level structure at depth 20 on CIFAR-10 at "
+            "batch 128 (MLAN / SE 0.12) and at batch 1 (MLAN / SE 0.20). With the CPU kernels (`?cpu_kernels=True`), "
+            "MLAN is faster than SE, CBAM, TA and GC in the same multi-level structure at depth 20 on CIFAR-10 at "
+            "batch 128 (MLAN / SE 0.11) and at batch 1 (MLAN / SE 0.10).") in text
+    assert ("- The CPU kernels (`?cpu_kernels=True`) speed up MLAN's batch-128 inference 1.09x, its train step 1.60x "
+            "and its batch-1 inference 2.00x over the library fast path.") in text
+    # slower than the library path at batch 1: said so (kernels 2 ms vs 1 ms)
+    slow = _flat(R.render_readme_summary(_summary_report(_speed(kernels=(11.0, 25.0, 2.0)))))
+    assert "speed up MLAN's batch-128 inference 1.09x and its train step 1.60x over the library fast path, but are " \
+           "slower than the library fast path at batch 1 (0.50x)." in slow
+    # process-wide kernels: the 'MLAN' rows are not the library path, and the section says so
+    report = _summary_report(_speed(kernels=(11.0, 25.0, 0.5)))
+    report["config"]["cpu_kernels"] = dict(_kernels_info(True), process_wide=True, left_out=[])
+    assert "'MLAN' (the library fast path rows) ran them too" in R.render_speed(report)
+
+
+def test_conv_costs_compare_the_cpu_kernels_with_pytorchs_convs():
+    rows = [_cc_row(16, 16, 3, 32, fwd=4.0, bwd=5.0, as_fwd=4.0),
+            _cc_row(16, 3, 3, 32, fwd=3.0, bwd=30.0, as_fwd=2.5, bwd_w=2.0, kern=(1.5, 0.5)),
+            _cc_row(8, 3, 3, 32, fwd=1.5, bwd=12.0, as_fwd=1.0, bwd_w=1.0, kern=(0.3, 0.5))]
+    cc = dict(command="mlan-bench --conv-costs", machine="m", device="cpu",
+              config=dict(rounds=5, min_run_time=0.3, warmup=3, batch=128, cpu_kernels=_kernels_info(True)),
+              conv_costs=rows)
+    r = R.conv_cost_ratios(rows)
+    assert r["kernels_forward"] == pytest.approx([0.5, 0.2]) and r["kernels_backward_weight"] == [0.25, 0.5]
+    text = R.render_conv_costs(cc)
+    assert "| backward-weight ms | 1x1 as bmm ms | CPU kernels forward ms | CPU kernels backward-weight ms |" in text
+    assert "| [128, 16, 32, 32] -> 3, 3x3 | 56.62M | 3.000 | 18.9 | 30.000 | 2.500 | 2.000 | — | 1.500 | 0.500 |" \
+        in text
+    assert "| [128, 16, 32, 32] -> 16, 3x3 | 301.99M | 4.000 |" in text and text.count("| — | — | — |") == 1
+    # 1.5 / 3 and 0.3 / 1.5 of the forward; 0.5 / 2 and 0.5 / 1 of the backward-weight
+    finding = ("The compiled CPU kernels' `conv_same` takes 0.20 to 0.50 times the forward time of PyTorch's conv "
+               "(oneDNN) on the 2 C -> O convs with O < C, and `conv_same_grad_weight` 0.25 to 0.50 times the time of "
+               "its backward-weight.")
+    assert finding in text
+    summary = _flat(R.render_readme_summary(_summary_report(_speed(), conv_costs=cc)))
+    assert "; the compiled CPU kernels' `conv_same` takes 0.20 to 0.50 times the forward time of PyTorch's conv " \
+           "(oneDNN) on the 2 C -> O convs with O < C, and `conv_same_grad_weight` 0.25 to 0.50 times" in summary
+    old = dict(cc, conv_costs=[_cc_row(16, 3, 3, 32, fwd=3.0, bwd=30.0, as_fwd=2.5)])  # before the kernels
+    assert "CPU kernels" not in R.render_conv_costs(old) and "conv_same" not in R.render_conv_costs(old)
+
+
+def test_reports_without_the_cpu_kernels_render_as_before(repo_root):
+    """benchmarks/results/*.json from before the kernels (no 'mlan (cpu kernels)', no config['cpu_kernels'], no
+    kernel columns) still render: no kernel rows, columns or sentences."""
+    results = repo_root / "benchmarks" / "results"
+    report = json.loads((results / "cpu.json").read_text())
+    report["config"].pop("cpu_kernels", None)
+    for groups in report["speed"].values():
+        for res in groups.values():
+            res.pop(R.KERNELS, None)
+    for g in report.get("speed_specs", {}).values():
+        g.pop(R.KERNELS, None)
+    cc = json.loads((results / "conv_costs_cpu.json").read_text())
+    cc["config"].pop("cpu_kernels", None)
+    cc["conv_costs"] = [{k: v for k, v in r.items() if not k.startswith("kernels_")} for r in cc["conv_costs"]]
+    report["conv_costs"] = cc
+    text = R.render_report(report, root="/nonexistent")
+    assert "### Target 1 (cpu)" in text and "### Target 2 (cpu)" in text and "### Fast paths (cpu)" in text
+    for new in ("MLAN path", "CPU kernels", "cpu_kernels", "conv_same", "MLAN with the"):
+        assert new not in text, new
+    summary = R.render_readme_summary(report)
+    assert "**Target 1" in summary and "CPU kernels" not in summary and "cpu_kernels" not in summary
+
+
+def test_cpu_kernels_where_they_load():
+    """The one test that builds the kernels (about 20 s the first time, cached afterwards); skipped without them."""
+    from mlan_timm.layers import cpu_kernels as ck
+
+    process_wide = ck.cpu_kernels_enabled()  # MLAN_TIMM_CPU_KERNELS=1 in the environment: said, not changed
+    info = B.cpu_kernels_info()
+    if not info["available"]:
+        pytest.skip(f"CPU kernels unavailable: {info['reason']}")
+    assert info["status"].startswith(f"available (AVX-512, {info['source']}), ")
+    assert info["source"].startswith("small_conv.cpp ") and info["process_wide"] == process_wide
+    assert ("ON process-wide" if process_wide else "used only by the models built with cpu_kernels=True") \
+        in info["status"]
+    assert f"CPU kernels: {info['status']}" in B.machine_line(["cpu"])
+    # conv costs: the kernels' columns on the mask conv only, checked against F.conv2d / conv2d_weight inside
+    rows = B.measure_conv_costs("cpu", cfg=CONV_COST_TEST_CFG, shapes=((8, 3, 3, 16), (8, 8, 3, 16)))
+    mask, square = rows
+    assert mask["kernels_forward_ms"] > 0 and mask["kernels_backward_weight_ms"] > 0
+    assert "kernels_forward_ms" not in square and "kernels_backward_weight_ms" not in square
+    text = R.render_conv_costs(dict(command="c", machine="m", device="cpu", conv_costs=rows,
+                                    config=dict(rounds=1, min_run_time=0.001, warmup=1, batch=2, cpu_kernels=info)))
+    fwd, bw = (mask[f"kernels_{c}_ms"] / mask[f"{c}_ms"] for c in ("forward", "backward_weight"))
+    assert (f"The compiled CPU kernels' `conv_same` takes {fwd:.2f} times the forward time of PyTorch's conv"
+            f"{' (oneDNN)' if mask['conv_backend'] == 'Mkldnn' else ''} on the 1 C -> O convs with O < C, and "
+            f"`conv_same_grad_weight` {bw:.2f} times the time of its backward-weight.") in text
+    # MACs of the kernels' model: counted with the kernels off (FlopCounterMode sees nothing inside the fused kernel)
+    spec = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=True")
+    off = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=False")
+    assert B.count_macs(spec.build()) < B.count_macs(off.build())
+    res = B.measure([spec, off, B.parse_spec("mlan_resnet14_cifar10")], ())
+    assert res[spec.key]["macs"] == res[off.key]["macs"] == res["mlan_resnet14_cifar10"]["macs"]
+    assert R.KERNELS in B.speed_plan("cifar10", 14, target1=False)  # planned on this CPU
+    assert ck.cpu_kernels_enabled() == process_wide  # the bench never switches them on process-wide

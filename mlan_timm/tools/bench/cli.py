@@ -4,12 +4,15 @@
 * ``mlan-bench resnet20_cifar10 "mlan_resnet20_cifar10?attn=cbam"`` measures the named models (``?k=v&k=v``:
   ``create_model`` kwargs in the ``--model-kwargs`` syntax);
 * ``"mlan_resnet20_cifar10?fast_paths=False"`` builds the model with its fast paths off (the reference equations);
+  ``"mlan_resnet20_cifar10?cpu_kernels=True"`` with the compiled CPU kernels for its mask convs (the speed section
+  times it as ``mlan (cpu kernels)`` on CPU where they load; the bench never switches them on process-wide);
 * ``--merge other.json`` folds the device timings of another run (e.g. a CUDA run) into the tables;
 * ``--cuda-variants eager,channels_last,compile,cuda_graphs``: the CUDA variants of the speed section;
   ``cuda_graphs`` times each eval forward replayed from a captured CUDA graph (inference only, CUDA only);
 * ``--render-only report.json`` re-renders Markdown without measuring;
 * ``--conv-costs --json-out FILE`` times single convs of MLAN's and the backbone's shapes (forward, backward-data,
-  backward-weight, backward-data as a forward conv, 1x1 as bmm); ``--conv-costs-json FILE`` adds them to a render;
+  backward-weight, backward-data as a forward conv, 1x1 as bmm, and for the mask convs the compiled CPU kernels'
+  forward and weight gradient where they load); ``--conv-costs-json FILE`` adds them to a render;
 * ``--readme-out README.md`` (with ``--paper-tables`` or ``--render-only``) rewrites README.md's speed summary, the
   block between its ``<!-- speed-summary:start ... -->`` and ``<!-- speed-summary:end -->`` markers, from the same
   report as the Markdown.
@@ -30,6 +33,7 @@ from .measure import (
     TimingConfig,
     check_variants,
     code_version,
+    cpu_kernels_info,
     default_target1_depths,
     machine_line,
     measure,
@@ -89,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-json", default=None, help="a --profile JSON to include in the rendered report")
     p.add_argument("--conv-costs", action="store_true",
                    help="per-call times of single convs of MLAN's and the backbone's shapes (forward, backward-data, "
-                        "backward-data as a forward conv, backward-weight, 1x1 as bmm) at --batch")
+                        "backward-data as a forward conv, backward-weight, 1x1 as bmm; for the mask convs on CPU the "
+                        "compiled CPU kernels' forward and weight gradient where they load) at --batch")
     p.add_argument("--conv-costs-json", default=None, help="a --conv-costs JSON to include in the rendered report")
     p.add_argument("--render-only", default=None, help="re-render Markdown from this JSON without measuring")
     p.add_argument("--md-out", default=None, help="Markdown output (paper tables: default docs/benchmarks.md)")
@@ -199,16 +204,18 @@ def run(args, argv_list) -> int:
     if args.conv_costs:
         dev = devices[-1]
         rows = measure_conv_costs(dev, cfg.batch, cfg)
+        config = dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch, rounds=cfg.rounds)
+        if torch.device(dev).type == "cpu":  # whether the kernel columns were timed, and why not
+            config["cpu_kernels"] = cpu_kernels_info()
         report = dict(command=command, machine=machine_line([dev]), code=code_version(), device=dev,
-                      config=dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch,
-                                  rounds=cfg.rounds), conv_costs=rows)
+                      config=config, conv_costs=rows)
         if args.json_out:
             _write(args.json_out, json.dumps(report, indent=1) + "\n")
         print(render_conv_costs(report))
         return 0
     if args.profile:
         dev = devices[-1]
-        plan = speed_plan("cifar10", 20, target1=True)
+        plan = speed_plan("cifar10", 20, target1=True, cpu_kernels=False)  # backbone and MLAN only
         specs = [parse_spec(m) for m in args.models] or [plan["backbone"][0], plan["mlan"][0]]
         profs = [profile_ops(sp, dev, cfg.batch, iters=1 if args.quick else 3, top=12, train=t)
                  for sp in specs for t in (False, True)]

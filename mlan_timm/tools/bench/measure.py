@@ -16,18 +16,25 @@ take the median per model, so slow drifts of a shared machine favour no model; t
 models back to back), which a slow period inside one round disturbs less.
 
 A model spec is ``name`` or ``name?key=value&key=value``: the ``key=value`` items use the one kwargs syntax of all
-tools (:func:`mlan_timm.tools.common.parse_model_kwargs`). One key is not a ``create_model`` kwarg:
-``fast_paths=False`` builds the model and calls ``model.set_fast_paths(False)`` (the equations as written), so
-``mlan_resnet20_cifar10?fast_paths=False`` and ``mlan_resnet20_cifar10`` time the reference against the fast path.
+tools (:func:`mlan_timm.tools.common.parse_model_kwargs`). Two keys are not ``create_model`` kwargs
+(:data:`SPEC_OPTIONS`): ``fast_paths=False`` builds the model and calls ``model.set_fast_paths(False)`` (the
+equations as written), so ``mlan_resnet20_cifar10?fast_paths=False`` and ``mlan_resnet20_cifar10`` time the reference
+against the fast path; ``cpu_kernels=True`` calls ``model.set_fast_paths(fast_paths or True, cpu_kernels=True)``: the
+model runs its mask convs with the compiled CPU kernels (:mod:`mlan_timm.layers.cpu_kernels`) where they apply. The
+bench never switches the kernels on process-wide: the per-model option does it.
 
 The speed section (:func:`run_speed`) measures issue 10's targets: for every (dataset, depth) group it builds the
 backbone, MLAN (fast and reference), SMAv2 and the other attentions in the same multi-level structure, and times
-them interleaved over several rounds (median per model), so ratios within a group share the machine's state.
+them interleaved over several rounds (median per model), so ratios within a group share the machine's state. On CPU
+(eager, NCHW) it also times MLAN with the compiled CPU kernels (``mlan (cpu kernels)``, ``?cpu_kernels=True``) when
+they load on the machine; where they do not, that model is left out and the reason recorded
+(:func:`cpu_kernels_info`), never timed as the library path under the kernels' name.
 
 The conv-cost section (:func:`measure_conv_costs`) times single convolutions of the shapes MLAN and its backbone
 run (:data:`CONV_COST_SHAPES`): forward, aten's backward-data and backward-weight, the backward-data computed as a
-forward conv (as ``mlan_timm.layers.fast_ops.same_conv`` does) and 1x1 convs as ``torch.bmm`` (as
-``pointwise_conv`` does), all cells interleaved over several rounds (median per cell).
+forward conv (as ``mlan_timm.layers.fast_ops.same_conv`` does), 1x1 convs as ``torch.bmm`` (as
+``pointwise_conv`` does) and, for the mask convs (O < C) on CPU when the compiled kernels load, the kernels'
+``conv_same`` forward and ``conv_same_grad_weight``, all cells interleaved over several rounds (median per cell).
 
 Speed variants (:data:`SPEED_VARIANTS`): ``eager``; ``channels_last`` (model and input in channels-last memory
 format); ``compile`` (plain ``torch.compile(model)``); ``cuda_graphs`` (CUDA only: one eval forward captured in a
@@ -54,7 +61,8 @@ from ..common import create_model, parse_model_kwargs
 
 __all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SPEED_MODELS', 'TARGET1_DEPTHS',
            'COMPILE_SPEED_MODELS', 'SPEED_VARIANTS', 'CUDA_ONLY_VARIANTS', 'check_variants', 'speed_group',
-           'speed_plan', 'default_target1_depths', 'count_speed_cells', 'TimingConfig', 'make_infer_fn',
+           'CPU_KERNEL_SPEED_MODELS', 'cpu_kernels_info', 'speed_plan', 'default_target1_depths',
+           'count_speed_cells', 'TimingConfig', 'make_infer_fn',
            'make_graph_infer_fn', 'make_train_fn', 'time_fn', 'time_model', 'time_interleaved', 'run_speed',
            'profile_ops', 'CONV_COST_SHAPES', 'CONV_COST_COLUMNS', 'measure_conv_costs', 'code_version',
            'machine_line', 'measure', 'run_paper_tables', 'merge_reports', 'NOT_REGISTERED', 'ROUNDS_SUFFIX',
@@ -63,8 +71,9 @@ __all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SP
 NOT_REGISTERED = "model not registered"
 #: Suffix of the per-round samples :func:`time_interleaved` stores beside each median (``latency_b1_ms_rounds``).
 ROUNDS_SUFFIX = "_rounds"
-#: Spec keys that are not ``create_model`` kwargs: ``fast_paths`` -> ``model.set_fast_paths(value)``.
-SPEC_OPTIONS = ("fast_paths",)
+#: Spec keys that are not ``create_model`` kwargs: ``fast_paths`` -> ``model.set_fast_paths(value)``,
+#: ``cpu_kernels`` -> ``model.set_fast_paths(fast_paths if given else True, cpu_kernels=value)``.
+SPEC_OPTIONS = ("fast_paths", "cpu_kernels")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,11 +99,21 @@ class Spec:
             return self.factory()
         kwargs = {k: v for k, v in self.kwargs.items() if k not in SPEC_OPTIONS}
         model = create_model(self.model, pretrained=False, **kwargs)
-        if "fast_paths" in self.kwargs:
+        options = [k for k in SPEC_OPTIONS if k in self.kwargs]
+        if options:
             if not hasattr(model, "set_fast_paths"):
-                raise ValueError(f"{self.model} has no set_fast_paths (spec option fast_paths)")
-            model.set_fast_paths(bool(self.kwargs["fast_paths"]))
+                raise ValueError(f"{self.model} has no set_fast_paths (spec option {', '.join(options)})")
+            enable = bool(self.kwargs.get("fast_paths", True))
+            if "cpu_kernels" in self.kwargs:
+                model.set_fast_paths(enable, cpu_kernels=bool(self.kwargs["cpu_kernels"]))
+            else:
+                model.set_fast_paths(enable)
         return model
+
+    @property
+    def uses_cpu_kernels(self) -> bool:
+        """Whether the spec asks for the compiled CPU kernels (``cpu_kernels=True``)."""
+        return self.factory is None and bool(self.kwargs.get("cpu_kernels", False))
 
     def available(self) -> bool:
         if self.factory is not None:
@@ -150,10 +169,12 @@ def paper_grid() -> Dict[str, PaperTable]:
 
 #: Models of the speed section: (label, paper variant, extra spec kwargs, where). ``where``: "all" groups, or only
 #: the "target1" groups. The first is the backbone every ratio of target 1 divides by. The references
-#: (``fast_paths=False``) are in every group: the fast path is checked at every depth, interleaved with it.
+#: (``fast_paths=False``) are in every group: the fast path is checked at every depth, interleaved with it. The
+#: models of :data:`CPU_KERNEL_SPEED_MODELS` are planned on CPU only, where the kernels load.
 SPEED_MODELS = (
     ("backbone", "backbone", {}, "all"),
     ("mlan", "multilevel_sma", {}, "all"),
+    ("mlan (cpu kernels)", "multilevel_sma", {"cpu_kernels": True}, "all"),
     ("mlan (reference)", "multilevel_sma", {"fast_paths": False}, "all"),
     ("smav2", "multilevel_sma_v2", {}, "all"),
     ("smav2 (reference)", "multilevel_sma_v2", {"fast_paths": False}, "all"),
@@ -163,7 +184,11 @@ SPEED_MODELS = (
     ("gc", "multilevel_gc", {}, "all"),
 )
 #: Models that also get a train step in the target-1 groups (target 1's training ratio and the fast-path A/B).
-TRAIN_SPEED_MODELS = ("backbone", "mlan", "mlan (reference)")
+TRAIN_SPEED_MODELS = ("backbone", "mlan", "mlan (cpu kernels)", "mlan (reference)")
+#: Speed-section models that run the compiled CPU kernels (``cpu_kernels=True``): planned only on CPU, eager and
+#: NCHW (the kernels apply to contiguous float32 CPU tensors outside torch.compile), and only where the kernels load
+#: on the machine (:func:`cpu_kernels_info`); elsewhere they would silently time the library path.
+CPU_KERNEL_SPEED_MODELS = ("mlan (cpu kernels)",)
 #: Issue 10's target 1 is stated for ResNet-20 and ResNet-32; target 2 for every depth of Tables 6 and 9.
 TARGET1_DEPTHS = (20, 32)
 #: torch.compile costs a compilation per model and mode: only backbone vs MLAN there.
@@ -189,13 +214,64 @@ def speed_group(dataset: str, depth: int) -> str:
     return f"{dataset}/{depth}"
 
 
+def cpu_kernels_info(load: bool = True) -> Dict[str, Any]:
+    """Whether the compiled CPU kernels (:mod:`mlan_timm.layers.cpu_kernels`) serve this process's
+    ``?cpu_kernels=True`` models, as recorded in reports: ``available`` (bool, or None when ``load`` is False and no
+    load was tried yet), ``reason`` (why not: the loader's own message), ``source`` (``small_conv.cpp <hash>``),
+    ``process_wide`` (switched on for the whole process by ``enable_cpu_kernels`` or the environment variable: MLAN
+    models without ``cpu_kernels=False`` use them too; the bench never does this) and ``status`` (the machine
+    line's words). ``load``: build / load them now (about 20 s the first time, then cached); the loader's warning is
+    not repeated (the reason is recorded instead)."""
+    import hashlib
+    import warnings
+
+    from ...layers import cpu_kernels as ck
+
+    tried = ck._State.module is not None or ck._State.error is not None
+    if load and not tried:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ck.load_cpu_kernels()
+        tried = True
+    available = (ck._State.module is not None) if tried else None
+    source = f"{ck.SOURCE.name} {hashlib.sha256(ck.SOURCE.read_bytes()).hexdigest()[:12]}"
+    process_wide = ck.cpu_kernels_enabled()
+    if available:
+        status = f"available (AVX-512, {source})"
+        status += (f", ON process-wide ({ck.ENV_VAR} or enable_cpu_kernels): every MLAN model without "
+                   "cpu_kernels=False uses them" if process_wide else
+                   ", used only by the models built with cpu_kernels=True")
+    elif available is None:
+        status = "not loaded (no model of this run asked for them)" + (", on process-wide" if process_wide else "")
+    else:
+        status = f"unavailable: {ck._State.error}"
+    return dict(available=available, reason=None if available or not tried else ck._State.error, source=source,
+                process_wide=process_wide, status=status)
+
+
+def _plans_cpu_kernels(device: str, compile: bool, cuda_graphs: bool, channels_last: bool,
+                       cpu_kernels: Optional[bool]) -> bool:
+    """Whether a speed group on ``device`` / this variant times :data:`CPU_KERNEL_SPEED_MODELS` (see there)."""
+    if torch.device(device).type != "cpu" or compile or cuda_graphs or channels_last or cpu_kernels is False:
+        return False
+    return True if cpu_kernels else bool(cpu_kernels_info()["available"])
+
+
 def speed_plan(dataset: str, depth: int, target1: bool, b1: bool = True, compile: bool = False,
-               cuda_graphs: bool = False) -> Dict[str, Tuple[Spec, Tuple[str, ...]]]:
-    """label -> (spec, kinds) of one speed group; kinds among ``b1``, ``b128``, ``train`` (never ``train`` with
-    ``cuda_graphs``: only inference is captured)."""
+               cuda_graphs: bool = False, device: str = "cpu", channels_last: bool = False,
+               cpu_kernels: Optional[bool] = None) -> Dict[str, Tuple[Spec, Tuple[str, ...]]]:
+    """label -> (spec, kinds) of one speed group on ``device``; kinds among ``b1``, ``b128``, ``train`` (never
+    ``train`` with ``cuda_graphs``: only inference is captured).
+
+    The models of :data:`CPU_KERNEL_SPEED_MODELS` are planned on CPU (eager, NCHW) only, and there ``cpu_kernels``
+    decides: None (default) when the kernels load on this machine (:func:`cpu_kernels_info`, which builds them the
+    first time), True always, False never."""
+    kernels = _plans_cpu_kernels(device, compile, cuda_graphs, channels_last, cpu_kernels)
     plan: Dict[str, Tuple[Spec, Tuple[str, ...]]] = {}
     for label, variant, extra, where in SPEED_MODELS:
         if (where == "target1" and not target1) or (compile and label not in COMPILE_SPEED_MODELS):
+            continue
+        if label in CPU_KERNEL_SPEED_MODELS and not kernels:
             continue
         base = variant_spec(variant, depth, dataset)
         train = target1 and label in TRAIN_SPEED_MODELS and not cuda_graphs
@@ -210,15 +286,17 @@ def default_target1_depths(speed_depths: Sequence[int]) -> Tuple[int, ...]:
 
 
 def count_speed_cells(datasets: Sequence[str], depths: Sequence[int], variant: str = "eager",
-                      target1_depths: Optional[Sequence[int]] = None, b1_depths: Optional[Sequence[int]] = None
-                      ) -> int:
-    """Timed cells (model x measure) of one speed-section variant over ``datasets`` x ``depths``; each is timed
-    once per round. ``target1_depths`` default: :func:`default_target1_depths`."""
+                      target1_depths: Optional[Sequence[int]] = None, b1_depths: Optional[Sequence[int]] = None,
+                      device: str = "cpu", cpu_kernels: Optional[bool] = None) -> int:
+    """Timed cells (model x measure) of one speed-section variant on ``device`` over ``datasets`` x ``depths``; each
+    is timed once per round. ``target1_depths`` default: :func:`default_target1_depths`; ``cpu_kernels``: as in
+    :func:`speed_plan`."""
     t1 = default_target1_depths(depths) if target1_depths is None else tuple(target1_depths)
     return sum(len(kinds) for ds in datasets for d in depths
                for _, kinds in speed_plan(ds, d, target1=d in t1, b1=b1_depths is None or d in b1_depths,
-                                          compile=variant == "compile",
-                                          cuda_graphs=variant == "cuda_graphs").values())
+                                          compile=variant == "compile", cuda_graphs=variant == "cuda_graphs",
+                                          device=device, channels_last=variant == "channels_last",
+                                          cpu_kernels=cpu_kernels).values())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -400,8 +478,8 @@ def run_speed(groups: Sequence[Tuple[str, int]], device: str, cfg: TimingConfig,
     """The speed section on one device/variant: group key -> model label -> timings (ms), each group interleaved."""
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
     for ds, depth in groups:
-        plan = speed_plan(ds, depth, target1=depth in target1_depths,
-                          b1=b1_depths is None or depth in b1_depths, compile=compile, cuda_graphs=cuda_graphs)
+        plan = speed_plan(ds, depth, target1=depth in target1_depths, b1=b1_depths is None or depth in b1_depths,
+                          compile=compile, cuda_graphs=cuda_graphs, device=device, channels_last=channels_last)
         t0 = time.perf_counter()
         out[speed_group(ds, depth)] = time_interleaved({k: v[0] for k, v in plan.items()}, device, cfg,
                                                        kinds={k: v[1] for k, v in plan.items()},
@@ -441,14 +519,18 @@ def profile_ops(spec: Spec, device: str = "cpu", batch: int = 128, iters: int = 
 CONV_COST_SHAPES: Tuple[Tuple[int, int, int, int], ...] = (
     (8, 8, 3, 32), (8, 3, 3, 32), (8, 11, 3, 32), (16, 16, 3, 32), (16, 3, 3, 32), (16, 16, 3, 16), (16, 3, 3, 16),
     (32, 32, 3, 8), (32, 3, 3, 8), (8, 16, 1, 32), (16, 32, 1, 32), (32, 64, 1, 16))
-#: Timed cells of one conv-cost row (``matmul`` only for 1x1 kernels).
+#: Timed cells of one conv-cost row (``matmul`` only for 1x1 kernels; ``kernels_*`` only for the mask convs, O < C,
+#: on CPU where the compiled kernels load: their ``conv_same`` forward and ``conv_same_grad_weight``).
 CONV_COST_COLUMNS = ("forward_ms", "backward_data_ms", "backward_data_as_forward_ms", "backward_weight_ms",
-                     "matmul_ms")
+                     "matmul_ms", "kernels_forward_ms", "kernels_backward_weight_ms")
 
 
-def _conv_cost_fns(c: int, o: int, k: int, size: int, batch: int, device: str) -> Dict[str, Callable[[], Any]]:
+def _conv_cost_fns(c: int, o: int, k: int, size: int, batch: int, device: str, cpu_kernels: bool = False
+                   ) -> Dict[str, Callable[[], Any]]:
     """The timed calls of one conv shape (NCHW fp32 contiguous random tensors), keyed by conv-cost column; the
-    backward-data-as-forward and the 1x1-as-bmm results are checked against aten's once here."""
+    backward-data-as-forward and the 1x1-as-bmm results are checked against aten's once here, and so are the
+    compiled CPU kernels' (``cpu_kernels``: time them for this shape if it is a mask conv, O < C, they apply to)
+    against ``F.conv2d`` and ``torch.nn.grad.conv2d_weight``."""
     x = torch.randn(batch, c, size, size, device=device)
     w = torch.randn(o, c, k, k, device=device) / (c * k * k) ** 0.5
     g = torch.randn(batch, o, size, size, device=device)
@@ -468,28 +550,59 @@ def _conv_cost_fns(c: int, o: int, k: int, size: int, batch: int, device: str) -
     if k == 1:
         w2 = w.view(o, c)
         fns["matmul_ms"] = lambda: torch.bmm(w2.expand(batch, -1, -1), x.flatten(2))
+    kernels = None
+    if cpu_kernels and o < c:
+        from ...layers.cpu_kernels import kernels_for
+
+        kernels = kernels_for(x, enabled=True)
+    if kernels is not None:
+        fns["kernels_forward_ms"] = lambda: kernels.conv_same(x, w)
+        fns["kernels_backward_weight_ms"] = lambda: kernels.conv_same_grad_weight(x, g, k)
     with torch.inference_mode():
         torch.testing.assert_close(fns["backward_data_as_forward_ms"](), fns["backward_data_ms"]()[0],
                                    rtol=1e-4, atol=1e-4)
         if k == 1:
             torch.testing.assert_close(fns["matmul_ms"]().unflatten(2, (size, size)), fns["forward_ms"](),
                                        rtol=1e-4, atol=1e-4)
+        if kernels is not None:
+            torch.testing.assert_close(fns["kernels_forward_ms"](), fns["forward_ms"](), rtol=1e-4, atol=1e-4)
+            gw = torch.nn.grad.conv2d_weight(x, w.shape, g, padding=pad)  # sums over B x H x W: scale-aware atol
+            torch.testing.assert_close(fns["kernels_backward_weight_ms"](), gw, rtol=1e-4,
+                                       atol=1e-5 * float(gw.abs().max()))
     return fns
 
 
+def _conv_backend(c: int, o: int, k: int, size: int, batch: int, device: str) -> str:
+    """The backend PyTorch picks for this conv (``torch._C._select_conv_backend``: ``Mkldnn`` is oneDNN), or
+    'unknown' where that private API is missing."""
+    try:
+        x = torch.empty(batch, c, size, size, device=device)
+        w = torch.empty(o, c, k, k, device=device)
+        pad = k // 2
+        backend = torch._C._select_conv_backend(x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, None)
+    except (AttributeError, RuntimeError, TypeError):
+        return "unknown"
+    return str(backend).rpartition(".")[2]
+
+
 def measure_conv_costs(device: str = "cpu", batch: Optional[int] = None, cfg: Optional[TimingConfig] = None,
-                       shapes: Sequence[Tuple[int, int, int, int]] = CONV_COST_SHAPES) -> List[Dict[str, Any]]:
+                       shapes: Sequence[Tuple[int, int, int, int]] = CONV_COST_SHAPES,
+                       cpu_kernels: Optional[bool] = None) -> List[Dict[str, Any]]:
     """Per-call times (ms) of one stride-1 'same' conv per shape (C, O, k, H) of ``shapes``, at ``batch``
     (default ``cfg.batch``): forward, aten's backward-data (the input gradient autograd computes), the same input
-    gradient as a forward conv, backward-weight, and for 1x1 kernels the forward as ``torch.bmm``; with MACs and
-    forward GMAC/s. Each call is timed under ``torch.inference_mode``; all cells are interleaved over ``cfg.rounds``
-    rounds (median per cell), as in :func:`time_interleaved`."""
+    gradient as a forward conv, backward-weight, for 1x1 kernels the forward as ``torch.bmm``, and for the mask
+    convs (O < C) the compiled CPU kernels' forward and weight gradient (``cpu_kernels``: None, the default, where
+    they load, i.e. on CPU with AVX-512; True / False: always / never try); with MACs, forward GMAC/s and
+    ``conv_backend`` (PyTorch's choice for the conv). Each call is timed under ``torch.inference_mode``; all cells
+    are interleaved over ``cfg.rounds`` rounds (median per cell), as in :func:`time_interleaved`."""
     cfg = cfg or TimingConfig()
     batch = cfg.batch if batch is None else batch
+    if cpu_kernels is None:
+        cpu_kernels = torch.device(device).type == "cpu" and bool(cpu_kernels_info()["available"])
     torch.manual_seed(0)
     fns: Dict[Tuple[int, str], Callable[[], Any]] = {}
     for i, (c, o, k, size) in enumerate(shapes):
-        for col, fn in _conv_cost_fns(c, o, k, size, batch, device).items():
+        for col, fn in _conv_cost_fns(c, o, k, size, batch, device, cpu_kernels).items():
             fns[i, col] = fn
     samples: Dict[Tuple[int, str], List[float]] = {key: [] for key in fns}
     one = TimingConfig(cfg.min_run_time, 0, batch, cfg.rounds)
@@ -503,7 +616,8 @@ def measure_conv_costs(device: str = "cpu", batch: Optional[int] = None, cfg: Op
     rows: List[Dict[str, Any]] = []
     for i, (c, o, k, size) in enumerate(shapes):
         macs = batch * size * size * c * o * k * k
-        row: Dict[str, Any] = dict(batch=batch, in_channels=c, out_channels=o, kernel=k, size=size, macs=macs)
+        row: Dict[str, Any] = dict(batch=batch, in_channels=c, out_channels=o, kernel=k, size=size, macs=macs,
+                                   conv_backend=_conv_backend(c, o, k, size, batch, device))
         for col in CONV_COST_COLUMNS:
             if (i, col) in samples:
                 row[col] = 1e3 * statistics.median(samples[i, col])
@@ -543,6 +657,8 @@ def machine_line(devices: Sequence[str] = ("cpu",)) -> str:
         parts[0] += ", glibc mmap/trim thresholds 1 GiB (tools.common.keep_cpu_memory_in_heap)"
     if "cuda" in devices and torch.cuda.is_available():
         parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    if "cpu" in devices:  # whether the ?cpu_kernels=True models had the kernels (no build here: loaded if used)
+        parts.append(f"CPU kernels: {cpu_kernels_info(load=False)['status']}")
     parts.append(f"python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}")
     return "; ".join(parts)
 
@@ -550,6 +666,18 @@ def machine_line(devices: Sequence[str] = ("cpu",)) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Running sets of models
 # ----------------------------------------------------------------------------------------------------------------
+def _without_cpu_kernels(spec: Spec, model: nn.Module) -> nn.Module:
+    """``model`` for counting MACs: rebuilt with ``cpu_kernels=False`` when the compiled CPU kernels could run in
+    it (spec option or process-wide setting). The same function, but ``FlopCounterMode`` sees no operator inside
+    the kernels: the fused inference forward would count as a fraction of the model's MACs."""
+    from ...layers.cpu_kernels import cpu_kernels_enabled
+
+    wants = spec.kwargs.get("cpu_kernels", cpu_kernels_enabled() or None)
+    if spec.factory is not None or not wants or not hasattr(model, "set_fast_paths"):
+        return model
+    return Spec(spec.model, dict(spec.kwargs, cpu_kernels=False)).build()
+
+
 def measure(specs: Sequence[Spec], devices: Sequence[str] = ("cpu",), cfg: Optional[TimingConfig] = None,
             timed_keys: Optional[set] = None, what=("b1", "b128", "train"), cuda_variants=("eager",),
             log: Callable[[str], None] = lambda s: None) -> Dict[str, Dict[str, Any]]:
@@ -572,9 +700,15 @@ def measure(specs: Sequence[Spec], devices: Sequence[str] = ("cpu",), cfg: Optio
             log(f"{spec.key}: {rec['error']}")
             continue
         rec["params"] = count_params(model)
-        rec["macs"] = count_macs(model)
+        rec["macs"] = count_macs(_without_cpu_kernels(spec, model))
         if timed_keys is None or spec.key in timed_keys:
             for dev in devices:
+                if spec.uses_cpu_kernels and torch.device(dev).type == "cpu":
+                    info = cpu_kernels_info()
+                    if not info["available"]:  # not timed as the library path under the kernels' name
+                        rec.setdefault("not_timed", {})[dev] = f"CPU kernels unavailable: {info['reason']}"
+                        log(f"{spec.key}: not timed on {dev}: {rec['not_timed'][dev]}")
+                        continue
                 variants = check_variants(dev, cuda_variants) if dev == "cuda" else ("eager",)
                 for var in variants:
                     t = time_model(spec, dev, cfg, what, channels_last=(var == "channels_last"),
@@ -597,15 +731,26 @@ def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depth
     The speed section times, per (dataset, depth) group of ``datasets`` x ``speed_depths`` (default ``depths``),
     the models of :func:`speed_plan` interleaved; its eager timings also fill the timed columns of Tables 6 and 9.
     ``speed_only``: no paper grids (e.g. a torch.compile run). Variants a device cannot run (``cuda_graphs`` on
-    CPU) are a ValueError before anything is measured."""
+    CPU) are a ValueError before anything is measured. With ``cpu`` among ``devices``, ``config['cpu_kernels']``
+    records :func:`cpu_kernels_info` and ``left_out``: the :data:`CPU_KERNEL_SPEED_MODELS` not timed because the
+    kernels do not load here (its ``reason`` says why)."""
     cfg = cfg or TimingConfig()
     variants = {dev: check_variants(dev, cuda_variants if dev == "cuda" else cpu_variants) for dev in devices}
     speed_depths = tuple(depths if speed_depths is None else speed_depths)
     grid = {tid: t for tid, t in paper_grid().items() if t.dataset in datasets and not speed_only}
     specs: List[Spec] = [variant_spec(v, d, t.dataset) for t in grid.values() for v in t.variants for d in depths]
     groups = [(ds, d) for ds in datasets for d in speed_depths]
+    kernels_info, kernels = None, False
+    if "cpu" in devices:  # the (cpu kernels) models: timed where the kernels load, else left out with the reason
+        kernels_info = cpu_kernels_info()
+        planned = "eager" in variants["cpu"]
+        kernels = planned and bool(kernels_info["available"])
+        kernels_info["left_out"] = list(CPU_KERNEL_SPEED_MODELS) if planned and not kernels else []
+        if kernels_info["left_out"]:
+            log(f"speed section: {', '.join(kernels_info['left_out'])} left out: CPU kernels unavailable: "
+                f"{kernels_info['reason']}")
     speed_specs = {speed_group(ds, d): {label: sp.key for label, (sp, _) in
-                                         speed_plan(ds, d, target1=d in target1_depths).items()}
+                                         speed_plan(ds, d, target1=d in target1_depths, cpu_kernels=kernels).items()}
                    for ds, d in groups}
     specs += [parse_spec(k) for g in speed_specs.values() for k in g.values()]
     results = measure(specs, (), cfg, log=log)
@@ -628,6 +773,8 @@ def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depth
     t1 = [d for d in target1_depths if d in speed_depths]
     config = dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch, rounds=cfg.rounds,
                   b1_depths=list(speed_depths if b1_depths is None else b1_depths), target1_depths=t1)
+    if kernels_info is not None:  # whether the (cpu kernels) models were timed, and why not
+        config["cpu_kernels"] = kernels_info
     if "cuda" in devices:  # cuDNN convolutions may run in TF32 by default: record what the fp32 timings used
         config["cuda_tf32"] = dict(cudnn=bool(torch.backends.cudnn.allow_tf32),
                                    matmul=bool(torch.backends.cuda.matmul.allow_tf32))

@@ -17,7 +17,8 @@ from .measure import ROUNDS_SUFFIX, PaperTable, Spec, paper_grid, variant_spec
 
 __all__ = ['NOT_TRAINED', 'NOT_MEASURED', 'CIFAR_TEST_IMAGES', 'TARGET1_INFER', 'TARGET1_TRAIN', 'TARGET2_RIVALS',
            'load_eval_results', 'render_results_table', 'render_paper_table', 'render_target1', 'render_fast_paths',
-           'render_target2', 'TARGET3_LIMIT', 'TARGET3_VARIANTS', 'target3_rows', 'target3_verdict', 'render_target3',
+           'render_target2', 'render_cpu_kernels', 'KERNELS', 'MLAN_PATHS', 'KERNEL_PAIRS', 'TARGET3_LIMIT',
+           'TARGET3_VARIANTS', 'target3_rows', 'target3_verdict', 'render_target3',
            'render_speed', 'render_profiles', 'conv_cost_findings', 'render_conv_costs',
            'render_report', 'target1_rows', 'target2_cases', 'fast_path_rows', 'conv_cost_ratios',
            'render_readme_summary', 'paired_ratio', 'PAIRED_METHOD', 'README_START', 'README_END',
@@ -34,6 +35,17 @@ TARGET1_TRAIN = 1.2
 TARGET2_RIVALS = (("se", "SE"), ("cbam", "CBAM"), ("ta", "TA"), ("gc", "GC"))
 #: Speed-section labels with a fast path and their reference (the fast-path A/B table).
 FAST_PATH_PAIRS = (("mlan", "mlan (reference)", "MLAN"), ("smav2", "smav2 (reference)", "SMAv2"))
+#: The speed-section label of MLAN built with ``?cpu_kernels=True`` (the compiled CPU kernels; CPU runs only).
+KERNELS = "mlan (cpu kernels)"
+#: The MLAN models targets 1 and 2 are read for: (speed-section label, the path's name in tables and prose).
+MLAN_PATHS = (("mlan", "library fast path"), (KERNELS, "CPU kernels"))
+#: The kernels against the library fast path, same interleaved run: (kernels label, library label, name).
+KERNEL_PAIRS = ((KERNELS, "mlan", "MLAN"),)
+#: What the CPU-kernel rows time (said in the speed section's conventions when they were timed).
+KERNELS_METHOD = ("'CPU kernels' is MLAN built with `?cpu_kernels=True` (`set_fast_paths(True, cpu_kernels=True)`): "
+                  "in inference each MLAN block's attention runs in one fused compiled kernel, in the train step the "
+                  "mask convs' forward and weight gradient run in the compiled kernels (`mlan_timm.layers."
+                  "cpu_kernels`); 'library fast path' is the default MLAN, on PyTorch's operators.")
 TIME_COLUMNS = (("b1", "latency_b1_ms", "batch 1"), ("b128", "infer_b128_ms", "batch 128"),
                 ("train", "train_step_b128_ms", "train step b128"))
 #: Target 1's measures: (kind, timing column, limit factor).
@@ -122,6 +134,9 @@ def render_results_table(results: Dict[str, Dict[str, Any]], devices: Sequence[s
             continue
         row = [f"`{key}`", _fmt_params(rec["params"]), _fmt_macs(rec["macs"])]
         for d in devices:
+            if d in rec.get("not_timed", {}):  # e.g. ?cpu_kernels=True where the kernels do not load
+                row += [rec["not_timed"][d], "—", "—", "—"]
+                continue
             t = rec.get(d, {})
             row += [_fmt_ms(t.get("latency_b1_ms")), _fmt_ms(t.get("infer_b128_ms")),
                     "—" if "throughput_b128" not in t else f"{t['throughput_b128']:.0f}",
@@ -230,9 +245,12 @@ def target1_rows(speed: Dict[str, Dict[str, Dict[str, float]]],
                  macs: Dict[str, Dict[str, Optional[int]]],
                  depths: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
     """Target 1's rows (groups at ``depths``, the run's target-1 depths, or with an MLAN train step: reports
-    before ``depths`` was recorded), one per group and measure timed: ``group``, ``kind`` ('inference' / 'train
-    step'), ``factor`` (the limit's), ``backbone_ms``, ``mlan_ms``, ``time_ratio`` (:func:`paired_ratio`),
-    ``macs_ratio``, ``over`` (time ratio / MACs ratio) and ``met`` (time ratio <= factor x MACs ratio)."""
+    before ``depths`` was recorded), one per group, MLAN path timed (:data:`MLAN_PATHS`: the library fast path, and
+    the CPU kernels where timed) and measure: ``group``, ``model`` (speed-section label), ``path`` (its name),
+    ``kind`` ('inference' / 'train step'), ``factor`` (the limit's), ``backbone_ms``, ``mlan_ms``, ``time_ratio``
+    (:func:`paired_ratio`), ``macs_ratio``, ``over`` (time ratio / MACs ratio) and ``met`` (time ratio <= factor x
+    MACs ratio). The kernels compute the same function as the library path: their MACs are MLAN's where the report
+    has none of their own."""
     rows = []
     for group, res in speed.items():
         m = macs.get(group, {})
@@ -240,44 +258,58 @@ def target1_rows(speed: Dict[str, Dict[str, Dict[str, float]]],
                                                                   and _split_group(group)[1] in depths)
         if not target1 or not m.get("mlan") or not m.get("backbone"):
             continue
-        mr = m["mlan"] / m["backbone"]
-        for kind, col, factor in TARGET1_MEASURES:
-            b, t = res.get("backbone", {}).get(col), res["mlan"].get(col)
-            if b is None or t is None:
+        for model, path in MLAN_PATHS:
+            if model not in res:
                 continue
-            tr = paired_ratio(res["mlan"], res["backbone"], col)
-            rows.append(dict(group=group, kind=kind, factor=factor, backbone_ms=b, mlan_ms=t, time_ratio=tr,
-                             macs_ratio=mr, over=tr / mr, met=tr <= factor * mr))
+            mr = (m.get(model) or m["mlan"]) / m["backbone"]
+            for kind, col, factor in TARGET1_MEASURES:
+                b, t = res.get("backbone", {}).get(col), res[model].get(col)
+                if b is None or t is None:
+                    continue
+                tr = paired_ratio(res[model], res["backbone"], col)
+                rows.append(dict(group=group, model=model, path=path, kind=kind, factor=factor, backbone_ms=b,
+                                 mlan_ms=t, time_ratio=tr, macs_ratio=mr, over=tr / mr, met=tr <= factor * mr))
     return rows
+
+
+def _has_kernels(rows: Sequence[Dict[str, Any]]) -> bool:
+    """Whether target rows / cases include the CPU kernels' MLAN (then tables and prose name each path)."""
+    return any(r.get("model") == KERNELS for r in rows)
 
 
 def render_target1(speed: Dict[str, Dict[str, Dict[str, float]]], macs: Dict[str, Dict[str, Optional[int]]],
                    label: str, batch: Any = 128, depths: Optional[Sequence[int]] = None) -> str:
-    """Target 1 rows (:func:`target1_rows`): time ratio beside MACs ratio and the limit."""
+    """Target 1 rows (:func:`target1_rows`): time ratio beside MACs ratio and the limit; with the CPU kernels timed,
+    a column names each row's MLAN path and the verdicts are counted per path."""
     t1 = target1_rows(speed, macs, depths)
     if not t1:
         return ""
-    rows = [f"| {_group_name(r['group'])} | {r['kind']} | {_fmt_ms(r['backbone_ms'])} | {_fmt_ms(r['mlan_ms'])} | "
+    paths = _has_kernels(t1)
+    rows = [f"| {_group_name(r['group'])} | " + (f"{r['path']} | " if paths else "")
+            + f"{r['kind']} | {_fmt_ms(r['backbone_ms'])} | {_fmt_ms(r['mlan_ms'])} | "
             f"{r['time_ratio']:.2f} | {r['macs_ratio']:.3f} | ≤ {r['factor'] * r['macs_ratio']:.2f} ({r['factor']} x "
             f"MACs ratio) | {r['over']:.2f} | {'yes' if r['met'] else 'no'} |" for r in t1]
     out = [f"### Target 1 ({label}): MLAN vs its backbone, batch {batch} fp32", "",
-           "| dataset | depth | measure | backbone ms | MLAN ms | time ratio | MACs ratio | limit | "
-           "time ratio / MACs ratio | met |", "|---|---|---|---|---|---|---|---|---|---|"] + rows + [""]
+           "| dataset | depth | " + ("MLAN path | " if paths else "") + "measure | backbone ms | MLAN ms | time ratio "
+           "| MACs ratio | limit | time ratio / MACs ratio | met |", "|---|---|" + "---|" * (9 if paths else 8)] \
+        + rows + [""]
     for kind, _, factor in TARGET1_MEASURES:
-        v = [r for r in t1 if r["kind"] == kind]
-        if v:
-            out.append(f"- {kind}: met in {sum(r['met'] for r in v)} of {len(v)} rows; time ratio / MACs ratio "
-                       f"{_range([r['over'] for r in v])} (limit {factor}).")
+        for model, path in MLAN_PATHS if paths else MLAN_PATHS[:1]:
+            v = [r for r in t1 if r["kind"] == kind and r["model"] == model]
+            if v:
+                out.append(f"- {kind}" + (f", {path}" if paths else "") + f": met in {sum(r['met'] for r in v)} of "
+                           f"{len(v)} rows; time ratio / MACs ratio {_range([r['over'] for r in v])} (limit {factor}).")
     return "\n".join(out + [""])
 
 
-def fast_path_rows(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[str, Any]]:
+def fast_path_rows(speed: Dict[str, Dict[str, Dict[str, float]]], pairs=FAST_PATH_PAIRS) -> List[Dict[str, Any]]:
     """One row per group and fast model measured beside its reference: ``group``, ``fast`` (speed-section label),
     ``name``, and ``cells``: TIME_COLUMNS key -> (reference ms, fast ms, speed-up = reference / fast, paired: see
-    :func:`paired_ratio`) or None."""
+    :func:`paired_ratio`) or None. ``pairs``: (fast, reference, name) labels, default :data:`FAST_PATH_PAIRS`;
+    :data:`KERNEL_PAIRS` reads the CPU kernels against the library fast path (its reference)."""
     rows = []
     for group, res in speed.items():
-        for fast, ref, name in FAST_PATH_PAIRS:
+        for fast, ref, name in pairs:
             if fast not in res or ref not in res:
                 continue
             cells = {}
@@ -288,10 +320,11 @@ def fast_path_rows(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[s
     return rows
 
 
-def render_fast_paths(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
-    """The fast-path A/B rows: each fast model beside its reference (``?fast_paths=False``), same interleaved run."""
-    rows, ups = [], []
-    for row in fast_path_rows(speed):
+def _ab_table(rows: Sequence[Dict[str, Any]], ref: str, fast: str) -> List[str]:
+    """Table lines of :func:`fast_path_rows` rows: per measure ``ref`` ms, ``fast`` ms and the speed-up, then a line
+    with the speed-ups' range."""
+    lines, ups = [], []
+    for row in rows:
         cells = []
         for key, _, _ in TIME_COLUMNS:
             c = row["cells"][key]
@@ -300,64 +333,108 @@ def render_fast_paths(speed: Dict[str, Dict[str, Dict[str, float]]], label: str)
             else:
                 cells += [_fmt_ms(c[0]), _fmt_ms(c[1]), f"{c[2]:.2f}x"]
                 ups.append(c[2])
-        rows.append(f"| {_group_name(row['group'])} | {row['name']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_group_name(row['group'])} | {row['name']} | " + " | ".join(cells) + " |")
+    head = " | ".join(f"{ref} {w} ms | {fast} {w} ms | speed-up" for _, _, w in TIME_COLUMNS)
+    return ([f"| dataset | depth | model | {head} |", "|" + "---|" * (3 + 3 * len(TIME_COLUMNS))] + lines
+            + ([""] + [f"Speed-up ({ref} time / {fast} time) {_range(ups)} over these {len(ups)} cells."]
+               if ups else []))
+
+
+def render_fast_paths(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
+    """The fast-path A/B rows: each fast model beside its reference (``?fast_paths=False``), same interleaved run;
+    then, where timed, MLAN with the CPU kernels beside the library fast path (:func:`render_cpu_kernels`)."""
+    rows, out = fast_path_rows(speed), []
+    if rows:
+        out += [f"### Fast paths ({label}): reference (`?fast_paths=False`) vs fast, same interleaved run", ""] \
+            + _ab_table(rows, "reference", "fast") + [""]
+    kernels = render_cpu_kernels(speed, label)
+    return "\n".join(out + ([kernels] if kernels else []))
+
+
+def render_cpu_kernels(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
+    """MLAN with the compiled CPU kernels (``?cpu_kernels=True``) beside the library fast path, same interleaved run
+    (:data:`KERNEL_PAIRS`); empty where the kernels were not timed."""
+    rows = fast_path_rows(speed, KERNEL_PAIRS)
     if not rows:
         return ""
-    head = " | ".join(f"reference {w} ms | fast {w} ms | speed-up" for _, _, w in TIME_COLUMNS)
-    return "\n".join([f"### Fast paths ({label}): reference (`?fast_paths=False`) vs fast, same interleaved run", "",
-                      f"| dataset | depth | model | {head} |", "|" + "---|" * (3 + 3 * len(TIME_COLUMNS))] + rows
-                     + ["", f"Speed-up (reference time / fast time) {_range(ups)} over these {len(ups)} cells.", ""])
+    return "\n".join([f"### CPU kernels ({label}): library fast path vs `?cpu_kernels=True`, same interleaved run", ""]
+                     + _ab_table(rows, "library fast path", "CPU kernels") + [""])
 
 
-def target2_cases(speed: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[str, Any]]:
+def _kernels_unavailable(info: Optional[Dict[str, Any]]) -> Optional[str]:
+    """'CPU kernels unavailable: <reason>' where a run recorded (``config['cpu_kernels']``, ``info``) that the
+    compiled CPU kernels did not load; None otherwise (loaded, or nothing recorded: reports before the kernels)."""
+    if not info or info.get("available") is not False:
+        return None
+    return f"CPU kernels unavailable: {info.get('reason') or 'reason not recorded'}"
+
+
+def _kernels_left_out(cfg: Dict[str, Any]) -> Optional[str]:
+    """The sentence of a speed section whose run left the CPU-kernel models out (kernels unavailable), else None."""
+    info = cfg.get("cpu_kernels") or {}
+    unavailable = _kernels_unavailable(info)
+    if not (unavailable and info.get("left_out")):
+        return None
+    return (f"{unavailable}; {_join([f'`{m}`' for m in info['left_out']])} (MLAN with `?cpu_kernels=True`) not "
+            "timed in this run.")
+
+
+def target2_cases(speed: Dict[str, Dict[str, Dict[str, float]]], mlan: str = "mlan") -> List[Dict[str, Any]]:
     """Target 2's (dataset, depth, batch) cases, batch 1 then batch 128, each group with an MLAN time and at least
     one rival's (a run of backbone and MLAN only, e.g. torch.compile, has none): ``batch`` (TIME_COLUMNS key),
-    ``what`` ('batch 1' / 'batch 128'), ``group``, ``mlan_ms``, ``rivals``: rival name -> (its ms, MLAN / rival,
-    :func:`paired_ratio`) or None where not measured, ``slower``: the rivals MLAN is not faster than (MLAN / rival
-    >= 1), and ``met`` (MLAN faster than every rival, all measured)."""
+    ``what`` ('batch 1' / 'batch 128'), ``group``, ``model`` (``mlan``: the speed-section label of the MLAN path
+    compared, default the library fast path, :data:`KERNELS` for the CPU kernels), ``mlan_ms``, ``rivals``: rival
+    name -> (its ms, MLAN / rival, :func:`paired_ratio`) or None where not measured, ``slower``: the rivals MLAN is
+    not faster than (MLAN / rival >= 1), and ``met`` (MLAN faster than every rival, all measured)."""
     cases = []
     for key, col, what in TIME_COLUMNS[:2]:
         for group, res in speed.items():
-            t = res.get("mlan", {}).get(col)
+            t = res.get(mlan, {}).get(col)
             if t is None:
                 continue
             rivals = {}
             for rkey, name in TARGET2_RIVALS:
                 o = res.get(rkey, {}).get(col)
-                rivals[name] = None if o is None else (o, paired_ratio(res["mlan"], res[rkey], col))
+                rivals[name] = None if o is None else (o, paired_ratio(res[mlan], res[rkey], col))
             if all(v is None for v in rivals.values()):
                 continue
             slower = [name for name, v in rivals.items() if v is not None and v[1] >= 1]
-            cases.append(dict(batch=key, what=what, group=group, mlan_ms=t, rivals=rivals, slower=slower,
-                              met=not slower and all(v is not None for v in rivals.values())))
+            cases.append(dict(batch=key, what=what, group=group, model=mlan, mlan_ms=t, rivals=rivals,
+                              slower=slower, met=not slower and all(v is not None for v in rivals.values())))
     return cases
 
 
 def render_target2(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
-    """Target 2: MLAN's time beside SE, CBAM, TA and GC in the same multi-level structure, batch 1 and 128."""
-    cases = target2_cases(speed)
-    out, total, met_n, slower = [], len(cases), sum(c["met"] for c in cases), {name: 0 for _, name in TARGET2_RIVALS}
-    for c in cases:
-        for name in c["slower"]:
-            slower[name] += 1
-    for key, _, what in TIME_COLUMNS[:2]:
-        rows = []
-        for c in (c for c in cases if c["batch"] == key):
-            cells = []
-            for name, v in c["rivals"].items():
-                cells += ["—", "—"] if v is None else [_fmt_ms(v[0]), f"{v[1]:.2f}"]
-            rows.append(f"| {_group_name(c['group'])} | {_fmt_ms(c['mlan_ms'])} | " + " | ".join(cells)
-                        + f" | {'yes' if c['met'] else 'no'} |")
-        if rows:
-            head = " | ".join(f"{name} ms | MLAN / {name}" for _, name in TARGET2_RIVALS)
-            out += [f"#### {what} inference", "", f"| dataset | depth | MLAN ms | {head} | MLAN fastest |",
-                    "|" + "---|" * (4 + 2 * len(TARGET2_RIVALS))] + rows + [""]
+    """Target 2: MLAN's time beside SE, CBAM, TA and GC in the same multi-level structure, batch 1 and 128; with
+    the CPU kernels timed, once per MLAN path (:data:`MLAN_PATHS`), each with its own verdicts."""
+    per_path = [(model, path, target2_cases(speed, model)) for model, path in MLAN_PATHS]
+    paths = bool(per_path[1][2])
+    out = []
+    for model, path, cases in per_path:
+        if not cases:
+            continue
+        total, met_n = len(cases), sum(c["met"] for c in cases)
+        slower = {name: sum(name in c["slower"] for c in cases) for _, name in TARGET2_RIVALS}
+        for key, _, what in TIME_COLUMNS[:2]:
+            rows = []
+            for c in (c for c in cases if c["batch"] == key):
+                cells = []
+                for name, v in c["rivals"].items():
+                    cells += ["—", "—"] if v is None else [_fmt_ms(v[0]), f"{v[1]:.2f}"]
+                rows.append(f"| {_group_name(c['group'])} | {_fmt_ms(c['mlan_ms'])} | " + " | ".join(cells)
+                            + f" | {'yes' if c['met'] else 'no'} |")
+            if rows:
+                head = " | ".join(f"{name} ms | MLAN / {name}" for _, name in TARGET2_RIVALS)
+                out += [f"#### {what} inference" + (f", MLAN with the {path}" if paths else ""), "",
+                        f"| dataset | depth | MLAN ms | {head} | MLAN fastest |",
+                        "|" + "---|" * (4 + 2 * len(TARGET2_RIVALS))] + rows + [""]
+        lose = ", ".join(f"{name} in {n}" for name, n in slower.items() if n) or "none"
+        out += [f"MLAN{f' with the {path}' if paths else ''} is faster than all four in {met_n} of {total} "
+                f"(dataset, depth, batch) cases; it is not faster than: {lose}.", ""]
     if not out:
         return ""
-    lose = ", ".join(f"{name} in {n}" for name, n in slower.items() if n) or "none"
     return "\n".join([f"### Target 2 ({label}): MLAN vs the other attentions in the same multi-level structure", ""]
-                     + out + [f"MLAN is faster than all four in {met_n} of {total} (dataset, depth, batch) cases; "
-                              f"it is not faster than: {lose}.", ""])
+                     + out)
 
 
 def _batches(report: Dict[str, Any]) -> Dict[str, Any]:
@@ -463,8 +540,9 @@ def render_target3(report: Dict[str, Any]) -> str:
 
 
 def render_speed(report: Dict[str, Any]) -> str:
-    """Issue 10's targets 1 and 2 (and the fast-path A/B) for every device/variant of the report's speed section,
-    and target 3 (:func:`render_target3`) before the first GPU variant's section."""
+    """Issue 10's targets 1 and 2 (and the fast-path A/B, with the CPU kernels' A/B where timed) for every
+    device/variant of the report's speed section, and target 3 (:func:`render_target3`) before the first GPU
+    variant's section. A section whose run left the CPU-kernel models out says why (``config['cpu_kernels']``)."""
     speed = report.get("speed") or {}
     if not speed:
         return ""
@@ -489,7 +567,12 @@ def render_speed(report: Dict[str, Any]) -> str:
                 + (f" Batch-1 timings at depths {', '.join(map(str, b1))} only." if b1 is not None
                    and sorted(b1) != sorted({_split_group(g)[1] for g in groups}) else "")
                 + (f" {GRAPHS_METHOD}" if label == TARGET3_GRAPHS else "")
-                + (f" {PAIRED_METHOD}" if _has_rounds(groups) else ""), ""]
+                + (f" {PAIRED_METHOD}" if _has_rounds(groups) else "")
+                + (f" {KERNELS_METHOD}" if any(KERNELS in res for res in groups.values()) else "")
+                + _process_wide_note(cfg), ""]
+        left_out = _kernels_left_out(cfg)
+        if left_out:
+            out += [left_out, ""]
         out += [x for x in (render_target1(groups, macs, label, cfg.get("batch", 128), t1_depths),
                             render_fast_paths(groups, label),
                             render_target2(groups, label)) if x]
@@ -500,6 +583,15 @@ def render_speed(report: Dict[str, Any]) -> str:
                 "JSON files into benchmarks/results/ and run `python benchmarks/run_benchmarks.py --render-only`).",
                 ""]
     return "\n".join(out)
+
+
+def _process_wide_note(cfg: Dict[str, Any]) -> str:
+    """A sentence when the run had the CPU kernels on process-wide (then 'MLAN' used them too), else ''."""
+    info = cfg.get("cpu_kernels") or {}
+    if not (info.get("process_wide") and info.get("available")):
+        return ""
+    return (" The CPU kernels were on process-wide in this run (`MLAN_TIMM_CPU_KERNELS` or `enable_cpu_kernels`): "
+            "'MLAN' (the library fast path rows) ran them too, so those rows do not time the library path.")
 
 
 def _fmt_share(share: float) -> str:
@@ -535,8 +627,12 @@ def conv_cost_ratios(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """The ratios the conv-cost section reads: ``pairs`` (row of a C -> O conv with O < C, its forward time / the
     C -> C conv's on the same input, its MACs / that conv's), ``backward_few`` / ``backward_square`` (backward-data
     time / forward time of the O < C and the C -> C convs), ``backward_as_forward`` (aten's backward-data / the same
-    values as a forward conv, O < C convs) and ``matmul`` (1x1 forward / the same product as ``torch.bmm``)."""
+    values as a forward conv, O < C convs), ``matmul`` (1x1 forward / the same product as ``torch.bmm``), and for
+    the rows with the compiled CPU kernels timed ``kernels_forward`` / ``kernels_backward_weight`` (the kernels'
+    ``conv_same`` time / the forward time, ``conv_same_grad_weight`` time / aten's backward-weight time) and
+    ``kernel_backends`` (PyTorch's conv backend of those rows, where recorded)."""
     few = [r for r in rows if r["out_channels"] < r["in_channels"]]
+    kern = [r for r in rows if r.get("kernels_forward_ms") is not None]
     square = [r for r in rows if r["out_channels"] == r["in_channels"]]
     pairs = []
     for r in few:
@@ -546,7 +642,31 @@ def conv_cost_ratios(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return dict(pairs=pairs, backward_few=[r["backward_data_ms"] / r["forward_ms"] for r in few],
                 backward_square=[r["backward_data_ms"] / r["forward_ms"] for r in square],
                 backward_as_forward=[r["backward_data_ms"] / r["backward_data_as_forward_ms"] for r in few],
-                matmul=[r["forward_ms"] / r["matmul_ms"] for r in rows if r.get("matmul_ms")])
+                matmul=[r["forward_ms"] / r["matmul_ms"] for r in rows if r.get("matmul_ms")],
+                kernels_forward=[r["kernels_forward_ms"] / r["forward_ms"] for r in kern],
+                kernels_backward_weight=[r["kernels_backward_weight_ms"] / r["backward_weight_ms"] for r in kern
+                                         if r.get("kernels_backward_weight_ms") is not None],
+                kernel_backends=sorted({r["conv_backend"] for r in kern if r.get("conv_backend")}))
+
+
+#: PyTorch's conv backends (``torch._C._ConvBackend`` names) in prose.
+_BACKEND_NAMES = {"Mkldnn": "oneDNN", "Slow2d": "PyTorch's slow_conv2d", "Cudnn": "cuDNN"}
+
+
+def _backends_phrase(backends: Sequence[str]) -> str:
+    """' (oneDNN)' for the recorded backends of the compared convs, '' where none was recorded."""
+    names = [_BACKEND_NAMES.get(b, b) for b in backends if b != "unknown"]
+    return f" ({_join(names)})" if names else ""
+
+
+def _kernels_vs_library(ratios: Dict[str, Any]) -> str:
+    """'the compiled CPU kernels' conv_same takes ... of F.conv2d's time (oneDNN) and ...', or '' where not timed."""
+    fwd, bw = ratios["kernels_forward"], ratios["kernels_backward_weight"]
+    if not fwd:
+        return ""
+    return (f"the compiled CPU kernels' `conv_same` takes {_range(fwd)} times the forward time of PyTorch's conv"
+            f"{_backends_phrase(ratios['kernel_backends'])} on the {len(fwd)} C -> O convs with O < C"
+            + (f", and `conv_same_grad_weight` {_range(bw)} times the time of its backward-weight" if bw else ""))
 
 
 def conv_cost_findings(rows: Sequence[Dict[str, Any]]) -> List[str]:
@@ -572,6 +692,9 @@ def conv_cost_findings(rows: Sequence[Dict[str, Any]]) -> List[str]:
     if mm:
         out.append(f"The {len(mm)} 1x1 convs' forward takes {_range(mm)} times the time of the same product as a "
                    "batched matrix multiply (`torch.bmm`).")
+    kernels = _kernels_vs_library(ratios)
+    if kernels:
+        out.append(kernels[0].upper() + kernels[1:] + ".")
     return out
 
 
@@ -579,23 +702,34 @@ def render_conv_costs(cc: Dict[str, Any]) -> str:
     """The conv-cost section from a ``mlan-bench --conv-costs`` report (rows under ``conv_costs``)."""
     cfg = cc.get("config", {})
     rows = cc["conv_costs"]
+    kernels = any(r.get("kernels_forward_ms") is not None for r in rows)
+    unavailable = _kernels_unavailable(cfg.get("cpu_kernels"))
     out = [f"## Why the attention costs more than its MACs: per-call conv costs ({cc.get('device', 'cpu')})", "",
            f"Command: `{cc.get('command')}`", "", f"Machine: {cc.get('machine')}", "",
            "One stride-1 'same' convolution per row, fp32, NCHW contiguous random tensors, no bias, each call timed "
            "under `torch.inference_mode`: forward `F.conv2d`; backward-data and backward-weight "
            "`torch.ops.aten.convolution_backward` with output mask [True, False, False] / [False, True, False] (what "
            "autograd runs); backward-data as forward conv `F.conv2d(grad, w.flip(2, 3).transpose(0, 1))` (same "
-           "values, checked); for 1x1 kernels the forward as `torch.bmm` (same values, checked). MACs = "
+           "values, checked); for 1x1 kernels the forward as `torch.bmm` (same values, checked)"
+           + ("; for the C -> O convs with O < C the compiled CPU kernels' (`mlan_timm.layers.cpu_kernels`) forward "
+              "`conv_same(x, w)` and weight gradient `conv_same_grad_weight(x, grad, k)` (same values as `F.conv2d` "
+              "and `torch.nn.grad.conv2d_weight`, checked)" if kernels else "")
+           + ". MACs = "
            f"B·H·W·C·O·k²; GMAC/s of the forward. All cells interleaved over {cfg.get('rounds')} rounds "
            f"(blocked_autorange, min_run_time {cfg.get('min_run_time')} s, after {cfg.get('warmup')} warm-up "
-           "call(s)); medians over rounds, in ms.", "",
+           "call(s)); medians over rounds, in ms."
+           + (f" {unavailable}: the compiled kernels' convs are not timed." if unavailable else ""), "",
            "| shape [B, C, H, W] -> O, kxk | MACs | forward ms | GMAC/s | backward-data ms | "
-           "backward-data as forward conv ms | backward-weight ms | 1x1 as bmm ms |", "|" + "---|" * 8]
+           "backward-data as forward conv ms | backward-weight ms | 1x1 as bmm ms |"
+           + (" CPU kernels forward ms | CPU kernels backward-weight ms |" if kernels else ""),
+           "|" + "---|" * (10 if kernels else 8)]
     for r in rows:
         out.append(f"| {_conv_shape(r)} | {_fmt_macs(r['macs'])} | {_fmt_ms3(r['forward_ms'])} | "
                    f"{r['gmacs_per_s']:.1f} | {_fmt_ms3(r['backward_data_ms'])} | "
                    f"{_fmt_ms3(r['backward_data_as_forward_ms'])} | {_fmt_ms3(r['backward_weight_ms'])} | "
-                   f"{_fmt_ms3(r.get('matmul_ms'))} |")
+                   f"{_fmt_ms3(r.get('matmul_ms'))} |"
+                   + (f" {_fmt_ms3(r.get('kernels_forward_ms'))} | {_fmt_ms3(r.get('kernels_backward_weight_ms'))} |"
+                      if kernels else ""))
     findings = conv_cost_findings(rows)
     return "\n".join(out + ([""] + [" ".join(findings)] if findings else []) + [""])
 
@@ -786,6 +920,23 @@ def _target1_sentences(rows: Sequence[Dict[str, Any]], batch: Any) -> str:
     return " ".join(out)
 
 
+def _target1_kernel_sentence(rows: Sequence[Dict[str, Any]], library: Sequence[Dict[str, Any]]) -> str:
+    """Target 1 with the CPU kernels (``rows``), after the library fast path's sentences (``library``): each measure's
+    time ratio and time ratio / MACs ratio; where only when the groups differ from the library rows'."""
+    parts = []
+    for kind, _, factor in TARGET1_MEASURES:
+        v = [r for r in rows if r["kind"] == kind]
+        if not v:
+            continue
+        where = _target1_where([r["group"] for r in v])
+        lib = [r["group"] for r in library if r["kind"] == kind]
+        tr, over = _range([r["time_ratio"] for r in v], unit="x"), _range([r["over"] for r in v])
+        parts.append((f"MLAN's {kind} takes {tr}" if not parts else f"its {kind} {tr}")
+                     + (f" {where}" if not lib or where != _target1_where(lib) else "")
+                     + f" ({over} times the MACs ratio; limit {factor})")
+    return f"With the CPU kernels (`?cpu_kernels=True`), {_join(parts)}." if parts else ""
+
+
 def _profile_op(row: Dict[str, Any]):
     """(grouping key, description) of a profiler row: convolutions by kernel, channels and input size (the rows
     of one conv shape with and without bias are one group), other operators by name and input shapes."""
@@ -886,7 +1037,7 @@ def _target2_exceptions(cases: Sequence[Dict[str, Any]]) -> str:
     return "; ".join(out)
 
 
-def _target2_sentences(cases: Sequence[Dict[str, Any]], all_depths: Sequence[int]) -> str:
+def _target2_sentences(cases: Sequence[Dict[str, Any]], all_depths: Sequence[int], subject: str = "MLAN") -> str:
     rivals = _join([name for _, name in TARGET2_RIVALS])
     full = []
     for key, _, what in TIME_COLUMNS[1::-1]:
@@ -895,7 +1046,7 @@ def _target2_sentences(cases: Sequence[Dict[str, Any]], all_depths: Sequence[int
             full.append((what, v))
     met_n, total = sum(c["met"] for c in cases), len(cases)
     exceptions = _target2_exceptions(cases)
-    start = f"MLAN is faster than {rivals} in the same multi-level structure"
+    start = f"{subject} is faster than {rivals} in the same multi-level structure"
     if full:
         wheres = [_target2_where([c["group"] for c in v], all_depths) for _, v in full]
         if len(set(wheres)) == 1:
@@ -914,9 +1065,17 @@ _FAST_PATH_MEASURES = (("b128", "batch-128 inference", "at batch 128"), ("train"
                        ("b1", "batch-1 inference", "at batch 1"))
 
 
-def _fast_path_sentence(speed: Dict[str, Any]) -> str:
-    rows = [r for r in fast_path_rows(speed) if r["fast"] == FAST_PATH_PAIRS[0][0]]
-    name = FAST_PATH_PAIRS[0][2]
+def _fast_path_sentence(speed: Dict[str, Any], kernels: bool = False) -> str:
+    """The fast path against its reference (MLAN's rows of :func:`fast_path_rows`) in words; ``kernels``: the CPU
+    kernels against the library fast path (:data:`KERNEL_PAIRS`) instead."""
+    pairs = KERNEL_PAIRS if kernels else FAST_PATH_PAIRS
+    rows = [r for r in fast_path_rows(speed, pairs) if r["fast"] == pairs[0][0]]
+    name = pairs[0][2]
+    subject, verb, slower, over = (("The CPU kernels (`?cpu_kernels=True`)", "speed up", "are slower than the library "
+                                    "fast path", " over the library fast path") if kernels else
+                                   ("The fast path", "speeds up", "is slower than the reference", ""))
+    speed_up = ("the CPU kernels' speed-up (library fast path time / kernels time)" if kernels else
+                "the fast path's speed-up (reference time / fast time)")
     up, down, mixed = [], [], []
     for key, what, where in _FAST_PATH_MEASURES:
         ups = [r["cells"][key][2] for r in rows if r["cells"][key] is not None]
@@ -928,16 +1087,15 @@ def _fast_path_sentence(speed: Dict[str, Any]) -> str:
         elif max(ups) < 1:
             down.append(f"{where} ({rng})")
         else:
-            mixed.append(f"{where} the fast path's speed-up (reference time / fast time) is {rng}, above 1 in "
-                         f"{sum(u > 1 for u in ups)} of {len(ups)} groups")
+            mixed.append(f"{where} {speed_up} is {rng}, above 1 in {sum(u > 1 for u in ups)} of {len(ups)} groups")
     if not (up or down or mixed):
         return ""
     main = []
     if up:
-        main.append(f"speeds up {_join(up)}")
+        main.append(f"{verb} {_join(up)}{over}")
     if down:
-        main.append(("but " if up else "") + f"is slower than the reference {_join(down)}")
-    text = f"The fast path {', '.join(main)}." if main else ""
+        main.append(("but " if up else "") + f"{slower} {_join(down)}")
+    text = f"{subject} {', '.join(main)}." if main else ""
     for m in mixed:
         text += (" " if text else "") + m[0].upper() + m[1:] + "."
     return text
@@ -954,6 +1112,9 @@ def _conv_costs_sentence(cc: Dict[str, Any]) -> str:
         parts.append(f"aten's backward-data (the input gradient autograd computes) of the O < C convs takes "
                      f"{_range(r['backward_few'])} times their forward time"
                      + (f", against {_range(sq)} for the C -> C convs" if sq else ""))
+    kernels = _kernels_vs_library(r)
+    if kernels:
+        parts.append(kernels)
     batch = cc.get("config", {}).get("batch")
     return (f"\"Why the attention costs more than its MACs\" ({DOCS_MD}) times single convs of MLAN's and the "
             f"backbone's shapes{f' at batch {batch}' if batch else ''}" + (": " + "; ".join(parts) if parts else "")
@@ -989,7 +1150,7 @@ def _gpu_sentence(report: Dict[str, Any]) -> str:
                      f"{_range([r['ratio'] for r in graphs], unit='x')} its backbone's time at batch {batches} "
                      f"(limit {TARGET3_LIMIT}x" + (f"; eager {_range(eager, unit='x')})" if eager else ")"))
     t1_depths = _speed_source(report, label).get("config", {}).get("target1_depths")
-    t1 = target1_rows(speed[label], report.get("speed_macs", {}), t1_depths)
+    t1 = [r for r in target1_rows(speed[label], report.get("speed_macs", {}), t1_depths) if r["model"] == "mlan"]
     if t1:
         overs = "; ".join(f"{_range([r['over'] for r in t1 if r['kind'] == kind])} for "
                           f"{'inference' if kind == 'inference' else 'the ' + kind} (limit {factor})"
@@ -1009,7 +1170,10 @@ def render_readme_summary(report: Dict[str, Any], label: Optional[str] = None) -
     """README.md's speed summary (between :data:`README_START` and :data:`README_END`) from a (merged) report:
     the targets, profiler, fast-path, conv-cost and GPU numbers of docs/benchmarks.md, computed by the helpers that
     render those sections (:func:`target1_rows`, :func:`target2_cases`, :func:`fast_path_rows`,
-    :func:`conv_cost_ratios`). ``label``: the speed-section label summarised (default 'cpu')."""
+    :func:`conv_cost_ratios`). Where the run timed MLAN with the compiled CPU kernels (:data:`KERNELS`), targets 1
+    and 2 are stated for the library fast path and for the kernels, and the kernels' speed-up over the library
+    fast path follows the fast path's; where it left them out (kernels unavailable), a bullet says why.
+    ``label``: the speed-section label summarised (default 'cpu')."""
     speed = report.get("speed") or {}
     if label is None:
         label = "cpu" if "cpu" in speed else next((lbl for lbl in speed if " " not in lbl), next(iter(speed), None))
@@ -1026,20 +1190,28 @@ def render_readme_summary(report: Dict[str, Any], label: Optional[str] = None) -
             f"{TARGET1_INFER}x (inference) / {TARGET1_TRAIN}x (train step) its MACs ratio, and MLAN faster than "
             "every other attention in the same structure):")
     bullets = []
-    t1 = target1_rows(groups, report.get("speed_macs", {}))
+    rows = target1_rows(groups, report.get("speed_macs", {}))
+    t1, k1 = [r for r in rows if r["model"] == "mlan"], [r for r in rows if r["model"] == KERNELS]
     profile = _profile_sentence(report)
-    if t1:
-        bullets.append(f"**Target 1 {_target1_status(t1)}.** {_target1_sentences(t1, cfg.get('batch', 128))}"
-                       + (f" {profile}" if profile else ""))
+    if t1 or k1:
+        status = (f"{_target1_status(t1)} with the library fast path; with the CPU kernels it {_target1_status(k1)}"
+                  if k1 and t1 else f"{_target1_status(t1)}" if t1 else f"{_target1_status(k1)} with the CPU kernels")
+        text = " ".join(x for x in (_target1_sentences(t1, cfg.get("batch", 128)) if t1 else "",
+                                    _target1_kernel_sentence(k1, t1), profile) if x)
+        bullets.append(f"**Target 1 {status}.** {text}")
     elif profile:
         bullets.append(profile)
-    cases = target2_cases(groups)
-    if cases:
-        all_depths = sorted({_split_group(g)[1] for g in groups})
+    cases, kcases = target2_cases(groups), target2_cases(groups, KERNELS)
+    all_depths = sorted({_split_group(g)[1] for g in groups})
+    if cases and kcases:
+        bullets.append(f"**Target 2 {_target2_status(cases)} with the library fast path; with the CPU kernels it "
+                       f"{_target2_status(kcases)}.** {_target2_sentences(cases, all_depths)} "
+                       + _target2_sentences(kcases, all_depths, "With the CPU kernels (`?cpu_kernels=True`), MLAN"))
+    elif cases:
         bullets.append(f"**Target 2 {_target2_status(cases)}.** {_target2_sentences(cases, all_depths)}")
-    fast = _fast_path_sentence(groups)
-    if fast:
-        bullets.append(fast)
+    for fast in (_fast_path_sentence(groups), _fast_path_sentence(groups, kernels=True), _kernels_left_out(cfg)):
+        if fast:
+            bullets.append(fast)
     if report.get("conv_costs"):
         bullets.append(_conv_costs_sentence(report["conv_costs"]))
     bullets.append(_gpu_sentence(report))
