@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Optional
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = [
     "ENV_VAR", "SOURCE", "cpu_kernels_enabled", "cpu_kernels_status", "enable_cpu_kernels", "kernels_for",
@@ -104,7 +105,8 @@ def kernels_for(x: torch.Tensor, enabled: Optional[bool] = None) -> Optional[Mod
 
     ``enabled``: a model's own setting (``model.set_fast_paths(cpu_kernels=...)``); None follows the process-wide
     :func:`cpu_kernels_enabled`. Applies to float32 NCHW-contiguous CPU tensors with ``H * W`` a multiple of 16,
-    outside tracing, scripting, compiling and CPU autocast (whose lower-precision convs it would otherwise silently
+    outside tracing, scripting, compiling, Python dispatch modes (``FlopCounterMode`` counts MACs op by op and
+    would not see inside a kernel) and CPU autocast (whose lower-precision convs it would otherwise silently
     replace).
     """
     if not (_State.enabled if enabled is None else enabled) or isinstance(x, torch.fx.Proxy):
@@ -113,6 +115,8 @@ def kernels_for(x: torch.Tensor, enabled: Optional[bool] = None) -> Optional[Mod
             or (x.shape[2] * x.shape[3]) % _VECTOR_WIDTH != 0):
         return None
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return None
+    if _get_current_dispatch_mode() is not None:  # FlopCounterMode, fake tensors...: they must see every op
         return None
     if torch.is_autocast_enabled("cpu"):
         return None
