@@ -2,7 +2,7 @@
 from . import cpu_kernels
 from .aggregation import AttentionAggregation
 from .factory import ATTN_LEVELS, ATTN_TYPES, check_attn_type, create_attention, reduced_channels
-from .fast_ops import pointwise_conv, same_conv
+from .fast_ops import fused_block_attention, pointwise_conv, same_conv
 from .fusion import FUSION_TYPES, ConvFusion, PlusFusion, WeightedFusion, create_fusion
 from .parallel import ParallelAttention
 from .shared_mask import FullMaskAttention, SharedMaskAttention, SharedMaskAttentionV2, check_mask_args
@@ -12,5 +12,5 @@ __all__ = [
     "ATTN_LEVELS", "ATTN_TYPES", "FUSION_TYPES", "AttentionAggregation", "ConvFusion", "FullMaskAttention",
     "ParallelAttention", "PlusFusion", "SharedMaskAttention", "SharedMaskAttentionV2", "TripletAttention",
     "WeightedFusion", "check_attn_type", "check_mask_args", "cpu_kernels", "create_attention", "create_fusion",
-    "pointwise_conv", "reduced_channels", "same_conv",
+    "fused_block_attention", "pointwise_conv", "reduced_channels", "same_conv",
 ]

@@ -14,13 +14,13 @@ Only the fast paths use these (``MLANGroup.forward_streaming``); the reference p
 tests/test_layers.py checks values and gradients against ``F.conv2d``.
 """
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["same_conv", "pointwise_conv"]
+__all__ = ["same_conv", "pointwise_conv", "fused_block_attention"]
 
 
 class _SameConv(torch.autograd.Function):
@@ -103,3 +103,44 @@ def pointwise_conv(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
         # in place: no copy of the running sum; in-place ops skip autocast, so match the sum's dtype explicitly
         out.baddbmm_(w.to(out.dtype).expand(b, -1, -1), x.flatten(2).to(out.dtype))
     return out.unflatten(2, size)
+
+
+class _FusedBlockAttention(torch.autograd.Function):
+    """An MLAN block's attention (SMA everywhere, plus fusion) in the compiled CPU kernels, forward and backward:
+    ``kernels.mlan_block_forward`` saves the three masks and the 3 N sigmoids per image, and
+    ``kernels.mlan_block_backward`` recomputes the rest image by image."""
+
+    @staticmethod
+    def forward(ctx, kernels: ModuleType, out1: torch.Tensor, out2: torch.Tensor, x: torch.Tensor, *weights):
+        t1_w, t1_b = weights[0], weights[1]
+        n, _, h, w = out1.shape
+        o = t1_w.shape[0]
+        group_logits = out1.new_empty(n, o, h, w)
+        group_proj = torch.empty_like(out1, memory_format=torch.contiguous_format)
+        saved = out1.new_empty(n, 3 + 3 * o, h, w)
+        out = kernels.mlan_block_forward(out1, out2, x, *weights, group_logits, group_proj, True, False, x, t1_b,
+                                         saved)
+        ctx.kernels = kernels
+        t2_w, la_w, ba_w, proj_w, gproj_w = weights[2], weights[4], weights[6], weights[7], weights[8]
+        ctx.save_for_backward(out1, out2, out, saved, t1_w, t2_w, la_w, ba_w, proj_w, gproj_w)
+        return out, group_logits, group_proj
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out: torch.Tensor, d_logits: torch.Tensor, d_proj: torch.Tensor):
+        out1, out2, out, saved, t1_w, t2_w, la_w, ba_w, proj_w, gproj_w = ctx.saved_tensors
+        grads = ctx.kernels.mlan_block_backward(out1, out2, out, saved, d_out, d_logits, d_proj, t1_w, t2_w, la_w,
+                                                ba_w, proj_w, gproj_w)
+        return (None, *grads)
+
+
+def fused_block_attention(kernels: ModuleType, out1: torch.Tensor, out2: torch.Tensor, x: torch.Tensor,
+                          t1_w: torch.Tensor, t1_b: torch.Tensor, t2_w: torch.Tensor, t2_b: torch.Tensor,
+                          la_w: torch.Tensor, la_b: torch.Tensor, ba_w: torch.Tensor, proj_w: torch.Tensor,
+                          gproj_w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An MLAN block's attention after its conv layers, differentiable, in the compiled CPU kernels: returns
+    ``(ReLU(out2 + P_block b + x), BA's logits of b without bias, P_group b)`` with ``b`` the block attention
+    (T_1, T_2 on the layer outputs, LA over them; ``ba_w`` and ``gproj_w``: the group's BA weights and projection
+    columns of this block). Same function as ``MLANBlock.forward_streaming`` (tests/test_cpu_kernels.py)."""
+    return _FusedBlockAttention.apply(kernels, out1, out2, x, t1_w, t1_b, t2_w, t2_b, la_w, la_b, ba_w, proj_w,
+                                      gproj_w)

@@ -24,7 +24,15 @@ from timm.layers import DropPath
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from torch import nn
 
-from ..layers import AttentionAggregation, PlusFusion, SharedMaskAttention, cpu_kernels, create_fusion, pointwise_conv
+from ..layers import (
+    AttentionAggregation,
+    PlusFusion,
+    SharedMaskAttention,
+    cpu_kernels,
+    create_fusion,
+    fused_block_attention,
+    pointwise_conv,
+)
 
 __all__ = [
     "STREAMING_MIN_BATCH", "AttnFactory", "BasicBlock", "SingleLevelBlock", "MLANBlock", "MLANGroup", "PlainGroup",
@@ -173,17 +181,23 @@ class MLANBlock(BasicBlock):
         ``group_proj_sum`` (sets them if ``first``); returns the block output, or, given the ``group_input`` (last
         block of a group with plus fusion), the group's output ``ReLU(y + M_g * g_A + group_input)``."""
         out1, out2 = self.conv_layers(x)
+        return kernels.mlan_block_forward(
+            out1, out2, x, *self.fused_weights(group_attn, group_proj, offset), group_logits, group_proj_sum, first,
+            group_input is not None, x if group_input is None else group_input, group_attn.conv.bias, None)
+
+    def fused_weights(self, group_attn: SharedMaskAttention, group_proj: torch.Tensor,
+                      offset: int) -> Tuple[torch.Tensor, ...]:
+        """The kernels' weight arguments: T_1, T_2 and LA weights and biases, this block's columns of BA's weight,
+        the block projection and this block's columns of the group projection (both 2-d)."""
         c = self.conv2.out_channels
         t1, t2, la = self.layer_attn[0], self.layer_attn[1], self.block_attn.attn
-        return kernels.mlan_block_forward(
-            out1, out2, x, t1.conv.weight, t1.conv.bias, t2.conv.weight, t2.conv.bias, la.conv.weight,
-            la.conv.bias, group_attn.conv.weight[:, offset:offset + 2 * c], self.attn_proj.weight.flatten(1),
-            group_proj[:, offset:offset + 2 * c].flatten(1), group_logits, group_proj_sum, first,
-            group_input is not None, x if group_input is None else group_input, group_attn.conv.bias)
+        return (t1.conv.weight, t1.conv.bias, t2.conv.weight, t2.conv.bias, la.conv.weight, la.conv.bias,
+                group_attn.conv.weight[:, offset:offset + 2 * c], self.attn_proj.weight.flatten(1),
+                group_proj[:, offset:offset + 2 * c].flatten(1))
 
     @torch.jit.unused
     def forward_streaming(self, x: torch.Tensor, group_attn: SharedMaskAttention, group_proj: torch.Tensor,
-                          offset: int, kernels: Optional[ModuleType] = None
+                          offset: int, kernels: Optional[ModuleType] = None, fused: bool = False
                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward` for a shared-mask LA, handing the group what BA needs instead of the block attention.
 
@@ -193,9 +207,14 @@ class MLANBlock(BasicBlock):
         ``group_proj[:, offset:offset + 2C]``. Returns
         ``(block output, BA partial, this block's share of conv1x1(g) before BA's mask)``; no 2C-channel tensor
         is built. The block's and the group's 1x1 projections of both parts run as one :func:`pointwise_conv`;
-        ``kernels``: the compiled CPU kernels for the mask convs (None: PyTorch's).
+        ``kernels``: the compiled CPU kernels for the mask convs (None: PyTorch's); with ``fused`` (the group
+        checked :meth:`MLANGroup.fusable`), the whole attention runs in them, forward and backward
+        (:func:`..layers.fused_block_attention`).
         Reference: :meth:`forward` + :class:`MLANGroup`'s concatenation (tests/test_models.py).
         """
+        if fused and kernels is not None:
+            out1, out2 = self.conv_layers(x)
+            return fused_block_attention(kernels, out1, out2, x, *self.fused_weights(group_attn, group_proj, offset))
         out1 = self.act1(self.bn1(self.conv1(x)))
         out2, mask1 = self.conv2_and_first_layer_mask(out1, kernels)
         la1 = self.layer_attn[1]
@@ -270,7 +289,7 @@ class MLANGroup(nn.Module):
         if self.fast_path and not torch.jit.is_scripting() and self.has_fast_path():
             # FX traces the streaming path; the fused kernels are the fastest formulation at every batch size
             if isinstance(x, torch.fx.Proxy) or x.shape[0] >= STREAMING_MIN_BATCH or (
-                    self.can_fuse(x) and self.kernels(x) is not None):
+                    self.fusable() and self.kernels(x) is not None):
                 return self.forward_streaming(x)
             return self.forward_concatenated(x, small_batch=True)
         return self.forward_reference(x)
@@ -282,7 +301,9 @@ class MLANGroup(nn.Module):
         group_input = x
         ba, c = self.group_attn.attn, x.shape[1]
         kernels = None if isinstance(x, torch.fx.Proxy) else self.kernels(x)
-        if kernels is not None and self.can_fuse(x):
+        fused = kernels is not None and self.fusable()
+        if fused and not self.grad_checkpointing and not (
+                torch.is_grad_enabled() and (x.requires_grad or self.attn_proj.weight.requires_grad)):
             partial = x.new_empty(x.shape[0], ba.num_masks, *x.shape[2:])
             proj = torch.empty_like(x, memory_format=torch.contiguous_format)
             fuse_group = type(self.fusion) is PlusFusion  # then the last block's kernel ends the group too
@@ -296,9 +317,9 @@ class MLANGroup(nn.Module):
         partial, proj = None, None
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing:
-                x, p, q = checkpoint(block.forward_streaming, x, ba, self.attn_proj.weight, 2 * c * i, kernels)
+                x, p, q = checkpoint(block.forward_streaming, x, ba, self.attn_proj.weight, 2 * c * i, kernels, fused)
             else:
-                x, p, q = block.forward_streaming(x, ba, self.attn_proj.weight, 2 * c * i, kernels)
+                x, p, q = block.forward_streaming(x, ba, self.attn_proj.weight, 2 * c * i, kernels, fused)
             partial = p if partial is None else partial + p
             proj = q if proj is None else proj + q
         group_attn = ba.mask_from_partials(partial) * proj
@@ -309,16 +330,14 @@ class MLANGroup(nn.Module):
         with this group's ``cpu_kernels`` setting), or None for PyTorch's convolutions."""
         return cpu_kernels.kernels_for(x, self.cpu_kernels)
 
-    def can_fuse(self, x: torch.Tensor) -> bool:
-        """Whether the kernels' fused block forward (:meth:`MLANBlock.forward_fused`) may run: inference (no
-        autograd), no gradient checkpointing, every block :meth:`MLANBlock.can_fuse`, BA a plain SMA of the blocks'
-        mask shape."""
-        if isinstance(x, torch.fx.Proxy) or self.grad_checkpointing or (
-                torch.is_grad_enabled() and (x.requires_grad or self.attn_proj.weight.requires_grad)):
-            return False
+    def fusable(self) -> bool:
+        """Whether the kernels may run each block's whole attention (:meth:`MLANBlock.forward_fused` in inference,
+        :func:`..layers.fused_block_attention` with autograd): every block :meth:`MLANBlock.can_fuse`, BA a plain
+        SMA of the blocks' mask shape, kernel size at most 7."""
         ba, first = self.group_attn.attn, self.blocks[0].layer_attn[0]
         return (type(ba) is SharedMaskAttention and all(b.can_fuse() for b in self.blocks)
-                and ba.conv.kernel_size == first.conv.kernel_size and ba.num_masks == first.num_masks)
+                and ba.conv.kernel_size == first.conv.kernel_size and ba.num_masks == first.num_masks
+                and first.conv.kernel_size[0] <= 7)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Eqs. 4-11 as written: concatenate, attend, project."""

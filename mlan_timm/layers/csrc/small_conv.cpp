@@ -11,6 +11,8 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 int64_t vector_width();
@@ -216,14 +218,18 @@ void conv_image(const float* x, const float* wt, float* dst, int64_t C, int64_t 
   }
 }
 
-// mask[p] = mean_o sigmoid(logits[o, p] + bias[o]) (eq. 2), for one image.
-void shared_mask(const float* logits, int64_t logit_stride, const float* bias, int64_t O, int64_t P, float* mask) {
+// mask[p] = mean_o sigmoid(logits[o, p] + bias[o]) (eq. 2), for one image; the sigmoids go to sig (O x P) if given.
+void shared_mask(const float* logits, int64_t logit_stride, const float* bias, int64_t O, int64_t P, float* mask,
+                 float* sig = nullptr) {
   const __m512 inv = _mm512_set1_ps(1.0f / static_cast<float>(O));
   for (int64_t j = 0; j < P; j += Vec::L) {
     __m512 m = _mm512_setzero_ps();
-    for (int64_t o = 0; o < O; ++o)
-      m = _mm512_add_ps(m, sigmoid_ps(_mm512_add_ps(_mm512_loadu_ps(logits + o * logit_stride + j),
-                                                    _mm512_set1_ps(bias[o]))));
+    for (int64_t o = 0; o < O; ++o) {
+      const __m512 s = sigmoid_ps(_mm512_add_ps(_mm512_loadu_ps(logits + o * logit_stride + j),
+                                                _mm512_set1_ps(bias[o])));
+      if (sig != nullptr) _mm512_storeu_ps(sig + o * P + j, s);
+      m = _mm512_add_ps(m, s);
+    }
     _mm512_storeu_ps(mask + j, _mm512_mul_ps(m, inv));
   }
 }
@@ -281,6 +287,123 @@ inline void project_and_fuse_all(const float* b1, const float* b2, const float* 
     for (; co + kProjBlock <= C; co += kProjBlock)
       project_and_fuse<kProjBlock, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, co, j, first);
     for (; co < C; ++co) project_and_fuse<1, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, co, j, first);
+  }
+}
+// acc[o, c, t] += sum_p g[o, p] * x[c, p + off(t)] for one image (a conv's weight gradient), OB output channels at
+// a time with their T accumulators per input channel in registers.
+template <int OB, int T>
+void corr_image_block(const float* x, int64_t Cx, const float* g, int64_t o0, int64_t P, const Taps& taps,
+                      float* acc) {
+  const int64_t nvec = P / Vec::L;
+  for (int64_t c = 0; c < Cx; ++c) {
+    const float* plane = x + c * P;
+    Vec::T a[OB][T];
+    MLAN_UNROLL for (int o = 0; o < OB; ++o)
+      MLAN_UNROLL for (int t = 0; t < T; ++t) a[o][t] = Vec::zero();
+    for (int64_t j = 0; j < nvec; ++j) {
+      Vec::T gv[OB];
+      MLAN_UNROLL for (int o = 0; o < OB; ++o) gv[o] = Vec::load(g + (o0 + o) * P + j * Vec::L);
+      MLAN_UNROLL for (int t = 0; t < T; ++t) {
+        const Vec::T xv = taps.load(plane, j, t);
+        MLAN_UNROLL for (int o = 0; o < OB; ++o) a[o][t] = Vec::fma(gv[o], xv, a[o][t]);
+      }
+    }
+    MLAN_UNROLL for (int o = 0; o < OB; ++o)
+      MLAN_UNROLL for (int t = 0; t < T; ++t) acc[((o0 + o) * Cx + c) * T + t] += Vec::hsum(a[o][t]);
+  }
+}
+
+template <int T>
+void corr_image_all(const float* x, int64_t Cx, const float* g, int64_t O, int64_t P, const Taps& taps, float* acc) {
+  int64_t o0 = 0;
+  for (; o0 + 3 <= O; o0 += 3) corr_image_block<3, T>(x, Cx, g, o0, P, taps, acc);
+  for (; o0 < O; ++o0) corr_image_block<1, T>(x, Cx, g, o0, P, taps, acc);
+}
+
+void corr_image(const float* x, int64_t Cx, const float* g, int64_t O, int64_t P, const Taps& taps, float* acc) {
+  switch (taps.count) {
+    case 1: corr_image_all<1>(x, Cx, g, O, P, taps, acc); break;
+    case 9: corr_image_all<9>(x, Cx, g, O, P, taps, acc); break;
+    case 25: corr_image_all<25>(x, Cx, g, O, P, taps, acc); break;
+    default: corr_image_all<49>(x, Cx, g, O, P, taps, acc); break;
+  }
+}
+
+// db[ci, p] = sum_co pw[co, ci] dpre[co, p] + gw[co, ci] dgp[co, p] (ci < 2C): the projections' input gradient.
+void project_transpose(const float* dpre, const float* dgp, const float* pw, const float* gw, float* db, int64_t C,
+                       int64_t P) {
+  const int64_t C2 = 2 * C;
+  for (int64_t j = 0; j < P; j += Vec::L) {
+    int64_t ci = 0;
+    for (; ci < C2; ci += 4) {
+      const int nb = static_cast<int>(std::min<int64_t>(4, C2 - ci));
+      __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t co = 0; co < C; ++co) {
+        const __m512 dp = _mm512_loadu_ps(dpre + co * P + j), dg = _mm512_loadu_ps(dgp + co * P + j);
+        MLAN_UNROLL for (int q = 0; q < 4; ++q)
+          if (q < nb)
+            a[q] = _mm512_fmadd_ps(dg, _mm512_set1_ps(gw[co * C2 + ci + q]),
+                                   _mm512_fmadd_ps(dp, _mm512_set1_ps(pw[co * C2 + ci + q]), a[q]));
+      }
+      MLAN_UNROLL for (int q = 0; q < 4; ++q) if (q < nb) _mm512_storeu_ps(db + (ci + q) * P + j, a[q]);
+    }
+  }
+}
+
+// dpw[co, ci] += sum_p dpre[co, p] b[ci, p], dgw[co, ci] += sum_p dgp[co, p] b[ci, p]: the projections' weight
+// gradients for one image.
+void project_weight_grad(const float* dpre, const float* dgp, const float* b, float* dpw, float* dgw, int64_t C,
+                         int64_t P) {
+  const int64_t C2 = 2 * C;
+  for (int64_t co = 0; co < C; ++co)
+    for (int64_t ci = 0; ci < C2; ci += 4) {
+      const int nb = static_cast<int>(std::min<int64_t>(4, C2 - ci));
+      __m512 ap[4], ag[4];
+      MLAN_UNROLL for (int q = 0; q < 4; ++q) ap[q] = ag[q] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < P; j += Vec::L) {
+        const __m512 dp = _mm512_loadu_ps(dpre + co * P + j), dg = _mm512_loadu_ps(dgp + co * P + j);
+        MLAN_UNROLL for (int q = 0; q < 4; ++q)
+          if (q < nb) {
+            const __m512 bv = _mm512_loadu_ps(b + (ci + q) * P + j);
+            ap[q] = _mm512_fmadd_ps(dp, bv, ap[q]);
+            ag[q] = _mm512_fmadd_ps(dg, bv, ag[q]);
+          }
+      }
+      MLAN_UNROLL for (int q = 0; q < 4; ++q)
+        if (q < nb) {
+          dpw[co * C2 + ci + q] += _mm512_reduce_add_ps(ap[q]);
+          dgw[co * C2 + ci + q] += _mm512_reduce_add_ps(ag[q]);
+        }
+    }
+}
+
+// Backward of one SMA, x * M with M = mean_o sigmoid(z_o) (sig: the O sigmoids), for one image, given dy:
+// dx = dy * M (into dx, or added when accumulate), dz[o, p] = (sum_c dy[c, p] x[c, p]) / O * s_o (1 - s_o).
+void sma_backward(const float* x, const float* dy, const float* mask, const float* sig, int64_t C, int64_t O,
+                  int64_t P, float* dx, bool accumulate, float* dz) {
+  const __m512 inv = _mm512_set1_ps(1.0f / static_cast<float>(O)), one = _mm512_set1_ps(1.0f);
+  for (int64_t j = 0; j < P; j += Vec::L) {
+    const __m512 m = _mm512_loadu_ps(mask + j);
+    __m512 dm = _mm512_setzero_ps();
+    for (int64_t c = 0; c < C; ++c) {
+      const __m512 d = _mm512_loadu_ps(dy + c * P + j);
+      dm = _mm512_fmadd_ps(d, _mm512_loadu_ps(x + c * P + j), dm);
+      const __m512 v = _mm512_mul_ps(d, m);
+      _mm512_storeu_ps(dx + c * P + j, accumulate ? _mm512_add_ps(_mm512_loadu_ps(dx + c * P + j), v) : v);
+    }
+    dm = _mm512_mul_ps(dm, inv);
+    for (int64_t o = 0; o < O; ++o) {
+      const __m512 sg = _mm512_loadu_ps(sig + o * P + j);
+      _mm512_storeu_ps(dz + o * P + j, _mm512_mul_ps(dm, _mm512_mul_ps(sg, _mm512_sub_ps(one, sg))));
+    }
+  }
+}
+
+void add_sums(const float* dz, int64_t O, int64_t P, float* db) {
+  for (int64_t o = 0; o < O; ++o) {
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t j = 0; j < P; j += Vec::L) s = _mm512_add_ps(s, _mm512_loadu_ps(dz + o * P + j));
+    db[o] += _mm512_reduce_add_ps(s);
   }
 }
 #endif
@@ -367,7 +490,7 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
                                  torch::Tensor t1_b, torch::Tensor t2_w, torch::Tensor t2_b, torch::Tensor la_w,
                                  torch::Tensor la_b, torch::Tensor ba_w, torch::Tensor proj_w, torch::Tensor gproj_w,
                                  torch::Tensor group_logits, torch::Tensor group_proj, bool first, bool last,
-                                 torch::Tensor group_input, torch::Tensor ba_b) {
+                                 torch::Tensor group_input, torch::Tensor ba_b, c10::optional<torch::Tensor> saved) {
   check_args(out1, t2_w);
   out1 = out1.contiguous();
   out2 = out2.contiguous();
@@ -387,11 +510,17 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
   if (last) {
     TORCH_CHECK(group_input.sizes() == out1.sizes() && group_input.scalar_type() == torch::kFloat && ba_b.numel() == O,
                 "mlan_block_forward: group_input must match out1 and ba_b have O values");
+    TORCH_CHECK(!saved.has_value(), "mlan_block_forward: last (the group's fusion) is for inference, without saved");
     group_input = group_input.contiguous();
   }
+  if (saved.has_value())
+    TORCH_CHECK(saved->is_contiguous() && saved->scalar_type() == torch::kFloat && saved->size(0) == N &&
+                saved->size(1) == 3 + 3 * O && saved->size(2) == H && saved->size(3) == W,
+                "mlan_block_forward: saved must be a contiguous float32 (N, 3 + 3 O, H, W)");
   torch::Tensor out = torch::empty_like(out1);
 #if defined(__AVX512F__)
   auto tr = [](const torch::Tensor& w) { return w.permute({1, 2, 3, 0}).contiguous(); };  // [C][ky][kx][O]
+  float* savedp = saved.has_value() ? saved->data_ptr<float>() : nullptr;
   const torch::Tensor t1t = tr(t1_w), t2t = tr(t2_w), la1 = tr(la_w.narrow(1, 0, C)), la2 = tr(la_w.narrow(1, C, C)),
                       ba1 = tr(ba_w.narrow(1, 0, C)), ba2 = tr(ba_w.narrow(1, C, C));
   const torch::Tensor pw = proj_w.contiguous(), gw = gproj_w.contiguous(), t1b = t1_b.contiguous(),
@@ -405,17 +534,22 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
     std::vector<float> scratch(2 * C * P + O * P + 3 * P);
     float *a1 = scratch.data(), *a2 = a1 + C * P, *logits = a2 + C * P, *m1 = logits + O * P, *m2 = m1 + P,
           *mask = m2 + P;
+    float *m1s = m1, *m2s = m2, *masks = mask;
     for (int64_t n = begin; n < end; ++n) {
+      m1 = m1s, m2 = m2s, mask = masks;
       const float *o1 = o1p + n * C * P, *o2 = o2p + n * C * P, *xn = xp + n * C * P;
+      // for training: the three masks and the 3 O sigmoids (T_1, T_2, LA) of this image, for the backward
+      float* sv = savedp != nullptr ? savedp + n * (3 + 3 * O) * P : nullptr;
+      if (sv != nullptr) m1 = sv, m2 = sv + P, mask = sv + 2 * P;
       conv_image(o1, t1t.data_ptr<float>(), logits, C, O, P, taps, false);
-      shared_mask(logits, P, t1b.data_ptr<float>(), O, P, m1);
+      shared_mask(logits, P, t1b.data_ptr<float>(), O, P, m1, sv != nullptr ? sv + 3 * P : nullptr);
       conv_image(o2, t2t.data_ptr<float>(), logits, C, O, P, taps, false);
-      shared_mask(logits, P, t2b.data_ptr<float>(), O, P, m2);
+      shared_mask(logits, P, t2b.data_ptr<float>(), O, P, m2, sv != nullptr ? sv + (3 + O) * P : nullptr);
       apply_mask(o1, m1, a1, C, P);
       apply_mask(o2, m2, a2, C, P);
       conv_image(a1, la1.data_ptr<float>(), logits, C, O, P, taps, false);
       conv_image(a2, la2.data_ptr<float>(), logits, C, O, P, taps, true);
-      shared_mask(logits, P, lab.data_ptr<float>(), O, P, mask);
+      shared_mask(logits, P, lab.data_ptr<float>(), O, P, mask, sv != nullptr ? sv + (3 + 2 * O) * P : nullptr);
       apply_mask(a1, mask, a1, C, P);  // b1
       apply_mask(a2, mask, a2, C, P);  // b2
       float* gl = glp + n * O * P;
@@ -425,7 +559,7 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
       if ((P / Vec::L) % 2 == 0) project_and_fuse_all<2>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
       else project_and_fuse_all<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
       if (last) {  // the group's fusion for this image while it is in cache: ReLU(y + M_g gp + group_input)
-        shared_mask(gl, P, bab.data_ptr<float>(), O, P, mask);
+        shared_mask(gl, P, bab.data_ptr<float>(), O, P, mask);  // (inference only: saved is not given then)
         const float* gin = gip + n * C * P;
         for (int64_t co = 0; co < C; ++co)
           for (int64_t j = 0; j < P; j += Vec::L) {
@@ -441,10 +575,97 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
   return out;
 }
 
+// Backward of mlan_block_forward (first block semantics: group_logits and group_proj of this block alone), given
+// the forward's inputs, its output, the saved masks and sigmoids, and the gradients of the output (d_out), of the
+// block's BA logits (d_gl) and of its group-projection share (d_gp). Returns the gradients of out1, out2, x and of
+// the weights and biases in mlan_block_forward's order: t1_w, t1_b, t2_w, t2_b, la_w, la_b, ba_w, proj_w, gproj_w.
+std::vector<torch::Tensor> mlan_block_backward(torch::Tensor out1, torch::Tensor out2, torch::Tensor out,
+                                               torch::Tensor saved, torch::Tensor d_out, torch::Tensor d_gl,
+                                               torch::Tensor d_gp, torch::Tensor t1_w, torch::Tensor t2_w,
+                                               torch::Tensor la_w, torch::Tensor ba_w, torch::Tensor proj_w,
+                                               torch::Tensor gproj_w) {
+  check_args(out1, t2_w);
+  out1 = out1.contiguous(); out2 = out2.contiguous(); out = out.contiguous(); saved = saved.contiguous();
+  d_out = d_out.contiguous(); d_gl = d_gl.contiguous(); d_gp = d_gp.contiguous();
+  const int64_t N = out1.size(0), C = out1.size(1), H = out1.size(2), W = out1.size(3), P = H * W, O = t2_w.size(0);
+  const int k = static_cast<int>(t2_w.size(2)), T = k * k;
+  TORCH_CHECK(saved.size(1) == 3 + 3 * O && d_gl.size(1) == O && d_gp.sizes() == out1.sizes() &&
+              d_out.sizes() == out1.sizes(), "mlan_block_backward: shapes do not match the forward");
+  auto opts = out1.options();
+  torch::Tensor d_o1 = torch::empty_like(out1), d_o2 = torch::empty_like(out1), d_x = torch::empty_like(out1);
+  torch::Tensor g_t1w = torch::zeros({O, C, k, k}, opts), g_t1b = torch::zeros({O}, opts),
+                g_t2w = torch::zeros({O, C, k, k}, opts), g_t2b = torch::zeros({O}, opts),
+                g_law = torch::zeros({O, 2 * C, k, k}, opts), g_lab = torch::zeros({O}, opts),
+                g_baw = torch::zeros({O, 2 * C, k, k}, opts), g_pw = torch::zeros({C, 2 * C}, opts),
+                g_gw = torch::zeros({C, 2 * C}, opts);
+#if defined(__AVX512F__)
+  // transposed convs (input gradients) as convs of the O-channel gradient with the flipped kernel: [O][ky][kx][Cin]
+  auto trT = [](const torch::Tensor& w) { return w.flip({2, 3}).permute({0, 2, 3, 1}).contiguous(); };
+  const torch::Tensor t1T = trT(t1_w), t2T = trT(t2_w), laT = trT(la_w), baT = trT(ba_w);
+  const torch::Tensor pw = proj_w.contiguous(), gw = gproj_w.contiguous();
+  const Taps taps(H, W, k);
+  std::mutex reduce;
+  std::vector<std::pair<torch::Tensor*, int64_t>> grads = {
+      {&g_t1w, O * C * T}, {&g_t1b, O}, {&g_t2w, O * C * T}, {&g_t2b, O}, {&g_law, O * 2 * C * T}, {&g_lab, O},
+      {&g_baw, O * 2 * C * T}, {&g_pw, C * 2 * C}, {&g_gw, C * 2 * C}};
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<std::vector<float>> local;
+    for (auto& g : grads) local.emplace_back(g.second, 0.0f);
+    std::vector<float> scratch(7 * C * P + O * P);
+    float *a = scratch.data(), *b = a + 2 * C * P, *db = b + 2 * C * P, *dpre = db + 2 * C * P, *dz = dpre + C * P;
+    for (int64_t n = begin; n < end; ++n) {
+      const float *o1 = out1.data_ptr<float>() + n * C * P, *o2 = out2.data_ptr<float>() + n * C * P,
+                  *on = out.data_ptr<float>() + n * C * P, *sv = saved.data_ptr<float>() + n * (3 + 3 * O) * P,
+                  *dout = d_out.data_ptr<float>() + n * C * P, *dgl = d_gl.data_ptr<float>() + n * O * P,
+                  *dgp = d_gp.data_ptr<float>() + n * C * P;
+      const float *m1 = sv, *m2 = sv + P, *M = sv + 2 * P, *s1 = sv + 3 * P, *s2 = s1 + O * P, *sla = s2 + O * P;
+      float *do1 = d_o1.data_ptr<float>() + n * C * P, *do2 = d_o2.data_ptr<float>() + n * C * P,
+            *dx = d_x.data_ptr<float>() + n * C * P;
+      apply_mask(o1, m1, a, C, P);
+      apply_mask(o2, m2, a + C * P, C, P);
+      apply_mask(a, M, b, 2 * C, P);
+      // out = ReLU(out2 + P_block b + x): the pre-activation gradient goes to out2, x and P_block
+      for (int64_t i = 0; i < C * P; i += Vec::L) {
+        const __m512 d = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(on + i), _mm512_setzero_ps(), _CMP_GT_OQ),
+                                             _mm512_loadu_ps(dout + i));
+        _mm512_storeu_ps(dpre + i, d);
+        _mm512_storeu_ps(dx + i, d);
+        _mm512_storeu_ps(do2 + i, d);
+      }
+      project_transpose(dpre, dgp, pw.data_ptr<float>(), gw.data_ptr<float>(), db, C, P);
+      project_weight_grad(dpre, dgp, b, local[7].data(), local[8].data(), C, P);
+      conv_image(dgl, baT.data_ptr<float>(), db, O, 2 * C, P, taps, true);  // + BA's input gradient
+      corr_image(b, 2 * C, dgl, O, P, taps, local[6].data());
+      // b = a * M (LA): da = db * M (in place), dz = LA's logit gradient
+      sma_backward(a, db, M, sla, 2 * C, O, P, db, false, dz);
+      add_sums(dz, O, P, local[5].data());
+      corr_image(a, 2 * C, dz, O, P, taps, local[4].data());
+      conv_image(dz, laT.data_ptr<float>(), db, O, 2 * C, P, taps, true);  // da += LA's input gradient
+      // a1 = out1 * m1 (T_1) and a2 = out2 * m2 (T_2)
+      sma_backward(o1, db, m1, s1, C, O, P, do1, false, dz);
+      add_sums(dz, O, P, local[1].data());
+      corr_image(o1, C, dz, O, P, taps, local[0].data());
+      conv_image(dz, t1T.data_ptr<float>(), do1, O, C, P, taps, true);
+      sma_backward(o2, db + C * P, m2, s2, C, O, P, do2, true, dz);
+      add_sums(dz, O, P, local[3].data());
+      corr_image(o2, C, dz, O, P, taps, local[2].data());
+      conv_image(dz, t2T.data_ptr<float>(), do2, O, C, P, taps, true);
+    }
+    std::lock_guard<std::mutex> lock(reduce);
+    for (size_t i = 0; i < grads.size(); ++i) {
+      float* g = grads[i].first->data_ptr<float>();
+      for (int64_t e = 0; e < grads[i].second; ++e) g[e] += local[i][e];
+    }
+  });
+#endif
+  return {d_o1, d_o2, d_x, g_t1w, g_t1b, g_t2w, g_t2b, g_law, g_lab, g_baw, g_pw, g_gw};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("vector_width", &vector_width, "SIMD lanes: 16 with AVX-512, 0 without (unsupported)");
   m.def("conv_same", &conv_same, "'same' conv, stride 1, optional in-place accumulation",
         py::arg("x"), py::arg("w"), py::arg("out") = py::none());
   m.def("conv_same_grad_weight", &conv_same_grad_weight, "weight gradient of conv_same");
-  m.def("mlan_block_forward", &mlan_block_forward, "inference forward of an MLAN block's attention (SMA, plus fusion)");
+  m.def("mlan_block_forward", &mlan_block_forward, "forward of an MLAN block's attention (SMA, plus fusion)");
+  m.def("mlan_block_backward", &mlan_block_backward, "backward of mlan_block_forward (training)");
 }
