@@ -1,4 +1,5 @@
-"""Packaging metadata: the Apache-2.0 LICENSE ships in the wheel, project URLs agree with ``mlan_timm.zoo``."""
+"""Packaging metadata: the Apache-2.0 LICENSE ships in the wheel, project URLs agree with ``mlan_timm.zoo``, and the
+C++ source of the optional CPU kernels ships too (they are compiled on first use)."""
 import email
 import subprocess
 import sys
@@ -30,7 +31,8 @@ def test_pyproject_license_and_urls_match_the_zoo():
 
 @pytest.mark.slow
 def test_wheel_carries_license_and_metadata(tmp_path):
-    """Build the wheel as a user would (no isolation: uses the installed hatchling) and read its dist-info."""
+    """Build the wheel as a user would (no isolation: uses the installed hatchling) and read its dist-info and the
+    kernels' C++ source."""
     res = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w',
                           str(tmp_path), str(REPO)], check=False, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -42,6 +44,10 @@ def test_wheel_carries_license_and_metadata(tmp_path):
         assert f'{dist_info}/licenses/LICENSE' in names
         assert z.read(f'{dist_info}/licenses/LICENSE') == (REPO / 'LICENSE').read_bytes()
         meta = email.message_from_bytes(z.read(meta_name))
+        # the optional CPU kernels are JIT-built from this source (mlan_timm/layers/cpu_kernels.py, SOURCE)
+        kernel_source = 'mlan_timm/layers/csrc/small_conv.cpp'
+        assert kernel_source in names
+        assert z.read(kernel_source) == (REPO / kernel_source).read_bytes()
     assert meta['License-Expression'] == 'Apache-2.0' and meta['License-File'] == 'LICENSE'
     urls = dict(u.split(', ', 1) for u in meta.get_all('Project-URL'))
     assert urls == URLS

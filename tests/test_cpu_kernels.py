@@ -1,0 +1,697 @@
+"""The optional compiled CPU kernels (mlan_timm/layers/cpu_kernels.py, csrc/small_conv.cpp) against PyTorch.
+
+* the kernel functions against ``F.conv2d`` / ``torch.nn.grad.conv2d_weight``, and their error messages;
+* :func:`same_conv` with kernels: values and gradients of ``F.conv2d``;
+* whole models with the kernels equal the reference path (``set_fast_paths(False)``), inference and training;
+* dispatch: which kernel runs when (a spy in place of the extension), the per-model and process-wide switches;
+* where the kernels do not apply (``kernels_for`` returns None) the library path runs, under FX and tracing too;
+* without AVX-512 or when the build fails: one warning and the library convolutions.
+
+Tests that need the real kernels skip when they cannot be built here (no AVX-512, no compiler). The first test
+that needs them builds the extension (about 20 s, cached under ``TORCH_EXTENSIONS_DIR``).
+
+Tolerances. Float32 model outputs: ``rtol=1e-4, atol=1e-4 * max|reference|``. The library fast path
+(``cpu_kernels=False``) itself deviates from the reference by up to 2.4e-5 * max|logit| over seeds 0-2 and batches
+1-8 of both models below (the kernels: up to 5e-6), so this leaves a 4x margin over the library's own rounding;
+both are asserted side by side in the inference test. Gradients: per parameter, ``|g - g_ref| / |g_ref| < 1e-3``
+(norms; observed <= 1.6e-4 for the kernels and the library fast path alike). A pre-activation within float32
+rounding of 0 may flip a ReLU's derivative in either fast path (the library's as well, test_models.py), which moves
+a gradient by ~1%; the seeds below were checked to keep clear of that.
+"""
+import os
+import subprocess
+import sys
+import warnings
+from collections import Counter
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import mlan_timm  # noqa: F401  (registers the models)
+from mlan_timm.layers import PlusFusion, WeightedFusion, cpu_kernels, create_attention, same_conv
+from mlan_timm.models.blocks import STREAMING_MIN_BATCH, MLANGroup
+
+MODELS = ["mlan_resnet20_cifar10", "mlan_resnet14_cifar100"]
+SMALL = "mlan_resnet14_cifar10"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixtures and helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _restore_kernel_state(monkeypatch):
+    """Every test leaves the process-wide switch and the loaded module as it found them."""
+    for name in ("enabled", "module", "error"):
+        monkeypatch.setattr(cpu_kernels._State, name, getattr(cpu_kernels._State, name))
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """The real compiled extension (built once, cached on disk), or skip saying why it is unavailable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        module = cpu_kernels.load_cpu_kernels()
+    if module is None:
+        pytest.skip(f"compiled CPU kernels unavailable here: {cpu_kernels._State.error}")
+    return module
+
+
+class Spy:
+    """Stands in for the extension: counts calls of each function and forwards them to the real one."""
+
+    def __init__(self, module):
+        self._module = module
+        self.calls = Counter()
+
+    def __getattr__(self, name):
+        fn = getattr(self._module, name)
+
+        def call(*args, **kwargs):
+            self.calls[name] += 1
+            return fn(*args, **kwargs)
+        return call
+
+
+@pytest.fixture
+def spy(kernels, monkeypatch):
+    """The spy installed as the loaded extension: every model and ``kernels_for`` gets it (restored afterwards)."""
+    s = Spy(kernels)
+    monkeypatch.setattr(cpu_kernels._State, "module", s)
+    return s
+
+
+def _randomize_bn(model):
+    """Non-trivial BN statistics and affine parameters, so that eval-mode comparisons exercise them."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+    return model
+
+
+def _models(name, seed=0, **kwargs):
+    """``(kernels, reference, library fast path)``: three copies of one randomly initialised model."""
+    torch.manual_seed(seed)
+    kern = _randomize_bn(timm.create_model(name, **kwargs))
+    ref = timm.create_model(name, **kwargs)
+    lib = timm.create_model(name, **kwargs)
+    for m in (ref, lib):
+        m.load_state_dict(kern.state_dict())
+    kern.set_fast_paths(True, cpu_kernels=True)
+    ref.set_fast_paths(False)
+    lib.set_fast_paths(True, cpu_kernels=False)
+    return kern, ref, lib
+
+
+def _x(batch, size=(32, 32), seed=1):
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def _n_blocks(model):
+    return sum(len(g.blocks) for g in model.groups if isinstance(g, MLANGroup))
+
+
+def _assert_logits_close(out, ref):
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def _train_step(model, x):
+    model.train()
+    model.zero_grad()
+    out = model(x)
+    out.square().mean().backward()
+    return out.detach()
+
+
+def _assert_grads_close(model, ref):
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert p.grad is not None, n
+        err = ((p.grad - q.grad).norm() / q.grad.norm()).item()
+        assert err < 1e-3, f"{n}: relative gradient error {err:.2e}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. The kernel functions against PyTorch
+# ---------------------------------------------------------------------------------------------------------------
+
+# 4x4 is one SIMD vector, 8x8 and 8x16 have vectors spanning rows, 6x8 and 12x20 a vector count that is not a
+# multiple of the 4-vector tile (the untiled path)
+PLANES = [(32, 32), (16, 16), (8, 8), (4, 4), (8, 16), (6, 8), (12, 20)]
+OUT_CHANNELS = [1, 2, 3, 4, 5, 8]  # blocks of 4 output channels (3 for the weight gradient) and their remainders
+IN_CHANNELS = [1, 3, 8, 16]
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("plane", PLANES, ids=lambda p: f"{p[0]}x{p[1]}")
+def test_conv_same_equals_conv2d(kernels, plane, k):
+    gen = torch.Generator().manual_seed(0)
+    for o in OUT_CHANNELS:
+        for c in IN_CHANNELS:
+            x = torch.randn(2, c, *plane, generator=gen)
+            w = torch.randn(o, c, k, k, generator=gen)
+            ref = F.conv2d(x, w, padding=k // 2)
+            torch.testing.assert_close(kernels.conv_same(x, w), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item(),
+                                       msg=lambda m: f"O={o} C={c}: {m}")
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+@pytest.mark.parametrize("plane", PLANES, ids=lambda p: f"{p[0]}x{p[1]}")
+def test_conv_same_grad_weight_equals_conv2d_weight(kernels, plane, k):
+    gen = torch.Generator().manual_seed(0)
+    for o in OUT_CHANNELS:
+        for c in IN_CHANNELS:
+            x = torch.randn(2, c, *plane, generator=gen)
+            grad = torch.randn(2, o, *plane, generator=gen)
+            ref = torch.nn.grad.conv2d_weight(x, (o, c, k, k), grad, padding=k // 2)
+            out = kernels.conv_same_grad_weight(x, grad, k)
+            assert out.shape == (o, c, k, k)
+            # sums of 2 * H * W products: float32 summation order differs from oneDNN's
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item(),
+                                       msg=lambda m: f"O={o} C={c}: {m}")
+
+
+@pytest.mark.parametrize("plane", [(8, 8), (6, 8)], ids=["tiled", "untiled"])
+def test_conv_same_out_accumulates_in_place(kernels, plane):
+    x, w = torch.randn(3, 5, *plane), torch.randn(6, 5, 3, 3)
+    out = torch.randn(3, 6, *plane)
+    before, ptr = out.clone(), out.data_ptr()
+    result = kernels.conv_same(x, w, out)
+    assert result is out and out.data_ptr() == ptr
+    torch.testing.assert_close(out, before + F.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5)
+    kernels.conv_same(x, w, out=out)  # keyword too; adds again
+    torch.testing.assert_close(out, before + 2 * F.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-4)
+
+
+def test_kernels_take_non_contiguous_inputs(kernels):
+    x = torch.randn(2, 16, 16, 8).permute(0, 3, 1, 2)  # (2, 8, 16, 16), channels-last strides
+    w = torch.randn(12, 16, 3, 3)[::3, ::2]  # (4, 8, 3, 3), strided weight
+    assert not x.is_contiguous() and not w.is_contiguous()
+    torch.testing.assert_close(kernels.conv_same(x, w), F.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-4)
+    x2 = torch.randn(2, 10, 8, 8)[:, ::2]  # a channel slice
+    torch.testing.assert_close(kernels.conv_same(x2, w[:, :5]), F.conv2d(x2, w[:, :5], padding=1),
+                               rtol=1e-5, atol=1e-4)
+    grad = torch.randn(2, 16, 8, 4).permute(0, 3, 1, 2)  # (2, 4, 16, 8)
+    xg = torch.randn(2, 8, 8, 16).transpose(2, 3)  # (2, 8, 16, 8)
+    torch.testing.assert_close(kernels.conv_same_grad_weight(xg, grad, 3),
+                               torch.nn.grad.conv2d_weight(xg, (4, 8, 3, 3), grad, padding=1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda k: k.conv_same(torch.randn(1, 4, 8, 8, dtype=torch.float64), torch.randn(3, 4, 3, 3)), "float32 only"),
+    (lambda k: k.conv_same(torch.randn(1, 4, 6, 6), torch.randn(3, 4, 3, 3)), r"H \* W must be a multiple of 16"),
+    (lambda k: k.conv_same(torch.randn(1, 4, 8, 8), torch.randn(3, 5, 3, 3)),
+     "weight has 5 input channels, x has 4"),
+    (lambda k: k.conv_same(torch.randn(1, 4, 8, 8), torch.randn(3, 4, 2, 2)), "odd square kernels only"),
+    (lambda k: k.conv_same(torch.randn(1, 4, 8), torch.randn(3, 4, 3, 3)), r"x \(N, C, H, W\)"),
+    (lambda k: k.conv_same(torch.randn(1, 4, 8, 8), torch.randn(3, 4, 3, 3), torch.zeros(1, 2, 8, 8)),
+     r"out must be a contiguous float32 \(N, O, H, W\)"),
+    (lambda k: k.conv_same_grad_weight(torch.randn(1, 4, 8, 8), torch.randn(1, 3, 8, 8, dtype=torch.float64), 3),
+     "float32 only"),
+    (lambda k: k.conv_same_grad_weight(torch.randn(1, 4, 8, 8, dtype=torch.float64), torch.randn(1, 3, 8, 8), 3),
+     "float32 only"),
+    (lambda k: k.conv_same_grad_weight(torch.randn(1, 4, 8, 8), torch.randn(2, 3, 8, 8), 3),
+     r"grad must be \(N, O, H, W\) with x's N, H, W"),
+    (lambda k: k.conv_same_grad_weight(torch.randn(1, 4, 6, 6), torch.randn(1, 3, 6, 6), 3),
+     r"H \* W must be a multiple of 16"),
+    (lambda k: k.conv_same_grad_weight(torch.randn(1, 4, 8, 8), torch.randn(1, 3, 8, 8), 9),
+     "kernel sizes 1, 3, 5, 7 only, got 9"),
+], ids=["float64", "hw36", "channels", "even-k", "3d", "out-shape", "grad-float64", "gw-x-float64", "grad-batch",
+        "gw-hw36", "gw-k9"])
+def test_kernel_errors_name_the_problem(kernels, call, match):
+    with pytest.raises(RuntimeError, match=match):
+        call(kernels)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. same_conv with the kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_same_conv_with_kernels_equals_conv2d_values_and_gradients(spy, k, bias):
+    x = torch.randn(3, 5, 8, 12)
+    w = torch.randn(3, 5, k, k)
+    b = torch.randn(3) if bias else None
+    leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    out = same_conv(*leaves, kernels=spy) if bias else same_conv(*leaves, None, kernels=spy)
+    ref = F.conv2d(*ref_leaves, padding=k // 2)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    for a, r in zip(leaves, ref_leaves):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-4, atol=1e-5)
+    assert spy.calls == Counter(conv_same=1, conv_same_grad_weight=1)  # forward and weight gradient: the kernels
+
+
+def test_same_conv_with_kernels_without_autograd(spy):
+    x, w, b = torch.randn(2, 4, 8, 8), torch.randn(3, 4, 3, 3), torch.randn(3)
+    with torch.no_grad():
+        torch.testing.assert_close(same_conv(x, w, b, kernels=spy), F.conv2d(x, w, b, padding=1),
+                                   rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(same_conv(x, w, kernels=spy), F.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5)
+    assert spy.calls == Counter(conv_same=2)
+
+
+def test_same_conv_without_kernels_is_unchanged(spy):
+    """``kernels=None`` is PyTorch's conv (bit for bit); a float64 weight drops the kernels too."""
+    x, w, b = torch.randn(2, 4, 8, 8), torch.randn(3, 4, 3, 3), torch.randn(3)
+    with torch.no_grad():
+        assert torch.equal(same_conv(x, w, b, kernels=None), F.conv2d(x, w, b, padding=1))
+    xg = x.clone().requires_grad_()
+    assert torch.equal(same_conv(xg, w, b, kernels=None), F.conv2d(x, w, b, padding=1))
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    out = same_conv(x64, w64, kernels=spy)
+    assert out.dtype == torch.float64 and torch.equal(out, F.conv2d(x64, w64, padding=1))
+    out.sum().backward()
+    assert w64.grad.dtype == torch.float64
+    assert not spy.calls
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Models with the kernels equal the reference
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("grad_mode", [torch.inference_mode, torch.no_grad], ids=["inference_mode", "no_grad"])
+@pytest.mark.parametrize("name", MODELS)
+def test_model_inference_with_kernels_equals_the_reference(spy, name, grad_mode):
+    kern, ref, lib = (m.eval() for m in _models(name))
+    for batch in (1, 3, 5, 8):
+        x = _x(batch, seed=batch)
+        spy.calls.clear()
+        with grad_mode():
+            out, expected, library = kern(x), ref(x), lib(x)
+        assert spy.calls == Counter(mlan_block_forward=_n_blocks(kern))  # the fused path ran, at every batch size
+        _assert_logits_close(library, expected)  # the tolerance holds the library fast path too
+        _assert_logits_close(out, expected)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_training_with_kernels_equals_the_reference(spy, name):
+    kern, ref, _ = _models(name)
+    x = _x(STREAMING_MIN_BATCH + 1)
+    out, expected = _train_step(kern, x), _train_step(ref, x)
+    _assert_logits_close(out, expected)
+    _assert_grads_close(kern, ref)
+    assert spy.calls["conv_same"] > 0 and spy.calls["conv_same_grad_weight"] > 0
+    # BN's running statistics follow the same batch statistics
+    for (n, a), b in zip(kern.named_buffers(), ref.buffers()):
+        if a.dtype.is_floating_point:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_train_mode_without_autograd_runs_the_fused_path_with_batch_statistics(spy):
+    """``model.train()`` under ``no_grad`` (e.g. BN recalibration): fused kernels, BN in batch mode, same stats."""
+    kern, ref, _ = _models(SMALL)
+    x = _x(STREAMING_MIN_BATCH + 1)
+    with torch.no_grad():
+        out, expected = kern.train()(x), ref.train()(x)
+    assert spy.calls == Counter(mlan_block_forward=_n_blocks(kern))
+    _assert_logits_close(out, expected)
+    for (n, a), b in zip(kern.named_buffers(), ref.buffers()):
+        if a.dtype.is_floating_point:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (32, 48), (12, 20)], ids=["4x4-plane", "non-square", "odd-vectors"])
+def test_model_on_other_image_sizes_equals_the_reference(spy, size):
+    """16x16 images: group 3 runs on 4x4 planes (one SIMD vector); 32x48: non-square planes; 12x20: group 1's
+    240-pixel plane is 15 vectors (the untiled, one-vector projection path), group 2's 6x10 plane does not apply."""
+    kern, ref, _ = (m.eval() for m in _models(SMALL))
+    for batch in (1, STREAMING_MIN_BATCH + 1):
+        x = _x(batch, size)
+        spy.calls.clear()
+        with torch.inference_mode():
+            _assert_logits_close(kern(x), ref(x))
+        fused = _n_blocks(kern) if size != (12, 20) else len(kern.groups[0].blocks)
+        assert spy.calls["mlan_block_forward"] == fused
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. Dispatch
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_inference_runs_one_fused_kernel_per_mlan_block_and_training_does_not(spy):
+    kern, _, _ = _models("mlan_resnet20_cifar10")
+    blocks = _n_blocks(kern)
+    assert blocks == 7  # groups of 3, 2 and 2 MLAN blocks
+    with torch.inference_mode():
+        kern.eval()(_x(1))
+    assert spy.calls == Counter(mlan_block_forward=blocks)  # everything else of the attention inside it
+    spy.calls.clear()
+    out = kern.train()(_x(STREAMING_MIN_BATCH + 1))
+    # the streaming path's six mask convs per block: T_1, T_2, LA's two partials, BA's two partials
+    assert spy.calls == Counter(conv_same=6 * blocks)
+    out.sum().backward()
+    assert spy.calls == Counter(conv_same=6 * blocks, conv_same_grad_weight=6 * blocks)
+
+
+@pytest.mark.parametrize("batch", [1, STREAMING_MIN_BATCH + 1])
+def test_grad_checkpointing_disables_the_fused_path_and_matches_the_reference(spy, batch):
+    kern, ref, _ = _models(SMALL)
+    kern.set_grad_checkpointing(True)
+    x = _x(batch)
+    with torch.no_grad():
+        out, expected = kern.eval()(x), ref.eval()(x)
+    assert spy.calls["mlan_block_forward"] == 0
+    _assert_logits_close(out, expected)
+    spy.calls.clear()
+    out, expected = _train_step(kern, x), _train_step(ref, x)
+    _assert_logits_close(out, expected)
+    _assert_grads_close(kern, ref)
+    assert spy.calls["mlan_block_forward"] == 0
+    if batch >= STREAMING_MIN_BATCH:  # streaming under checkpointing: the mask convs still use the kernels
+        assert spy.calls["conv_same"] > 0 and spy.calls["conv_same_grad_weight"] > 0
+
+
+def test_per_model_switch_off_overrides_the_process_wide_switch(spy):
+    assert cpu_kernels.enable_cpu_kernels(True)
+    kern, ref, lib = _models(SMALL)
+    kern.set_fast_paths(True, cpu_kernels=False)
+    assert all(g.cpu_kernels is False for g in kern.groups)
+    for batch in (1, STREAMING_MIN_BATCH + 1):
+        with torch.no_grad():
+            _assert_logits_close(kern.eval()(_x(batch)), ref.eval()(_x(batch)))
+    x = _x(STREAMING_MIN_BATCH + 1)
+    _assert_logits_close(_train_step(kern, x), _train_step(ref, x))
+    _assert_grads_close(kern, ref)
+    assert not spy.calls  # no kernel at all: inference, training forward and backward
+
+
+def test_per_model_default_follows_the_process_wide_switch(spy):
+    kern, ref, _ = (m.eval() for m in _models(SMALL))
+    kern.set_fast_paths(True)  # cpu_kernels=None
+    assert all(g.cpu_kernels is None for g in kern.groups)
+    x = _x(2)
+    cpu_kernels.enable_cpu_kernels(False)
+    assert not cpu_kernels.cpu_kernels_enabled() and cpu_kernels.cpu_kernels_status() == "off"
+    with torch.no_grad():
+        expected = ref(x)
+        _assert_logits_close(kern(x), expected)
+    assert not spy.calls
+    assert cpu_kernels.enable_cpu_kernels(True) is True
+    assert cpu_kernels.cpu_kernels_enabled()
+    assert cpu_kernels.cpu_kernels_status().startswith("on (AVX-512, small_conv.cpp ")
+    with torch.no_grad():
+        _assert_logits_close(kern(x), expected)
+    assert spy.calls == Counter(mlan_block_forward=_n_blocks(kern))
+    spy.calls.clear()
+    cpu_kernels.enable_cpu_kernels(False)
+    with torch.no_grad():
+        kern(x)
+    assert not spy.calls
+
+
+def test_group_whose_own_fusion_is_not_plus_ends_with_the_library_fusion(spy):
+    """Blocks with plus fusion run the fused kernel; a group fusion other than plus is applied after it."""
+    torch.manual_seed(0)
+    group = _randomize_bn(MLANGroup(None, 8, 2, lambda c, level: create_attention("sma", c, level),
+                                    "plus")).eval()
+    group.fusion = WeightedFusion(8)
+    group.cpu_kernels = True
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        out = group.forward_streaming(x)
+        expected = group.forward_reference(x)
+    assert isinstance(group.blocks[0].fusion, PlusFusion)
+    assert spy.calls == Counter(mlan_block_forward=2)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. Where the kernels do not apply
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make,applies", [
+    (lambda: torch.randn(2, 8, 32, 32), True),
+    (lambda: torch.randn(2, 8, 4, 4), True),  # 16 pixels: one vector
+    (lambda: torch.randn(2, 8, 8, 6), True),  # 48 pixels
+    (lambda: torch.randn(2, 8, 6, 6), False),  # 36 pixels
+    (lambda: torch.randn(2, 8, 32, 32, dtype=torch.bfloat16), False),
+    (lambda: torch.randn(2, 8, 32, 32, dtype=torch.float64), False),
+    (lambda: torch.randn(2, 8, 32, 32).contiguous(memory_format=torch.channels_last), False),
+    (lambda: torch.randn(2, 8, 32, 32)[:, ::2], False),
+    (lambda: torch.randn(8, 32, 32), False),
+], ids=["32x32", "4x4", "8x6", "6x6", "bfloat16", "float64", "channels_last", "strided", "3d"])
+def test_kernels_for_applies_to_float32_nchw_planes_of_whole_vectors(kernels, make, applies):
+    x = make()
+    assert (cpu_kernels.kernels_for(x, True) is kernels) == applies
+    assert cpu_kernels.kernels_for(x, False) is None
+
+
+def test_kernels_for_follows_the_switches(kernels):
+    x = torch.randn(1, 4, 8, 8)
+    cpu_kernels.enable_cpu_kernels(False)
+    assert cpu_kernels.kernels_for(x) is None and cpu_kernels.kernels_for(x, True) is kernels
+    cpu_kernels.enable_cpu_kernels(True)
+    assert cpu_kernels.kernels_for(x) is kernels and cpu_kernels.kernels_for(x, False) is None
+
+
+def test_kernels_for_is_none_under_autocast_fx_and_tracing(kernels):
+    x = torch.randn(1, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cpu_kernels.kernels_for(x, True) is None
+    seen = []
+
+    def f(t):
+        seen.append(cpu_kernels.kernels_for(t, True))
+        return t * 2
+    torch.fx.symbolic_trace(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace is deprecated
+        torch.jit.trace(f, x, check_trace=False)
+    assert seen == [None, None]
+
+
+def test_model_under_autocast_channels_last_or_bfloat16_uses_no_kernel(spy):
+    """The library fast path runs, bit for bit the same as with the kernels switched off for the model."""
+    kern, _, lib = (m.eval() for m in _models(SMALL))
+    x = _x(STREAMING_MIN_BATCH + 1)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(kern(x), lib(x))
+        for m in (kern, lib):
+            m.to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(kern(xc), lib(xc))
+        kern.bfloat16()
+        lib.bfloat16()
+        assert torch.equal(kern(x.bfloat16()), lib(x.bfloat16()))
+    assert not spy.calls
+
+
+def test_fx_symbolic_trace_with_kernels_traces_the_library_path(spy):
+    kern, ref, _ = (m.eval() for m in _models(SMALL))
+    gm = torch.fx.symbolic_trace(kern)
+    assert not spy.calls
+    for batch in (1, STREAMING_MIN_BATCH + 1):
+        x = _x(batch)
+        spy.calls.clear()
+        with torch.inference_mode():
+            traced, expected = gm(x), ref(x)
+        assert not spy.calls  # the graph holds PyTorch ops only
+        _assert_logits_close(traced, expected)
+        with torch.inference_mode():
+            _assert_logits_close(traced, kern(x))  # eager: the kernels
+        assert spy.calls == Counter(mlan_block_forward=_n_blocks(kern))
+
+
+def test_timm_fx_feature_extraction_with_kernels_matches_eager(spy):
+    pytest.importorskip("torchvision.models.feature_extraction")
+    cpu_kernels.enable_cpu_kernels(True)
+    torch.manual_seed(0)
+    fx = timm.create_model(SMALL, features_only=True, feature_cls="fx").eval()
+    torch.manual_seed(0)  # same seed, same weights
+    eager = timm.create_model(SMALL).eval()
+    ref = timm.create_model(SMALL).eval()
+    ref.load_state_dict(eager.state_dict())
+    ref.set_fast_paths(False)
+    x = _x(2)
+    with torch.inference_mode():
+        feats = fx(x)
+        assert not spy.calls
+        kernel_feats = eager.forward_intermediates(x, intermediates_only=True)
+        assert spy.calls["mlan_block_forward"] == _n_blocks(eager)
+        ref_feats = ref.forward_intermediates(x, intermediates_only=True)
+    assert len(feats) == len(ref_feats) == 4
+    for f, k, r in zip(feats, kernel_feats, ref_feats):
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-4 * r.abs().max().item())
+        torch.testing.assert_close(k, r, rtol=1e-4, atol=1e-4 * r.abs().max().item())
+
+
+@pytest.mark.parametrize("batch", [1, STREAMING_MIN_BATCH + 1])
+def test_jit_trace_with_kernels_traces_the_library_path(spy, batch):
+    """Traced under no_grad: torch.jit.trace's own check re-runs the model under no_grad, where conv2 and T_1's
+    mask convs merge into one conv; traced with autograd on, the two graphs differ and the check fails (with the
+    kernels on or off)."""
+    kern, ref, _ = (m.eval() for m in _models(SMALL))
+    x = _x(batch)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation and TracerWarnings
+        traced = torch.jit.trace(kern, x, check_trace=False)
+        assert not spy.calls  # tracing took the library path
+        torch.jit.trace(kern, x)  # the default check (traced vs eager, which runs the kernels) passes
+    graph = str(traced.inlined_graph)
+    assert "prim::PythonOp" not in graph and "aten::_convolution" in graph
+    x = _x(batch, seed=7)  # another input: a kernel result baked into the graph would not follow it
+    spy.calls.clear()
+    with torch.no_grad():
+        out = traced(x)
+        assert not spy.calls
+        _assert_logits_close(out, ref(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. Variants
+# ---------------------------------------------------------------------------------------------------------------
+
+VARIANTS = [
+    (SMALL, dict(num_masks=1), True),
+    (SMALL, dict(num_masks=4), True),
+    (SMALL, dict(mask_kernel_size=5), True),
+    (SMALL, dict(mask_kernel_size=7), True),
+    ("mlan_v2_resnet14_cifar10", {}, False),  # SMAv2: no fused kernel, its mask convs are on one channel
+    (SMALL, dict(fusion="concat"), False),
+    (SMALL, dict(fusion="conv1x1"), False),
+    (SMALL, dict(fusion="weighted"), False),
+    (SMALL, dict(widths=(6, 10, 14)), True),  # widths not a multiple of the 4-channel projection blocks
+    (SMALL, dict(widths=(5, 7, 9), num_masks=5), True),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,fused", VARIANTS, ids=lambda v: v if isinstance(v, str) else
+                         "-".join(f"{k}={v}" for k, v in v.items()) if isinstance(v, dict) else None)
+def test_variants_with_kernels_equal_the_reference(spy, name, kwargs, fused):
+    kern, ref, _ = _models(name, **kwargs)
+    blocks = _n_blocks(kern)
+    for batch in (1, STREAMING_MIN_BATCH + 1):
+        x = _x(batch)
+        spy.calls.clear()
+        with torch.inference_mode():
+            _assert_logits_close(kern.eval()(x), ref.eval()(x))
+        assert spy.calls["mlan_block_forward"] == (blocks if fused else 0)
+        if not fused and batch >= STREAMING_MIN_BATCH and name == SMALL:
+            assert spy.calls["conv_same"] > 0  # the streaming path, its mask convs on the kernels
+    x = _x(STREAMING_MIN_BATCH + 1)
+    spy.calls.clear()
+    _assert_logits_close(_train_step(kern, x), _train_step(ref, x))
+    _assert_grads_close(kern, ref)
+    assert spy.calls["mlan_block_forward"] == 0
+
+
+def test_mask_kernel_size_9_inference_with_kernels_equals_the_reference(spy):
+    kern, ref, _ = (m.eval() for m in _models(SMALL, mask_kernel_size=9))
+    x = _x(2)
+    with torch.no_grad():
+        _assert_logits_close(kern(x), ref(x))
+    assert spy.calls["mlan_block_forward"] == _n_blocks(kern)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
+    "BUG: kernels_for/same_conv hand any odd mask kernel to the kernels, but conv_same_grad_weight supports "
+    "k in 1, 3, 5, 7 only: training a model with mask_kernel_size=9 (allowed by check_mask_args) and the CPU "
+    "kernels on raises 'small_conv: grad_weight for kernel sizes 1, 3, 5, 7 only, got 9' instead of falling "
+    "back to PyTorch's weight gradient"))
+def test_mask_kernel_size_9_training_with_kernels_equals_the_reference(spy):
+    kern, ref, _ = _models(SMALL, mask_kernel_size=9)
+    x = _x(STREAMING_MIN_BATCH + 1)
+    _assert_logits_close(_train_step(kern, x), _train_step(ref, x))
+    _assert_grads_close(kern, ref)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "BUG: MLANGroup.can_fuse only asks whether the group input or the group's attn_proj weight requires grad; "
+    "with those frozen (e.g. a frozen stem and projections, training the mask convs or the BNs) the fused "
+    "inference kernel runs under autograd, its output has no grad_fn, and the group's trainable parameters "
+    "silently get no gradient (the reference path gives them one)"))
+def test_partially_frozen_model_with_kernels_gets_the_reference_gradients(spy):
+    kern, ref, _ = _models(SMALL)
+    for m in (kern, ref):
+        for n, p in m.named_parameters():
+            p.requires_grad_(n.startswith("fc.") or ".layer_attn." in n)
+    x = _x(STREAMING_MIN_BATCH + 1)
+    _assert_logits_close(_train_step(kern, x), _train_step(ref, x))
+    for (n, p), q in zip(kern.named_parameters(), ref.parameters()):
+        if q.requires_grad:
+            assert p.grad is not None, f"{n}: no gradient"
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-6, msg=n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. Unavailable kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    """No load tried yet (the autouse fixture puts the real module back afterwards)."""
+    monkeypatch.setattr(cpu_kernels._State, "module", None)
+    monkeypatch.setattr(cpu_kernels._State, "error", None)
+
+
+def test_without_avx512_the_kernels_warn_once_and_models_use_pytorch(fresh_state, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    reason = "this CPU (PyTorch capability AVX2) has no AVX-512"
+    with pytest.warns(RuntimeWarning, match=r"mlan_timm CPU kernels unavailable, using PyTorch's convolutions: "
+                      + reason.replace("(", r"\(").replace(")", r"\)")) as record:
+        assert cpu_kernels.load_cpu_kernels() is None
+    assert len([w for w in record if w.category is RuntimeWarning]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: no second warning
+        assert cpu_kernels.load_cpu_kernels() is None
+        assert cpu_kernels.enable_cpu_kernels(True) is False
+        assert cpu_kernels.cpu_kernels_enabled()
+        assert cpu_kernels.cpu_kernels_status() == f"requested but unavailable: {reason}"
+        assert cpu_kernels.kernels_for(torch.randn(1, 4, 8, 8), True) is None
+        kern, ref, _ = _models(SMALL)
+        for batch in (1, STREAMING_MIN_BATCH + 1):
+            with torch.no_grad():
+                _assert_logits_close(kern.eval()(_x(batch)), ref.eval()(_x(batch)))
+        _assert_logits_close(_train_step(kern, _x(STREAMING_MIN_BATCH)), _train_step(ref, _x(STREAMING_MIN_BATCH)))
+        _assert_grads_close(kern, ref)
+    cpu_kernels.enable_cpu_kernels(False)
+    assert cpu_kernels.cpu_kernels_status() == "off"
+
+
+def test_build_failure_warns_and_falls_back(fresh_state, monkeypatch, tmp_path):
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")  # reach the build
+    bad = tmp_path / "bad_conv.cpp"
+    bad.write_text("this is not C++ {\n")
+    monkeypatch.setattr(cpu_kernels, "SOURCE", bad)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    with pytest.warns(RuntimeWarning, match=r"unavailable, using PyTorch's convolutions: building bad_conv\.cpp "
+                                            r"failed \("):
+        assert cpu_kernels.load_cpu_kernels() is None
+    assert cpu_kernels._State.error.startswith("building bad_conv.cpp failed (")
+    cpu_kernels.enable_cpu_kernels(True)
+    assert cpu_kernels.cpu_kernels_status() == f"requested but unavailable: {cpu_kernels._State.error}"
+    assert cpu_kernels.kernels_for(torch.randn(1, 4, 8, 8)) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8. The environment variable
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_environment_variable_enables_the_kernels_at_import(subprocess_env):
+    code = "from mlan_timm.layers.cpu_kernels import cpu_kernels_enabled; print(cpu_kernels_enabled())"
+    cases = {"1": "True", "0": "False", None: "False"}
+    procs = {}
+    for value in cases:  # concurrently: each child imports torch and timm
+        env = subprocess_env()
+        env.pop(cpu_kernels.ENV_VAR, None)
+        if value is not None:
+            env[cpu_kernels.ENV_VAR] = value
+        procs[value] = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=os.path.dirname(__file__),
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for value, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        assert out.strip() == cases[value], f"{cpu_kernels.ENV_VAR}={value!r}: {out!r}"
