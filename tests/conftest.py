@@ -14,6 +14,14 @@ from mlan_timm import zoo
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _cpu_kernels_off_unless_a_test_asks(monkeypatch):
+    """The process-wide CPU-kernels switch is off in every test (``MLAN_TIMM_CPU_KERNELS=1`` in the shell would
+    otherwise change the paths other tests check); tests/test_cpu_kernels.py switches it on where it tests it."""
+    from mlan_timm.layers import cpu_kernels
+    monkeypatch.setattr(cpu_kernels._State, "enabled", False)
+
+
 def _make_image_folder(root, num_classes=10, train_per_class=4, test_per_class=2, seed=0, test_name='test'):
     """``root/train/<class>/*.png`` and ``root/<test_name>/<class>/*.png`` of random 32x32 RGB images.
 

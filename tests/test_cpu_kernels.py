@@ -301,7 +301,8 @@ def test_model_training_with_kernels_equals_the_reference(spy, name):
     out, expected = _train_step(kern, x), _train_step(ref, x)
     _assert_logits_close(out, expected)
     _assert_grads_close(kern, ref)
-    assert spy.calls["conv_same"] > 0 and spy.calls["conv_same_grad_weight"] > 0
+    blocks = _n_blocks(kern)  # one fused forward and one fused backward per block, nothing else
+    assert spy.calls == Counter(mlan_block_forward=blocks, mlan_block_backward=blocks)
     # BN's running statistics follow the same batch statistics
     for (n, a), b in zip(kern.named_buffers(), ref.buffers()):
         if a.dtype.is_floating_point:
@@ -339,7 +340,7 @@ def test_model_on_other_image_sizes_equals_the_reference(spy, size):
 # 4. Dispatch
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_inference_runs_one_fused_kernel_per_mlan_block_and_training_does_not(spy):
+def test_inference_and_training_run_one_fused_kernel_per_mlan_block(spy):
     kern, _, _ = _models("mlan_resnet20_cifar10")
     blocks = _n_blocks(kern)
     assert blocks == 7  # groups of 3, 2 and 2 MLAN blocks
@@ -348,28 +349,33 @@ def test_inference_runs_one_fused_kernel_per_mlan_block_and_training_does_not(sp
     assert spy.calls == Counter(mlan_block_forward=blocks)  # everything else of the attention inside it
     spy.calls.clear()
     out = kern.train()(_x(STREAMING_MIN_BATCH + 1))
-    # the streaming path's six mask convs per block: T_1, T_2, LA's two partials, BA's two partials
-    assert spy.calls == Counter(conv_same=6 * blocks)
+    assert spy.calls == Counter(mlan_block_forward=blocks)  # saving masks and sigmoids for the backward
     out.sum().backward()
+    assert spy.calls == Counter(mlan_block_forward=blocks, mlan_block_backward=blocks)
+    # without the fused block (here: another fusion), the streaming path's six mask convs per block (T_1, T_2,
+    # LA's two partials, BA's two partials) run on the kernels, forward and weight gradient
+    unfused, _, _ = _models("mlan_resnet20_cifar10", fusion="conv1x1")
+    spy.calls.clear()
+    unfused.train()(_x(STREAMING_MIN_BATCH + 1)).sum().backward()
     assert spy.calls == Counter(conv_same=6 * blocks, conv_same_grad_weight=6 * blocks)
 
 
 @pytest.mark.parametrize("batch", [1, STREAMING_MIN_BATCH + 1])
-def test_grad_checkpointing_disables_the_fused_path_and_matches_the_reference(spy, batch):
+def test_grad_checkpointing_with_kernels_matches_the_reference(spy, batch):
     kern, ref, _ = _models(SMALL)
     kern.set_grad_checkpointing(True)
+    blocks = _n_blocks(kern)
     x = _x(batch)
-    with torch.no_grad():
+    with torch.no_grad():  # nothing to checkpoint without autograd: the inference kernels
         out, expected = kern.eval()(x), ref.eval()(x)
-    assert spy.calls["mlan_block_forward"] == 0
+    assert spy.calls == Counter(mlan_block_forward=blocks)
     _assert_logits_close(out, expected)
     spy.calls.clear()
     out, expected = _train_step(kern, x), _train_step(ref, x)
     _assert_logits_close(out, expected)
     _assert_grads_close(kern, ref)
-    assert spy.calls["mlan_block_forward"] == 0
-    if batch >= STREAMING_MIN_BATCH:  # streaming under checkpointing: the mask convs still use the kernels
-        assert spy.calls["conv_same"] > 0 and spy.calls["conv_same_grad_weight"] > 0
+    # each checkpointed block runs its fused forward again in the backward pass
+    assert spy.calls == Counter(mlan_block_forward=2 * blocks, mlan_block_backward=blocks)
 
 
 def test_per_model_switch_off_overrides_the_process_wide_switch(spy):
@@ -584,7 +590,7 @@ def test_variants_with_kernels_equal_the_reference(spy, name, kwargs, fused):
     spy.calls.clear()
     _assert_logits_close(_train_step(kern, x), _train_step(ref, x))
     _assert_grads_close(kern, ref)
-    assert spy.calls["mlan_block_forward"] == 0
+    assert spy.calls["mlan_block_forward"] == spy.calls["mlan_block_backward"] == (blocks if fused else 0)
 
 
 def test_mask_kernel_size_9_inference_with_kernels_equals_the_reference(spy):
@@ -595,24 +601,20 @@ def test_mask_kernel_size_9_inference_with_kernels_equals_the_reference(spy):
     assert spy.calls["mlan_block_forward"] == _n_blocks(kern)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "BUG: kernels_for/same_conv hand any odd mask kernel to the kernels, but conv_same_grad_weight supports "
-    "k in 1, 3, 5, 7 only: training a model with mask_kernel_size=9 (allowed by check_mask_args) and the CPU "
-    "kernels on raises 'small_conv: grad_weight for kernel sizes 1, 3, 5, 7 only, got 9' instead of falling "
-    "back to PyTorch's weight gradient"))
 def test_mask_kernel_size_9_training_with_kernels_equals_the_reference(spy):
+    """The kernels' weight gradients cover k <= 7: for k = 9 training runs the streaming path, its mask convs'
+    forward on the kernels and their weight gradient in PyTorch (no fused block)."""
     kern, ref, _ = _models(SMALL, mask_kernel_size=9)
     x = _x(STREAMING_MIN_BATCH + 1)
     _assert_logits_close(_train_step(kern, x), _train_step(ref, x))
     _assert_grads_close(kern, ref)
+    assert spy.calls["conv_same"] > 0
+    assert spy.calls["conv_same_grad_weight"] == spy.calls["mlan_block_forward"] == 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: MLANGroup.can_fuse only asks whether the group input or the group's attn_proj weight requires grad; "
-    "with those frozen (e.g. a frozen stem and projections, training the mask convs or the BNs) the fused "
-    "inference kernel runs under autograd, its output has no grad_fn, and the group's trainable parameters "
-    "silently get no gradient (the reference path gives them one)"))
 def test_partially_frozen_model_with_kernels_gets_the_reference_gradients(spy):
+    """Frozen stem and projections, trainable mask convs: the group input and projections need no gradient, the
+    mask convs do, so the forward must record autograd (the fused training kernels), not the inference kernel."""
     kern, ref, _ = _models(SMALL)
     for m in (kern, ref):
         for n, p in m.named_parameters():

@@ -47,6 +47,13 @@ def _unavailable_reason() -> Optional[str]:
     return None
 
 
+def _build_error(exc: Exception) -> str:
+    """The compiler's error lines of a failed build (up to 3), else the exception's last line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() and "build stopped" not in ln]
+    return " | ".join(errors[:3]) if errors else (lines[-1] if lines else repr(exc))
+
+
 def load_cpu_kernels() -> Optional[ModuleType]:
     """The compiled extension (built on first call), or None with a one-time warning saying why not."""
     if _State.module is not None or _State.error is not None:
@@ -67,7 +74,7 @@ def load_cpu_kernels() -> Optional[ModuleType]:
             else:
                 _State.module = module
         except Exception as exc:  # no compiler, no ninja, read-only cache...: fall back, say why
-            reason = f"building {SOURCE.name} failed ({type(exc).__name__}: {str(exc).strip().splitlines()[-1:]})"
+            reason = f"building {SOURCE.name} failed ({type(exc).__name__}: {_build_error(exc)})"
     if reason is not None:
         _State.error = reason
         warnings.warn(f"mlan_timm CPU kernels unavailable, using PyTorch's convolutions: {reason}", RuntimeWarning,

@@ -23,6 +23,10 @@ from torch.autograd.function import once_differentiable
 __all__ = ["same_conv", "pointwise_conv", "fused_block_attention"]
 
 
+#: Kernel sizes whose weight gradient the compiled CPU kernels compute (others use PyTorch's).
+KERNEL_GRAD_WEIGHT_SIZES = (1, 3, 5, 7)
+
+
 class _SameConv(torch.autograd.Function):
     """Stride-1 conv with 'same' padding whose input gradient is a forward conv (no oneDNN backward-data); with
     ``kernels`` (the compiled CPU kernels), their forward and weight gradient replace PyTorch's."""
@@ -50,7 +54,7 @@ class _SameConv(torch.autograd.Function):
             w_t = weight.to(grad.dtype).flip(2, 3).transpose(0, 1)
             grad_x = F.conv2d(grad, w_t, padding=p).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            if ctx.kernels is not None:
+            if ctx.kernels is not None and weight.shape[-1] in KERNEL_GRAD_WEIGHT_SIZES:
                 grad_w = ctx.kernels.conv_same_grad_weight(x, grad.contiguous(), weight.shape[-1])
             else:
                 grad_w = torch.nn.grad.conv2d_weight(x.to(grad.dtype), weight.shape, grad, padding=p)

@@ -33,6 +33,7 @@ from ..layers import (
     fused_block_attention,
     pointwise_conv,
 )
+from ..layers.fast_ops import KERNEL_GRAD_WEIGHT_SIZES
 
 __all__ = [
     "STREAMING_MIN_BATCH", "AttnFactory", "BasicBlock", "SingleLevelBlock", "MLANBlock", "MLANGroup", "PlainGroup",
@@ -302,8 +303,9 @@ class MLANGroup(nn.Module):
         ba, c = self.group_attn.attn, x.shape[1]
         kernels = None if isinstance(x, torch.fx.Proxy) else self.kernels(x)
         fused = kernels is not None and self.fusable()
-        if fused and not self.grad_checkpointing and not (
-                torch.is_grad_enabled() and (x.requires_grad or self.attn_proj.weight.requires_grad)):
+        if fused and self.needs_autograd(x):  # the backward kernel's weight gradients cover k <= 7
+            fused = self.mask_kernel_size() in KERNEL_GRAD_WEIGHT_SIZES
+        elif fused:
             partial = x.new_empty(x.shape[0], ba.num_masks, *x.shape[2:])
             proj = torch.empty_like(x, memory_format=torch.contiguous_format)
             fuse_group = type(self.fusion) is PlusFusion  # then the last block's kernel ends the group too
@@ -330,14 +332,22 @@ class MLANGroup(nn.Module):
         with this group's ``cpu_kernels`` setting), or None for PyTorch's convolutions."""
         return cpu_kernels.kernels_for(x, self.cpu_kernels)
 
+    def needs_autograd(self, x: torch.Tensor) -> bool:
+        """Whether this forward records autograd: grad mode on and ``x`` or any parameter of the group (a partly
+        frozen model too) requires grad."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
     def fusable(self) -> bool:
         """Whether the kernels may run each block's whole attention (:meth:`MLANBlock.forward_fused` in inference,
-        :func:`..layers.fused_block_attention` with autograd): every block :meth:`MLANBlock.can_fuse`, BA a plain
-        SMA of the blocks' mask shape, kernel size at most 7."""
+        :func:`..layers.fused_block_attention` with autograd, mask kernel sizes 1 to 7): every block
+        :meth:`MLANBlock.can_fuse`, BA a plain SMA of the blocks' mask shape."""
         ba, first = self.group_attn.attn, self.blocks[0].layer_attn[0]
         return (type(ba) is SharedMaskAttention and all(b.can_fuse() for b in self.blocks)
-                and ba.conv.kernel_size == first.conv.kernel_size and ba.num_masks == first.num_masks
-                and first.conv.kernel_size[0] <= 7)
+                and ba.conv.kernel_size == first.conv.kernel_size and ba.num_masks == first.num_masks)
+
+    def mask_kernel_size(self) -> int:
+        """The mask kernel size of BA (for a :meth:`fusable` group, every mask conv's)."""
+        return self.group_attn.attn.conv.kernel_size[0]
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Eqs. 4-11 as written: concatenate, attend, project."""
