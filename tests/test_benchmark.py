@@ -1171,10 +1171,11 @@ def test_cpu_kernels_where_they_load():
     assert (f"The compiled CPU kernels' `conv_same` takes {fwd:.2f} times the forward time of PyTorch's conv"
             f"{' (oneDNN)' if mask['conv_backend'] == 'Mkldnn' else ''} on the 1 C -> O convs with O < C, and "
             f"`conv_same_grad_weight` {bw:.2f} times the time of its backward-weight.") in text
-    # MACs of the kernels' model: counted with the kernels off (FlopCounterMode sees nothing inside the fused kernel)
+    # MACs of the kernels' model: the kernels stand aside under FlopCounterMode (a Python dispatch mode), so the
+    # count is the model's whatever its setting
     spec = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=True")
     off = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=False")
-    assert B.count_macs(spec.build()) < B.count_macs(off.build())
+    assert B.count_macs(spec.build()) == B.count_macs(off.build())
     res = B.measure([spec, off, B.parse_spec("mlan_resnet14_cifar10")], ())
     assert res[spec.key]["macs"] == res[off.key]["macs"] == res["mlan_resnet14_cifar10"]["macs"]
     assert R.KERNELS in B.speed_plan("cifar10", 14, target1=False)  # planned on this CPU

@@ -666,18 +666,6 @@ def machine_line(devices: Sequence[str] = ("cpu",)) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Running sets of models
 # ----------------------------------------------------------------------------------------------------------------
-def _without_cpu_kernels(spec: Spec, model: nn.Module) -> nn.Module:
-    """``model`` for counting MACs: rebuilt with ``cpu_kernels=False`` when the compiled CPU kernels could run in
-    it (spec option or process-wide setting). The same function, but ``FlopCounterMode`` sees no operator inside
-    the kernels: the fused inference forward would count as a fraction of the model's MACs."""
-    from ...layers.cpu_kernels import cpu_kernels_enabled
-
-    wants = spec.kwargs.get("cpu_kernels", cpu_kernels_enabled() or None)
-    if spec.factory is not None or not wants or not hasattr(model, "set_fast_paths"):
-        return model
-    return Spec(spec.model, dict(spec.kwargs, cpu_kernels=False)).build()
-
-
 def measure(specs: Sequence[Spec], devices: Sequence[str] = ("cpu",), cfg: Optional[TimingConfig] = None,
             timed_keys: Optional[set] = None, what=("b1", "b128", "train"), cuda_variants=("eager",),
             log: Callable[[str], None] = lambda s: None) -> Dict[str, Dict[str, Any]]:
@@ -700,7 +688,7 @@ def measure(specs: Sequence[Spec], devices: Sequence[str] = ("cpu",), cfg: Optio
             log(f"{spec.key}: {rec['error']}")
             continue
         rec["params"] = count_params(model)
-        rec["macs"] = count_macs(_without_cpu_kernels(spec, model))
+        rec["macs"] = count_macs(model)  # the kernels stand aside under FlopCounterMode
         if timed_keys is None or spec.key in timed_keys:
             for dev in devices:
                 if spec.uses_cpu_kernels and torch.device(dev).type == "cpu":
