@@ -243,7 +243,7 @@ void apply_mask(const float* src, const float* mask, float* dst, int64_t C, int6
 // For output channels [co0, co0 + CB) at NV pixel vectors from pixel j: the block projection P_block b and the
 // group projection's share P_group b (b = cat(b1, b2); P rows of 2C), then out = ReLU(out2 + P_block b + x) and
 // group_proj (+)= P_group b. Each weight broadcast serves NV vectors, each load of b serves CB channels.
-constexpr int kProjBlock = 4;
+constexpr int kProjBlock = 2;
 template <int CB, int NV>
 inline void project_and_fuse(const float* b1, const float* b2, const float* pw, const float* gw, const float* o2,
                              const float* xn, float* out, float* gp, int64_t C, int64_t P, int64_t co0, int64_t j,
@@ -556,7 +556,8 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
       conv_image(a1, ba1.data_ptr<float>(), gl, C, O, P, taps, !first);
       conv_image(a2, ba2.data_ptr<float>(), gl, C, O, P, taps, true);
       float *on = outp + n * C * P, *gp = gpp + n * C * P;
-      if ((P / Vec::L) % 2 == 0) project_and_fuse_all<2>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
+      if ((P / Vec::L) % 4 == 0) project_and_fuse_all<4>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
+      else if ((P / Vec::L) % 2 == 0) project_and_fuse_all<2>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
       else project_and_fuse_all<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
       if (last) {  // the group's fusion for this image while it is in cache: ReLU(y + M_g gp + group_input)
         shared_mask(gl, P, bab.data_ptr<float>(), O, P, mask);  // (inference only: saved is not given then)
