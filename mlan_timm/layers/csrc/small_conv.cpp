@@ -240,6 +240,20 @@ void apply_mask(const float* src, const float* mask, float* dst, int64_t C, int6
     for (int64_t j = 0; j < P; j += Vec::L)
       _mm512_storeu_ps(dst + c * P + j, _mm512_mul_ps(_mm512_loadu_ps(src + c * P + j), _mm512_loadu_ps(mask + j)));
 }
+// Hints the cache lines of [p, p + count) into L2.
+inline void prefetch_l2(const float* p, int64_t count) {
+  for (int64_t i = 0; i < count; i += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T1);
+}
+
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// A 16-float store; ``stream``: non-temporal (the address is 64-byte aligned: PyTorch's CPU allocations are, and
+// every plane offset is a multiple of 16 floats), for outputs that no code reads again while they are in cache.
+inline void store(float* p, __m512 v, bool stream) {
+  if (stream) _mm512_stream_ps(p, v);
+  else _mm512_storeu_ps(p, v);
+}
+
 // For output channels [co0, co0 + CB) at NV pixel vectors from pixel j: the block projection P_block b and the
 // group projection's share P_group b (b = cat(b1, b2); P rows of 2C), then out = ReLU(out2 + P_block b + x) and
 // group_proj (+)= P_group b. Each weight broadcast serves NV vectors, each load of b serves CB channels.
@@ -247,7 +261,7 @@ constexpr int kProjBlock = 2;
 template <int CB, int NV>
 inline void project_and_fuse(const float* b1, const float* b2, const float* pw, const float* gw, const float* o2,
                              const float* xn, float* out, float* gp, int64_t C, int64_t P, int64_t co0, int64_t j,
-                             bool first) {
+                             bool first, bool stream) {
   __m512 ab[CB][NV], ag[CB][NV];
   MLAN_UNROLL for (int q = 0; q < CB; ++q)
     MLAN_UNROLL for (int v = 0; v < NV; ++v) {
@@ -274,19 +288,20 @@ inline void project_and_fuse(const float* b1, const float* b2, const float* pw, 
     MLAN_UNROLL for (int v = 0; v < NV; ++v) {
       const int64_t at = (co0 + q) * P + j + v * Vec::L;
       const __m512 fused = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(o2 + at), ab[q][v]), _mm512_loadu_ps(xn + at));
-      _mm512_storeu_ps(out + at, _mm512_max_ps(fused, _mm512_setzero_ps()));
-      _mm512_storeu_ps(gp + at, ag[q][v]);
+      store(out + at, _mm512_max_ps(fused, _mm512_setzero_ps()), stream);
+      store(gp + at, ag[q][v], stream);
     }
 }
 
 template <int NV>
 inline void project_and_fuse_all(const float* b1, const float* b2, const float* pw, const float* gw, const float* o2,
-                                 const float* xn, float* out, float* gp, int64_t C, int64_t P, bool first) {
+                                 const float* xn, float* out, float* gp, int64_t C, int64_t P, bool first,
+                                 bool stream) {
   for (int64_t j = 0; j < P; j += NV * Vec::L) {
     int64_t co = 0;
     for (; co + kProjBlock <= C; co += kProjBlock)
-      project_and_fuse<kProjBlock, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, co, j, first);
-    for (; co < C; ++co) project_and_fuse<1, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, co, j, first);
+      project_and_fuse<kProjBlock, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, co, j, first, stream);
+    for (; co < C; ++co) project_and_fuse<1, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, co, j, first, stream);
   }
 }
 // acc[o, c, t] += sum_p g[o, p] * x[c, p + off(t)] for one image (a conv's weight gradient), OB output channels at
@@ -530,6 +545,11 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
   const float *o1p = out1.data_ptr<float>(), *o2p = out2.data_ptr<float>(), *xp = x.data_ptr<float>(),
               *pwp = pw.data_ptr<float>(), *gwp = gw.data_ptr<float>();
   float *outp = out.data_ptr<float>(), *glp = group_logits.data_ptr<float>(), *gpp = group_proj.data_ptr<float>();
+  // Non-temporal stores for the block output and the group projection (no read for ownership) pay off when those
+  // tensors are too large to be read back from the last-level cache: from kStreamBytes each (measured on a 32 MB
+  // L3: 6% faster at 16 channels x 32x32 x batch 128 (8 MB), 2-5% slower at 4 MB and below).
+  const bool aligned = reinterpret_cast<uintptr_t>(outp) % 64 == 0 && reinterpret_cast<uintptr_t>(gpp) % 64 == 0 &&
+                       N * C * P * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(2 * C * P + O * P + 3 * P);
     float *a1 = scratch.data(), *a2 = a1 + C * P, *logits = a2 + C * P, *m1 = logits + O * P, *m2 = m1 + P,
@@ -556,9 +576,11 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
       conv_image(a1, ba1.data_ptr<float>(), gl, C, O, P, taps, !first);
       conv_image(a2, ba2.data_ptr<float>(), gl, C, O, P, taps, true);
       float *on = outp + n * C * P, *gp = gpp + n * C * P;
-      if ((P / Vec::L) % 4 == 0) project_and_fuse_all<4>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
-      else if ((P / Vec::L) % 2 == 0) project_and_fuse_all<2>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
-      else project_and_fuse_all<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first);
+      // outputs read back only by later calls go around the cache (non-temporal stores: no read for ownership)
+      const bool stream = !last && aligned;
+      if ((P / Vec::L) % 4 == 0) project_and_fuse_all<4>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first, stream);
+      else if ((P / Vec::L) % 2 == 0) project_and_fuse_all<2>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first, stream);
+      else project_and_fuse_all<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first, stream);
       if (last) {  // the group's fusion for this image while it is in cache: ReLU(y + M_g gp + group_input)
         shared_mask(gl, P, bab.data_ptr<float>(), O, P, mask);  // (inference only: saved is not given then)
         const float* gin = gip + n * C * P;
@@ -567,10 +589,11 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
             const int64_t at = co * P + j;
             const __m512 g = _mm512_fmadd_ps(_mm512_loadu_ps(mask + j), _mm512_loadu_ps(gp + at),
                                              _mm512_add_ps(_mm512_loadu_ps(on + at), _mm512_loadu_ps(gin + at)));
-            _mm512_storeu_ps(on + at, _mm512_max_ps(g, _mm512_setzero_ps()));
+            store(on + at, _mm512_max_ps(g, _mm512_setzero_ps()), true);
           }
       }
     }
+    _mm_sfence();  // the non-temporal stores are visible before the call returns
   });
 #endif
   return out;
