@@ -1,16 +1,17 @@
-"""Optional compiled CPU kernels for MLAN's mask convolutions (``csrc/small_conv.cpp``), off by default.
+"""Optional compiled CPU kernels for MLAN's attention (``csrc/small_conv.cpp``), off by default.
 
 oneDNN pads a convolution's output channels to its SIMD width, so a ``C -> 3`` mask conv costs about what a
-``C -> 16`` one does (docs/benchmarks.md, "per-call conv costs"). ``small_conv.cpp`` is a direct AVX-512
-convolution whose cost follows the MACs; :func:`fast_ops.same_conv` (the mask convs of the fast path) uses it
-for the forward pass and the weight gradient when the kernels are enabled and apply; everything else, and every
-case they do not cover, stays on PyTorch's own convolutions (the fallback), with the same values up to float32
-rounding (tests/test_cpu_kernels.py).
+``C -> 16`` one does (docs/benchmarks.md, "per-call conv costs"). ``small_conv.cpp`` holds a direct AVX-512
+convolution whose cost follows the MACs, and, built on it, each MLAN block's whole attention in one call, forward
+(``mlan_block_forward``) and backward (``mlan_block_backward``), image by image. MLAN's fast path uses them when
+they are enabled and apply (``MLANGroup.forward_streaming``, :func:`.fast_ops.fused_block_attention`,
+:func:`.fast_ops.same_conv`); everything else, and every case they do not cover, stays on PyTorch's operators (the
+fallback), with the same values up to float32 rounding (tests/test_cpu_kernels.py).
 
-Enable with :func:`enable_cpu_kernels` or ``MLAN_TIMM_CPU_KERNELS=1``; the tools take ``--cpu-kernels``. The
-first use compiles the extension with ``torch.utils.cpp_extension`` (a C++ compiler and ninja, about 20 s, cached
-under ``TORCH_EXTENSIONS_DIR``, keyed by the source's hash). Without AVX-512, or if the build fails, it warns once
-and the library convolutions are used.
+Enable with :func:`enable_cpu_kernels` or ``MLAN_TIMM_CPU_KERNELS=1`` (which the ``mlan-*`` tools inherit), or per
+model with ``model.set_fast_paths(True, cpu_kernels=True)``. The first use compiles the extension with
+``torch.utils.cpp_extension`` (a C++ compiler and ninja; cached under ``TORCH_EXTENSIONS_DIR``, keyed by the
+source's hash). Without AVX-512, or if the build fails, it warns once and PyTorch's operators are used.
 """
 import hashlib
 import os

@@ -257,7 +257,11 @@ class MLANGroup(nn.Module):
       concatenation is the sum of convs over its parts, so ``g_A = M_g * sum_i M_i * P_i(a_i)`` with ``M_g`` from
       per-part partial convs (:meth:`MLANBlock.forward_streaming`): a fraction of the memory traffic;
     * below it, the concatenations stay (fewer, larger convs: at batch 1 on CPU a conv over fewer than 20,480
-      input values runs im2col, and per-op overhead dominates), with :meth:`MLANBlock.forward_small_batch`.
+      input values runs im2col, and per-op overhead dominates), with :meth:`MLANBlock.forward_small_batch`;
+    * with the compiled CPU kernels (``cpu_kernels``; :mod:`..layers.cpu_kernels`), at every batch size: each
+      block's whole attention in one kernel call (:meth:`MLANBlock.forward_fused` in inference,
+      :func:`..layers.fused_block_attention` with autograd) where :meth:`fusable`, else the streaming path with
+      the kernels for its mask convs.
     """
 
     def __init__(
@@ -303,9 +307,7 @@ class MLANGroup(nn.Module):
         ba, c = self.group_attn.attn, x.shape[1]
         kernels = None if isinstance(x, torch.fx.Proxy) else self.kernels(x)
         fused = kernels is not None and self.fusable()
-        if fused and self.needs_autograd(x):  # the backward kernel's weight gradients cover k <= 7
-            fused = self.mask_kernel_size() in KERNEL_GRAD_WEIGHT_SIZES
-        elif fused:
+        if fused and not self.needs_autograd(x):  # inference: the kernels' fused forward, block by block
             partial = x.new_empty(x.shape[0], ba.num_masks, *x.shape[2:])
             proj = torch.empty_like(x, memory_format=torch.contiguous_format)
             fuse_group = type(self.fusion) is PlusFusion  # then the last block's kernel ends the group too
@@ -316,6 +318,9 @@ class MLANGroup(nn.Module):
             if fuse_group:
                 return x
             return self.act(self.fusion(x, ba.mask_from_partials(partial) * proj, group_input))
+        # otherwise the streaming path; with the kernels, each block's attention fused, forward and backward, where
+        # the backward kernel's weight gradients apply (mask kernels up to 7x7)
+        fused = fused and self.mask_kernel_size() in KERNEL_GRAD_WEIGHT_SIZES
         partial, proj = None, None
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing:

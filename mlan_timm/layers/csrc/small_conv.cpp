@@ -173,8 +173,8 @@ void grad_weight_all(const float* x, const float* g, float* gw, int64_t N, int64
     }
   }
 }
-// exp and sigmoid on 16 lanes: exp by range reduction to [-ln2/2, ln2/2] and Cephes' expf polynomial (relative
-// error ~1e-7), 2^n by scalef; inputs clamped to [-88, 88].
+// exp and sigmoid on 16 lanes: exp by range reduction to [-ln2/2, ln2/2] and Cephes' expf polynomial, 2^n by
+// scalef; inputs clamped to [-88, 88].
 inline __m512 exp_ps(__m512 x) {
   x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-88.0f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
