@@ -28,6 +28,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from helpers import randomize_bn
 
 import mlan_timm  # noqa: F401  (registers the models)
 from mlan_timm.layers import PlusFusion, WeightedFusion, cpu_kernels, create_attention, same_conv
@@ -83,22 +84,12 @@ def spy(kernels, monkeypatch):
     return s
 
 
-def _randomize_bn(model):
-    """Non-trivial BN statistics and affine parameters, so that eval-mode comparisons exercise them."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.normal_(1, 0.1)
-                m.bias.normal_(0, 0.1)
-    return model
 
 
 def _models(name, seed=0, **kwargs):
     """``(kernels, reference, library fast path)``: three copies of one randomly initialised model."""
     torch.manual_seed(seed)
-    kern = _randomize_bn(timm.create_model(name, **kwargs))
+    kern = randomize_bn(timm.create_model(name, **kwargs))
     ref = timm.create_model(name, **kwargs)
     lib = timm.create_model(name, **kwargs)
     for m in (ref, lib):
@@ -419,7 +410,7 @@ def test_per_model_default_follows_the_process_wide_switch(spy):
 def test_group_whose_own_fusion_is_not_plus_ends_with_the_library_fusion(spy):
     """Blocks with plus fusion run the fused kernel; a group fusion other than plus is applied after it."""
     torch.manual_seed(0)
-    group = _randomize_bn(MLANGroup(None, 8, 2, lambda c, level: create_attention("sma", c, level),
+    group = randomize_bn(MLANGroup(None, 8, 2, lambda c, level: create_attention("sma", c, level),
                                     "plus")).eval()
     group.fusion = WeightedFusion(8)
     group.cpu_kernels = True

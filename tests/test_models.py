@@ -2,6 +2,7 @@
 import pytest
 import timm
 import torch
+from helpers import randomize_bn
 
 import mlan_timm
 from mlan_timm import zoo
@@ -11,15 +12,7 @@ from mlan_timm.models.cifar_resnet import CifarResNet
 
 
 def _randomize_bn(module):
-    """Give BN layers non-trivial statistics so eval-mode comparisons exercise them."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.normal_(1, 0.1)
-                m.bias.normal_(0, 0.1)
-    return module.eval()
+    return randomize_bn(module).eval()
 
 
 @pytest.fixture(params=["sma", "sma_v2", "fma", "cbam"])
