@@ -1183,3 +1183,19 @@ def test_cpu_kernels_where_they_load():
     assert res[spec.key]["macs"] == res[off.key]["macs"] == res["mlan_resnet14_cifar10"]["macs"]
     assert R.KERNELS in B.speed_plan("cifar10", 14, target1=False)  # planned on this CPU
     assert ck.cpu_kernels_enabled() == process_wide  # the bench never switches them on process-wide
+
+
+def test_profile_sentence_says_which_path_it_profiles_when_the_report_has_the_kernels(repo_root):
+    """The profiler times the library fast path; beside the CPU kernels' rows the sentence says so."""
+    results = repo_root / "benchmarks" / "results"
+    report = json.loads((results / "cpu.json").read_text())
+    report["profile"] = json.loads((results / "profile_cpu.json").read_text())
+    has_kernels = any(R.KERNELS in group for dev in report["speed"].values() for group in dev.values())
+    text = R._profile_sentence(report)
+    assert text.startswith("The profiler section (library fast path: the profiler sees no operators inside the CPU "
+                           "kernels' calls) shows where MLAN-20's time goes: " if has_kernels else
+                           "The profiler section shows where MLAN-20's time goes: ")
+    for dev in report["speed"].values():
+        for group in dev.values():
+            group.pop(R.KERNELS, None)
+    assert R._profile_sentence(report).startswith("The profiler section shows where MLAN-20's time goes: ")

@@ -974,12 +974,15 @@ def _profile_sentence(report: Dict[str, Any]) -> str:
     if model is None:
         return ""
     name = f"MLAN-{_split_group(mlan[model])[1]}" if model in mlan else f"`{model}`"
+    section = "The profiler section"
+    if any(KERNELS in group for dev in (report.get("speed") or {}).values() for group in dev.values()):
+        section += " (library fast path: the profiler sees no operators inside the CPU kernels' calls)"
     parts = []
     for train, kind in ((False, "inference"), (True, "the train step")):
         p = next((p for p in profiles if p["model"] == model and bool(p["train"]) == train and p["rows"]), None)
         if p is not None:
             parts.append(f"in {kind} {_profile_top(p)}")
-    return f"The profiler section shows where {name}'s time goes: {'; '.join(parts)}." if parts else ""
+    return f"{section} shows where {name}'s time goes: {'; '.join(parts)}." if parts else ""
 
 
 def _target2_status(cases: Sequence[Dict[str, Any]]) -> str:
