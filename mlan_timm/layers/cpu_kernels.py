@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = [
     "ENV_VAR", "SOURCE", "cpu_kernels_enabled", "cpu_kernels_status", "enable_cpu_kernels", "kernels_for",
-    "load_cpu_kernels",
+    "load_cpu_kernels", "load_error", "load_tried", "source_id",
 ]
 
 #: Environment variable that enables the kernels at import ("1", "true", "yes", "on").
@@ -39,6 +39,25 @@ class _State:
     enabled = os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
     module: Optional[ModuleType] = None
     error: Optional[str] = None  # why the kernels are unavailable, once a load was tried
+
+
+def _source_digest() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+
+
+def source_id() -> str:
+    """``small_conv.cpp <hash>``: the source the kernels are built from (the hash also keys the build cache)."""
+    return f"{SOURCE.name} {_source_digest()}"
+
+
+def load_tried() -> bool:
+    """Whether :func:`load_cpu_kernels` ran in this process (successfully or not)."""
+    return _State.module is not None or _State.error is not None
+
+
+def load_error() -> Optional[str]:
+    """Why the kernels are unavailable here, once a load was tried; None otherwise."""
+    return _State.error
 
 
 def _unavailable_reason() -> Optional[str]:
@@ -57,17 +76,16 @@ def _build_error(exc: Exception) -> str:
 
 def load_cpu_kernels() -> Optional[ModuleType]:
     """The compiled extension (built on first call), or None with a one-time warning saying why not."""
-    if _State.module is not None or _State.error is not None:
+    if load_tried():
         return _State.module
     reason = _unavailable_reason()
     if reason is None:
         try:
             from torch.utils.cpp_extension import load
 
-            digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "no CUDA runtime" and the like: not ours to report
-                module = load(f"mlan_timm_small_conv_{digest}", [str(SOURCE)],
+                module = load(f"mlan_timm_small_conv_{_source_digest()}", [str(SOURCE)],
                               extra_cflags=["-O3", "-mavx512f", "-mavx2", "-mfma", "-fopenmp"],
                               extra_ldflags=["-fopenmp"], verbose=False)
             if module.vector_width() != _VECTOR_WIDTH:
@@ -104,7 +122,7 @@ def cpu_kernels_status() -> str:
         return "off"
     if load_cpu_kernels() is None:
         return f"requested but unavailable: {_State.error}"
-    return f"on (AVX-512, {SOURCE.name} {hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]})"
+    return f"on (AVX-512, {source_id()})"
 
 
 def kernels_for(x: torch.Tensor, enabled: Optional[bool] = None) -> Optional[ModuleType]:

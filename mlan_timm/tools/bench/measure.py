@@ -222,19 +222,18 @@ def cpu_kernels_info(load: bool = True) -> Dict[str, Any]:
     models without ``cpu_kernels=False`` use them too; the bench never does this) and ``status`` (the machine
     line's words). ``load``: build / load them now (about 20 s the first time, then cached); the loader's warning is
     not repeated (the reason is recorded instead)."""
-    import hashlib
     import warnings
 
     from ...layers import cpu_kernels as ck
 
-    tried = ck._State.module is not None or ck._State.error is not None
+    tried = ck.load_tried()
     if load and not tried:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             ck.load_cpu_kernels()
         tried = True
-    available = (ck._State.module is not None) if tried else None
-    source = f"{ck.SOURCE.name} {hashlib.sha256(ck.SOURCE.read_bytes()).hexdigest()[:12]}"
+    available = (ck.load_error() is None) if tried else None
+    source = ck.source_id()
     process_wide = ck.cpu_kernels_enabled()
     if available:
         status = f"available (AVX-512, {source})"
@@ -244,8 +243,8 @@ def cpu_kernels_info(load: bool = True) -> Dict[str, Any]:
     elif available is None:
         status = "not loaded (no model of this run asked for them)" + (", on process-wide" if process_wide else "")
     else:
-        status = f"unavailable: {ck._State.error}"
-    return dict(available=available, reason=None if available or not tried else ck._State.error, source=source,
+        status = f"unavailable: {ck.load_error()}"
+    return dict(available=available, reason=None if available or not tried else ck.load_error(), source=source,
                 process_wide=process_wide, status=status)
 
 
