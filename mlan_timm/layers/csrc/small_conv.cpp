@@ -142,8 +142,8 @@ void forward_all(const float* x, const float* wt, float* out, int64_t N, int64_t
 
 // grad_w[o, c, t] = sum_n sum_p g[n, o, p] * x[n, c, p + off(t)], in blocks of OB output channels; per input
 // channel the OB * T accumulators stay in registers (k = 3, three outputs: 27 of AVX-512's 32 registers) over the
-// whole batch: one horizontal sum each, where corr_image (per image) sums once per image, which measured up to 1.4x
-// slower on 8x8 planes as conv_same_grad_weight.
+// whole batch: one horizontal sum each, where corr_image (per image) sums once per image, which was up to 1.4x
+// slower on 8x8 planes as conv_same_grad_weight (development timing, no project command reproduces it).
 template <int OB, int T>
 void grad_weight_block(const float* x, const float* g, float* gw, int64_t N, int64_t C, int64_t O, int64_t o0,
                        int64_t P, const Taps& taps) {
@@ -544,8 +544,9 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
               *pwp = pw.data_ptr<float>(), *gwp = gw.data_ptr<float>();
   float *outp = out.data_ptr<float>(), *glp = group_logits.data_ptr<float>(), *gpp = group_proj.data_ptr<float>();
   // Non-temporal stores for the block output and the group projection (no read for ownership) pay off when those
-  // tensors are too large to be read back from the last-level cache: from kStreamBytes each (measured on a 32 MB
-  // L3: 6% faster at 16 channels x 32x32 x batch 128 (8 MB), 2-5% slower at 4 MB and below).
+  // tensors are too large to be read back from the last-level cache: from kStreamBytes each (an interleaved A/B of
+  // both builds during development, 32 MB L3, no project command reproduces it: 6% faster at 16 channels x 32x32 x
+  // batch 128 (8 MB), 2-5% slower at 4 MB and below).
   const bool aligned = reinterpret_cast<uintptr_t>(outp) % 64 == 0 && reinterpret_cast<uintptr_t>(gpp) % 64 == 0 &&
                        N * C * P * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
