@@ -8,6 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # before anything imports Triton (timm and torchvision do): without a GPU, tests/test_gpu_kernels.py runs the
+    # Triton kernels in Triton's interpreter, which must be chosen when Triton's own functions are defined
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from mlan_timm import zoo
 

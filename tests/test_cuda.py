@@ -106,3 +106,30 @@ def test_bench_cuda_graphs_variant_end_to_end(tmp_path):
     text = md.read_text()
     assert "### Target 3 (cuda)" in text and "Within 1.2x with CUDA graphs:" in text
     assert "| CIFAR-10 | CUDA graphs | 8 |" in text  # --quick's batch, stated
+
+
+@pytest.mark.parametrize("batch", [1, 128])
+def test_triton_kernels_run_and_match_reference_at_cifar_size(batch, no_tf32, monkeypatch):
+    """MLAN's CUDA inference runs its attention in the Triton kernels (compiled here; tests/test_gpu_kernels.py has
+    the kernel-level checks) with the reference forward's logits: 4 launches per block, 2 per group."""
+    from mlan_timm.layers import gpu_kernels
+
+    if gpu_kernels.triton_version() is None:
+        pytest.skip("needs Triton")
+    calls, real = [], gpu_kernels._launch
+
+    def spy(name, *args, **kwargs):
+        calls.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(gpu_kernels, "_launch", spy)
+    model = _model("mlan_resnet20_cifar100").cuda()
+    x = torch.randn(batch, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        model.set_fast_paths(False)
+        ref = model(x)
+        model.set_fast_paths(True)
+        out = model(x)
+    assert len(calls) == 3 * (3 * 4 + 2)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert gpu_kernels.gpu_kernels_status().startswith("on (Triton")

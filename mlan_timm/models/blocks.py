@@ -31,6 +31,7 @@ from ..layers import (
     cpu_kernels,
     create_fusion,
     fused_block_attention,
+    gpu_kernels,
     pointwise_conv,
 )
 from ..layers.fast_ops import KERNEL_GRAD_WEIGHT_SIZES
@@ -261,7 +262,11 @@ class MLANGroup(nn.Module):
     * with the compiled CPU kernels (``cpu_kernels``; :mod:`..layers.cpu_kernels`), at every batch size: each
       block's whole attention in one kernel call (:meth:`MLANBlock.forward_fused` in inference,
       :func:`..layers.fused_block_attention` with autograd) where :meth:`fusable`, else the streaming path with
-      the kernels for its mask convs.
+      the kernels for its mask convs;
+    * on CUDA the concatenations stay at every batch size (the streaming path's extra small kernels cost more than
+      the traffic they save there: docs/benchmarks.md, the CUDA fast-path tables), and in inference the Triton
+      kernels (``gpu_kernels``; :mod:`..layers.gpu_kernels`) run the attention where :meth:`gpu_kernels_fit`
+      (:meth:`forward_gpu_kernels`).
     """
 
     def __init__(
@@ -284,6 +289,7 @@ class MLANGroup(nn.Module):
         self.grad_checkpointing = False
         self.fast_path = True
         self.cpu_kernels: Optional[bool] = None  # None: the process-wide setting (layers.cpu_kernels)
+        self.gpu_kernels: Optional[bool] = None  # None: the process-wide setting (layers.gpu_kernels)
 
     def has_fast_path(self) -> bool:
         """Whether the concatenation-free path applies: LA and BA are shared-mask attentions."""
@@ -292,6 +298,12 @@ class MLANGroup(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast_path and not torch.jit.is_scripting() and self.has_fast_path():
+            if not isinstance(x, torch.fx.Proxy):
+                out = self.try_gpu_kernels(x)
+                if out is not None:
+                    return out
+                if x.device.type != "cpu":  # GPUs: the concatenated formulation at every batch size
+                    return self.forward_concatenated(x, small_batch=x.shape[0] < STREAMING_MIN_BATCH)
             # FX traces the streaming path; the fused kernels are the fastest formulation at every batch size
             if isinstance(x, torch.fx.Proxy) or x.shape[0] >= STREAMING_MIN_BATCH or (
                     self.fusable() and self.kernels(x) is not None):
@@ -331,6 +343,52 @@ class MLANGroup(nn.Module):
             proj = q if proj is None else proj + q
         group_attn = ba.mask_from_partials(partial) * proj
         return self.act(self.fusion(x, group_attn, group_input))
+
+    @torch.jit.unused
+    def try_gpu_kernels(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """:meth:`forward_gpu_kernels` where the Triton kernels apply (:meth:`gpu_kernels_fit`, inference,
+        :func:`..layers.gpu_kernels.gpu_kernels_apply`), else None; also None, after a one-time warning, if a kernel
+        fails to compile here (PyTorch's operators from then on)."""
+        if not (gpu_kernels.gpu_kernels_apply(x, self.gpu_kernels) and self.gpu_kernels_fit()
+                and not self.needs_autograd(x)):
+            return None
+        try:
+            return self.forward_gpu_kernels(x)
+        except gpu_kernels.GpuKernelsFailed:
+            return None
+
+    @torch.jit.unused
+    def forward_gpu_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference with the Triton kernels (:mod:`..layers.gpu_kernels`): per block, the two layer attentions
+        write ``T(o1)``, ``T(o2)`` into the halves of one 2C buffer (LA's input, no ``torch.cat``), LA writes the
+        block attention ``b`` into its slice of the group's 2pC buffer (BA's input), and one kernel projects ``b``
+        and fuses (``ReLU(o2 + conv1x1(b) + x)``); the group's mask over that buffer, then its projection and
+        fusion, the mask applied after the projection (it is shared over channels). Same values as
+        :meth:`forward_reference` up to float32 rounding (tests/test_gpu_kernels.py)."""
+        x = self.down_block(x)
+        group_input = x
+        b, c, h, w = x.shape
+        group_cat = x.new_empty(b, 2 * len(self.blocks) * c, h, w)
+        for i, block in enumerate(self.blocks):
+            out1, out2 = block.conv_layers(x)
+            block_cat = x.new_empty(b, 2 * c, h, w)
+            t1, t2, la = block.layer_attn[0].conv, block.layer_attn[1].conv, block.block_attn.attn.conv
+            gpu_kernels.shared_mask(out1, t1.weight, t1.bias, out=block_cat[:, :c])
+            gpu_kernels.shared_mask(out2, t2.weight, t2.bias, out=block_cat[:, c:])
+            block_attn = group_cat[:, 2 * c * i:2 * c * (i + 1)]
+            gpu_kernels.shared_mask(block_cat, la.weight, la.bias, out=block_attn)
+            x = gpu_kernels.project_fuse(block_attn, block.attn_proj.weight, out2, x)
+        ba = self.group_attn.attn.conv
+        mask = gpu_kernels.shared_mask(group_cat, ba.weight, ba.bias)
+        return gpu_kernels.project_fuse(group_cat, self.attn_proj.weight, x, group_input, mask)
+
+    def gpu_kernels_fit(self) -> bool:
+        """Whether :meth:`forward_gpu_kernels` applies: T_1, T_2, LA and BA plain SMAs (any mask count and odd
+        kernel size), plus fusion in the group and its blocks."""
+        return type(self.group_attn.attn) is SharedMaskAttention and type(self.fusion) is PlusFusion and all(
+            type(b.fusion) is PlusFusion and all(type(a) is SharedMaskAttention
+                                                 for a in (b.layer_attn[0], b.layer_attn[1], b.block_attn.attn))
+            for b in self.blocks)
 
     def kernels(self, x: torch.Tensor) -> Optional[ModuleType]:
         """The compiled CPU kernels for this group's mask convs over ``x`` (:func:`..layers.cpu_kernels.kernels_for`

@@ -189,19 +189,25 @@ class CifarResNet(nn.Module):
             group.grad_checkpointing = enable
 
     @torch.jit.ignore
-    def set_fast_paths(self, enable: bool = True, cpu_kernels: Optional[bool] = None) -> None:
+    def set_fast_paths(self, enable: bool = True, cpu_kernels: Optional[bool] = None,
+                       gpu_kernels: Optional[bool] = None) -> None:
         """Switch this model's fast paths (on by default) on or off; off runs the equations as written.
 
-        The one fast path so far is :class:`MLANGroup`'s concatenation-free block and group attention for
-        shared-mask LA/BA; it computes the same function (tests/test_models.py compares outputs and gradients).
+        The fast path is :class:`MLANGroup`'s: on CPU the concatenation-free block and group attention for
+        shared-mask LA/BA, on GPUs the concatenated formulation (and in CUDA inference the Triton kernels); it
+        computes the same function (tests/test_models.py compares outputs and gradients).
         ``cpu_kernels``: whether the fast path runs its mask convs (and, in inference, each block's whole attention)
         with the compiled CPU kernels (:mod:`mlan_timm.layers.cpu_kernels`) where they apply; None (the default)
         follows the process-wide setting (``enable_cpu_kernels`` or ``MLAN_TIMM_CPU_KERNELS=1``, off by default).
+        ``gpu_kernels``: whether CUDA inference runs the attention in the Triton kernels
+        (:mod:`mlan_timm.layers.gpu_kernels`) where they apply; None follows the process-wide setting (on where
+        Triton is installed; ``enable_gpu_kernels(False)`` or ``MLAN_TIMM_GPU_KERNELS=0`` switch it off).
         """
         for m in self.modules():
             if isinstance(m, MLANGroup):
                 m.fast_path = enable
                 m.cpu_kernels = cpu_kernels
+                m.gpu_kernels = gpu_kernels
 
     @torch.jit.ignore
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:

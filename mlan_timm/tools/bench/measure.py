@@ -655,7 +655,10 @@ def machine_line(devices: Sequence[str] = ("cpu",)) -> str:
     if "cpu" in devices and cpu_heap_tuned():
         parts[0] += ", glibc mmap/trim thresholds 1 GiB (tools.common.keep_cpu_memory_in_heap)"
     if "cuda" in devices and torch.cuda.is_available():
-        parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
+        from ...layers import gpu_kernels
+        # whether MLAN's default fast path ran the Triton kernels in CUDA inference (read at the end of a run: a
+        # kernel that failed to compile switched them off and says so here)
+        parts.append(f"GPU: {torch.cuda.get_device_name(0)}; GPU kernels: {gpu_kernels.gpu_kernels_status()}")
     if "cpu" in devices:  # whether the ?cpu_kernels=True models had the kernels (no build here: loaded if used)
         parts.append(f"CPU kernels: {cpu_kernels_info(load=False)['status']}")
     parts.append(f"python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}")

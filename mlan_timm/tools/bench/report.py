@@ -39,6 +39,10 @@ FAST_PATH_PAIRS = (("mlan", "mlan (reference)", "MLAN"), ("smav2", "smav2 (refer
 KERNELS = "mlan (cpu kernels)"
 #: The MLAN models targets 1 and 2 are read for: (speed-section label, the path's name in tables and prose).
 MLAN_PATHS = (("mlan", "library fast path"), (KERNELS, "CPU kernels"))
+#: What MLAN's default fast path runs on CUDA (runs whose machine line records the Triton kernels' status).
+GPU_PATH_METHOD = ("On CUDA the fast path (`?fast_paths=False` is the reference) keeps the concatenations; for "
+                   "MLAN (SMA, plus fusion) in inference outside torch.compile it runs the attention in the Triton "
+                   "kernels (`mlan_timm.layers.gpu_kernels`) where the machine line says 'GPU kernels: on'.")
 #: The kernels against the library fast path, same interleaved run: (kernels label, library label, name).
 KERNEL_PAIRS = ((KERNELS, "mlan", "MLAN"),)
 #: What the CPU-kernel rows time (said in the speed section's conventions when they were timed).
@@ -569,6 +573,7 @@ def render_speed(report: Dict[str, Any]) -> str:
                 + (f" {GRAPHS_METHOD}" if label == TARGET3_GRAPHS else "")
                 + (f" {PAIRED_METHOD}" if _has_rounds(groups) else "")
                 + (f" {KERNELS_METHOD}" if any(KERNELS in res for res in groups.values()) else "")
+                + (f" {GPU_PATH_METHOD}" if "GPU kernels:" in str(src.get("machine")) else "")
                 + _process_wide_note(cfg), ""]
         left_out = _kernels_left_out(cfg)
         if left_out:
