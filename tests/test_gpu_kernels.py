@@ -196,16 +196,22 @@ def test_a_failing_kernel_warns_once_and_falls_back(monkeypatch):
             again = model(x)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(again, ref, rtol=1e-4, atol=1e-4)
-    assert gpu_kernels.gpu_kernels_status() == ("requested but unavailable: RuntimeError: no Triton backend for "
-                                                "this device")
+    assert gpu_kernels.gpu_kernels_status() == "unavailable: RuntimeError: no Triton backend for this device"
+    assert not gpu_kernels.gpu_kernels_available()
 
 
 def test_status_and_environment_switch():
-    assert gpu_kernels.gpu_kernels_status() == f"on (Triton {gpu_kernels.triton_version()})"
+    version = gpu_kernels.triton_version()
+    assert gpu_kernels.gpu_kernels_available()
+    assert gpu_kernels.gpu_kernels_status() == (f"available (Triton {version}), ON process-wide "
+                                                "(MLAN_TIMM_GPU_KERNELS or enable_gpu_kernels): every MLAN model "
+                                                "without gpu_kernels=False uses them")
     gpu_kernels.enable_gpu_kernels(False)
-    assert gpu_kernels.gpu_kernels_status() == "off" and not gpu_kernels.gpu_kernels_enabled()
+    assert not gpu_kernels.gpu_kernels_enabled()
+    assert gpu_kernels.gpu_kernels_status() == (f"available (Triton {version}), used only by the models built with "
+                                                "gpu_kernels=True")
     code = "from mlan_timm.layers import gpu_kernels as g; print(g.gpu_kernels_enabled())"
-    for value, expected in (("off", "False"), ("", "True")):
+    for value, expected in (("1", "True"), ("", "False")):
         env = {"MLAN_TIMM_GPU_KERNELS": value, "PATH": "", "PYTHONPATH": ":".join(sys.path)}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected, value

@@ -1,4 +1,4 @@
-"""Optional Triton kernels for MLAN's attention in CUDA inference (on by default where Triton is installed).
+"""Optional Triton kernels for MLAN's attention in CUDA inference, off by default.
 
 In eager CUDA inference each shared-mask attention costs a cuDNN conv with NCHW/NHWC transposes, a sigmoid, a mean
 and a multiply, and every block adds a concatenation, a 1x1 conv, two adds and a ReLU: about 20 small kernels per
@@ -16,9 +16,11 @@ tracing, scripting, ``torch.compile`` and dispatch modes, for groups of plain SM
 else runs PyTorch's operators (the fallback), with the same values up to float32 rounding (tests/test_gpu_kernels.py
 runs the kernels in Triton's interpreter on CPU; tests/test_cuda.py compiles them on a GPU).
 
-Switch: ``MLAN_TIMM_GPU_KERNELS=0`` (or ``enable_gpu_kernels(False)``) for the process, or per model
-``model.set_fast_paths(True, gpu_kernels=False)``. Without Triton, or if compiling a kernel fails, it warns once
-and PyTorch's operators run.
+Enable with :func:`enable_gpu_kernels` or ``MLAN_TIMM_GPU_KERNELS=1`` for the process, or per model with
+``model.set_fast_paths(True, gpu_kernels=True)``. They are off by default until a GPU run has measured them: the
+H100 session that tested them (all of tests/test_gpu_kernels.py passed there, compiled) timed the benchmarks
+without them (docs/benchmarks.md; ``mlan-bench`` times ``?gpu_kernels=True`` beside the default on CUDA). Without
+Triton, or if compiling a kernel fails, it warns once and PyTorch's operators run.
 """
 import contextlib
 import functools
@@ -32,15 +34,15 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = [
     "ENV_VAR", "GpuKernelsFailed", "enable_gpu_kernels", "gpu_kernels_apply", "gpu_kernels_enabled",
-    "gpu_kernels_status", "mark_failed", "project_fuse", "shared_mask", "triton_version",
+    "gpu_kernels_available", "gpu_kernels_status", "mark_failed", "project_fuse", "shared_mask", "triton_version",
 ]
 
-#: Environment variable that switches the kernels off at import ("0", "false", "no", "off").
+#: Environment variable that switches the kernels on at import ("1", "true", "yes", "on").
 ENV_VAR = "MLAN_TIMM_GPU_KERNELS"
 
 
 class _State:
-    enabled = os.environ.get(ENV_VAR, "").strip().lower() not in ("0", "false", "no", "off")
+    enabled = os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
     error: Optional[str] = None  # why the kernels are unavailable (Triton missing, a kernel failed to compile)
     on_cpu = False  # tests only: also apply to CPU tensors, run in Triton's interpreter
 
@@ -162,12 +164,13 @@ def project_fuse(src: torch.Tensor, weight: torch.Tensor, feature: torch.Tensor,
 
 
 def enable_gpu_kernels(enabled: bool = True) -> None:
-    """Switch the kernels on (the default) or off for this process; a model's own setting overrides it."""
+    """Switch the kernels on or off (the default) for this process; a model's own setting overrides it."""
     _State.enabled = bool(enabled)
 
 
 def gpu_kernels_enabled() -> bool:
-    """Whether the kernels are asked for process-wide (on unless switched off)."""
+    """Whether the kernels are asked for process-wide (:func:`enable_gpu_kernels` or the environment variable);
+    a model's own setting (``set_fast_paths(gpu_kernels=...)``) overrides it."""
     return _State.enabled
 
 
@@ -179,16 +182,21 @@ def mark_failed(exc: Exception) -> None:
                   stacklevel=3)
 
 
+def gpu_kernels_available() -> bool:
+    """Whether the kernels can run here: Triton imports and no kernel has failed in this process."""
+    return triton_version() is not None and _State.error is None
+
+
 def gpu_kernels_status() -> str:
-    """One line for machine descriptions: ``off``, ``on (Triton <version>)`` or why unavailable."""
-    if not _State.enabled:
-        return "off"
-    version = triton_version()
-    if version is None:
-        return "requested but unavailable: Triton cannot be imported"
+    """One line for machine descriptions: ``available (Triton <version>), ...`` with who uses them, or
+    ``unavailable: <why>``."""
+    if triton_version() is None:
+        return "unavailable: Triton cannot be imported"
     if _State.error is not None:
-        return f"requested but unavailable: {_State.error}"
-    return f"on (Triton {version})"
+        return f"unavailable: {_State.error}"
+    return f"available (Triton {triton_version()}), " + (
+        f"ON process-wide ({ENV_VAR} or enable_gpu_kernels): every MLAN model without gpu_kernels=False uses them"
+        if _State.enabled else "used only by the models built with gpu_kernels=True")
 
 
 def gpu_kernels_apply(x: torch.Tensor, enabled: Optional[bool] = None) -> bool:

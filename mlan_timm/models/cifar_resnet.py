@@ -200,8 +200,8 @@ class CifarResNet(nn.Module):
         with the compiled CPU kernels (:mod:`mlan_timm.layers.cpu_kernels`) where they apply; None (the default)
         follows the process-wide setting (``enable_cpu_kernels`` or ``MLAN_TIMM_CPU_KERNELS=1``, off by default).
         ``gpu_kernels``: whether CUDA inference runs the attention in the Triton kernels
-        (:mod:`mlan_timm.layers.gpu_kernels`) where they apply; None follows the process-wide setting (on where
-        Triton is installed; ``enable_gpu_kernels(False)`` or ``MLAN_TIMM_GPU_KERNELS=0`` switch it off).
+        (:mod:`mlan_timm.layers.gpu_kernels`) where they apply; None follows the process-wide setting
+        (``enable_gpu_kernels`` or ``MLAN_TIMM_GPU_KERNELS=1``, off by default).
         """
         for m in self.modules():
             if isinstance(m, MLANGroup):

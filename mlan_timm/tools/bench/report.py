@@ -40,9 +40,8 @@ KERNELS = "mlan (cpu kernels)"
 #: The MLAN models targets 1 and 2 are read for: (speed-section label, the path's name in tables and prose).
 MLAN_PATHS = (("mlan", "library fast path"), (KERNELS, "CPU kernels"))
 #: What MLAN's default fast path runs on CUDA (runs whose machine line records the Triton kernels' status).
-GPU_PATH_METHOD = ("On CUDA the fast path (`?fast_paths=False` is the reference) keeps the concatenations; for "
-                   "MLAN (SMA, plus fusion) in inference outside torch.compile it runs the attention in the Triton "
-                   "kernels (`mlan_timm.layers.gpu_kernels`) where the machine line says 'GPU kernels: on'.")
+GPU_PATH_METHOD = ("On CUDA the fast path keeps the concatenations at every batch size (`?fast_paths=False` is the "
+                   "reference; the streaming formulation is the CPU's).")
 #: The kernels against the library fast path, same interleaved run: (kernels label, library label, name).
 KERNEL_PAIRS = ((KERNELS, "mlan", "MLAN"),)
 #: What the CPU-kernel rows time (said in the speed section's conventions when they were timed).
