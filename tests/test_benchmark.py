@@ -882,14 +882,24 @@ def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_scrip
 
     rb.main(["--cuda", "--out-dir", str(tmp_path)])
     first = capsys.readouterr().out.splitlines()[0]
-    # graphs: 2 datasets x 4 depths x 9 models x (b1, b128); eager and channels_last: the same + 3 train steps at
-    # depths 20 and 32 per dataset; compile: CIFAR-10 ResNet-20 backbone and MLAN, b1, b128 and train
-    assert first.startswith("CUDA run: 3 mlan-bench runs, 462 timed cells x 3 rounds (min_run_time 0.01 s) "
-                            "[cuda_graphs.json: cuda_graphs 144; cuda.json: eager 156, channels_last 156; "
-                            "cuda_compile.json: compile 6], 6 torch.compile'd functions. Estimated ~")
+    # graphs: 2 datasets x 4 depths x 9 models x (b1, b128); eager: the same + 3 train steps at depths 20 and 32 per
+    # dataset; compile: CIFAR-10 ResNet-20 backbone and MLAN, b1, b128 and train
+    assert first == ("CUDA run: 3 mlan-bench runs, 306 timed cells x 3 rounds (min_run_time 0.01 s) "
+                     "[cuda_graphs.json: cuda_graphs 144; cuda.json: eager 156; cuda_compile.json: compile 6], 6 "
+                     "torch.compile'd functions. Estimated ~4.3 min (up to ~7.8 min): an estimate from the cell "
+                     "count, calibrated on an H100 run's wall times (cuda_graphs.json 144 cells in 63 s, cuda.json "
+                     "156 cells in 61 s, cuda_compile.json 6 cells with 6 compilations in 133 s), not a measurement "
+                     "of this run.")
     expected, worst = rb.estimate_seconds(rb.cuda_plan(), rb.CUDA_ROUNDS, rb.CUDA_MIN_RUN_TIME)
     assert f"Estimated ~{expected / 60:.1f} min (up to ~{worst / 60:.1f} min)" in first and 0 < expected < worst
-    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager,channels_last", "compile"]
+    # the calibration reproduces the H100 run's wall times it was fitted on: the runs without compilations together,
+    # the compile run exactly
+    runs = {name: (cells, n, s) for name, cells, n, s in rb.CUDA_CALIBRATION}
+    plan = [(name, None, None, None, {"compile" if n else "x": cells}) for name, (cells, n, _) in runs.items()]
+    fit = {p[0]: rb.estimate_seconds([p], rb.CALIBRATION_ROUNDS, rb.CALIBRATION_MIN_RUN_TIME)[0] for p in plan}
+    assert fit["cuda_graphs"] + fit["cuda"] == pytest.approx(runs["cuda_graphs"][2] + runs["cuda"][2])
+    assert fit["cuda_compile"] == pytest.approx(runs["cuda_compile"][2])
+    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager", "compile"]
     assert [os.path.basename(arg(c, "--json-out")) for c in calls] == ["cuda_graphs.json", "cuda.json",
                                                                         "cuda_compile.json"]
     assert {arg(c, "--device") for c in calls} == {"cuda"} and {arg(c, "--rounds") for c in calls} == {"3"}
@@ -897,10 +907,10 @@ def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_scrip
         + [("20", "cifar10")]
     calls.clear()
     rb.main(["--cuda", "--out-dir", str(tmp_path), "--depths", "20"])  # what target 3 reads, only
-    assert "126 timed cells" in capsys.readouterr().out and {arg(c, "--depths") for c in calls} == {"20"}
+    assert "84 timed cells" in capsys.readouterr().out and {arg(c, "--depths") for c in calls} == {"20"}
     calls.clear()
     rb.main(["--cuda", "--out-dir", str(tmp_path), "--datasets", "cifar100"])  # no compile run: it is CIFAR-10's
-    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager,channels_last"]
+    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager"]
     for bad in (["--depths", "20"], ["--cuda", "--out-dir", str(tmp_path), "--depths", "21"],
                 ["--cuda", "--out-dir", str(tmp_path), "--depths", "x"]):
         with pytest.raises(SystemExit):
@@ -915,7 +925,7 @@ def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_scrip
     monkeypatch.setattr(rb, "bench", first_fails)
     with pytest.raises(SystemExit, match="cuda_graphs failed"):  # the other runs still ran
         rb.main(["--cuda", "--out-dir", str(tmp_path)])
-    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager,channels_last", "compile"]
+    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager", "compile"]
     monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
     calls.clear()
     rb.main([])  # the CPU run never asks for the CUDA-only variant (it may merge saved CUDA results)
