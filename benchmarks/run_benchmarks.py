@@ -14,7 +14,9 @@ per-call times of single convs of MLAN's and the backbone's shapes, and of the C
 convs where they load), ``cpu_compile.json`` (``--cpu-compile``, optional),
 and, once a GPU run was made, ``cuda_graphs.json``, ``cuda.json`` and ``cuda_compile.json`` (copy them there from
 ``--out-dir``): the ``--cuda`` run times the speed section with CUDA graphs, then eager, then the torch.compile'd
-ResNet-20 CIFAR-10 backbone and MLAN. It prints its number of timed cells and a duration estimate first
+ResNet-20 CIFAR-10 backbone and MLAN; in the CUDA-graph and eager runs, where the Triton kernels work on the machine,
+MLAN with them (``?gpu_kernels=True``, inference only) is timed beside the default MLAN in the same interleaved run
+(where they do not, the JSON records why). It prints its number of timed cells and a duration estimate first
 (calibrated on an H100 run's wall times: ``CUDA_CALIBRATION``); ``--depths`` and ``--datasets`` limit it (e.g.
 ``--depths 20``: only what issue 10's target 3 reads). The docs
 are always rendered by ``mlan-bench`` from these files, so every number in docs/benchmarks.md has the command that
@@ -63,7 +65,8 @@ CALIBRATION_ROUNDS, CALIBRATION_MIN_RUN_TIME = 3, 0.01
 #: of 0.01 s, cannot tell it apart); one torch.compile'd function: the compile run's wall time less its start and its
 #: cells' share. The worst case: blocked_autorange multiplies its block by 10 until one block passes min_run_time,
 #: then times one block, i.e. up to ~21x min_run_time per cell and round when a call is shorter than it; a
-#: compilation twice the calibrated one.
+#: compilation twice the calibrated one. Not calibrated: the GPU kernels' Triton compilations (their first launches,
+#: in the warm-up of their cells).
 EST_RUN_START_S = 15
 _TIMED = [(cells, seconds) for _, cells, compiled, seconds in CUDA_CALIBRATION if not compiled]
 EST_CELL_ROUND = (sum(s - EST_RUN_START_S for _, s in _TIMED)
