@@ -13,8 +13,12 @@ records why), ``profile_cpu.json`` (``mlan-bench --profile``), ``conv_costs_cpu.
 per-call times of single convs of MLAN's and the backbone's shapes, and of the CPU kernels' convs for the mask
 convs where they load), ``cpu_compile.json`` (``--cpu-compile``, optional),
 and, once a GPU run was made, ``cuda_graphs.json``, ``cuda.json`` and ``cuda_compile.json`` (copy them there from
-``--out-dir``). The ``--cuda`` run prints its number of timed cells and a rough duration estimate first; ``--depths``
-and ``--datasets`` limit it (e.g. ``--depths 20``: only what issue 10's target 3 reads). The docs
+``--out-dir``): the ``--cuda`` run times the speed section with CUDA graphs, then eager, then the torch.compile'd
+ResNet-20 CIFAR-10 backbone and MLAN; in the CUDA-graph and eager runs, where the Triton kernels work on the machine,
+MLAN with them (``?gpu_kernels=True``, inference only) is timed beside the default MLAN in the same interleaved run
+(where they do not, the JSON records why). It prints its number of timed cells and a duration estimate first
+(calibrated on an H100 run's wall times: ``CUDA_CALIBRATION``); ``--depths`` and ``--datasets`` limit it (e.g.
+``--depths 20``: only what issue 10's target 3 reads). The docs
 are always rendered by ``mlan-bench`` from these files, so every number in docs/benchmarks.md has the command that
 measured it beside it. The full CPU run and ``--render-only`` also rewrite README.md's speed summary (``--readme-out``:
 the block between its ``speed-summary`` markers) from the same report, so README.md and docs/benchmarks.md agree;
@@ -39,24 +43,38 @@ CPU_JSON = os.path.join(RESULTS, "cpu.json")
 #: minutes there (an estimate from the cell counts, not a measurement); without the kernels, as before.
 CPU_MIN_RUN_TIME, CPU_ROUNDS = "0.2", "5"
 #: CUDA defaults: short blocks and 3 rounds (one GPU call of these small models takes from well under a millisecond,
-#: a graph replay, to tens of ms, an eager train step), sized so that the whole --cuda run plausibly takes about 5
-#: minutes on an H100 (an estimate: see EST_* below).
+#: a graph replay, to tens of ms, an eager train step); the three runs took 63, 61 and 133 s on an H100
+#: (CUDA_CALIBRATION).
 CUDA_MIN_RUN_TIME, CUDA_ROUNDS = "0.01", "3"
 #: The --cuda run, one mlan-bench run each: (JSON name in --out-dir, --cuda-variants, only these depths / datasets
 #: or None). Each writes its JSON when it ends, so a run cut short keeps the earlier ones: CUDA graphs first (target
-#: 3's verdict, and Tables 6/9 with CUDA graphs), then eager and channels_last (targets 2 and 3, Tables 6/9), then
-#: torch.compile for the ResNet-20 CIFAR-10 backbone and MLAN only (a compilation per model and measure).
-CUDA_RUNS = (("cuda_graphs", "cuda_graphs", None, None), ("cuda", "eager,channels_last", None, None),
+#: 3's verdict, and Tables 6/9 with CUDA graphs), then eager (targets 1 to 3, Tables 6/9; channels_last is left out
+#: to save device time: ``mlan-bench --cuda-variants channels_last`` times it), then torch.compile for the ResNet-20
+#: CIFAR-10 backbone and MLAN only (a compilation per model and measure).
+CUDA_RUNS = (("cuda_graphs", "cuda_graphs", None, None), ("cuda", "eager", None, None),
              ("cuda_compile", "compile", (20,), ("cifar10",)))
-#: The printed estimate's costs: guesses, since no GPU run of this tool has been made yet (replace them by what the
-#: first run prints). Per timed cell and round, in units of min_run_time: blocked_autorange multiplies its block by 10
-#: until one block passes min_run_time (or the sync overhead is under 0.01%), then times one block: about 2x to 21x
-#: min_run_time when a call is shorter than it, ~8x on average. Set-up per cell (build, copy to the GPU, warm-up,
-#: capture); start of one mlan-bench run (imports, CUDA init, params/MACs); one torch.compile'd function (one per
-#: model and measure in the compile run).
-EST_CELL_ROUND, EST_CELL_ROUND_MAX = 8, 21
-EST_CELL_SETUP_S, EST_RUN_START_S = 0.1, 15
-EST_COMPILE_S, EST_COMPILE_MAX_S = 20, 40
+#: What the --cuda run took on an H100 (torch 2.11, min_run_time 0.01 s, 3 rounds, before the GPU kernels' cells):
+#: (JSON, timed cells, torch.compile'd functions, wall seconds as the run printed them, each including its mlan-bench
+#: run's start). The eager run had no channels_last.
+CUDA_CALIBRATION = (("cuda_graphs", 144, 0, 63), ("cuda", 156, 0, 61), ("cuda_compile", 6, 6, 133))
+CALIBRATION_ROUNDS, CALIBRATION_MIN_RUN_TIME = 3, 0.01
+#: The printed estimate's costs, calibrated on CUDA_CALIBRATION: the start of one mlan-bench run (imports, CUDA
+#: init, params/MACs; about 15 s per run on that H100); per timed cell and round, in units of min_run_time, the wall
+#: time of the runs without compilations, less their starts, over their cells x rounds x min_run_time (about 10x; the
+#: cells' set-up, i.e. build, copy to the GPU, warm-up and graph capture, is folded in: those runs, all at 3 rounds
+#: of 0.01 s, cannot tell it apart); one torch.compile'd function: the compile run's wall time less its start and its
+#: cells' share. The worst case: blocked_autorange multiplies its block by 10 until one block passes min_run_time,
+#: then times one block, i.e. up to ~21x min_run_time per cell and round when a call is shorter than it; a
+#: compilation twice the calibrated one. Not calibrated: the GPU kernels' Triton compilations (their first launches,
+#: in the warm-up of their cells).
+EST_RUN_START_S = 15
+_TIMED = [(cells, seconds) for _, cells, compiled, seconds in CUDA_CALIBRATION if not compiled]
+EST_CELL_ROUND = (sum(s - EST_RUN_START_S for _, s in _TIMED)
+                  / sum(c * CALIBRATION_ROUNDS * CALIBRATION_MIN_RUN_TIME for c, _ in _TIMED))
+EST_CELL_ROUND_MAX = 21
+EST_COMPILE_S = next((s - EST_RUN_START_S - c * CALIBRATION_ROUNDS * CALIBRATION_MIN_RUN_TIME * EST_CELL_ROUND) / n
+                     for _, c, n, s in CUDA_CALIBRATION if n)
+EST_COMPILE_MAX_S = 2 * EST_COMPILE_S
 
 
 def sh(*cmd):
@@ -115,11 +133,12 @@ def cuda_plan(depths=None, datasets=None):
 
 
 def estimate_seconds(plan, rounds, min_run_time):
-    """(expected, worst) seconds of the --cuda run ``plan`` by the EST_* guesses above."""
+    """(expected, worst) seconds of the --cuda run ``plan`` by the EST_* costs above (calibrated on
+    CUDA_CALIBRATION)."""
     cells = sum(n for *_, c in plan for n in c.values())
     compiled = sum(c.get("compile", 0) for *_, c in plan)
     timing = cells * int(rounds) * float(min_run_time)
-    fixed = EST_CELL_SETUP_S * cells + EST_RUN_START_S * len(plan)
+    fixed = EST_RUN_START_S * len(plan)
     return (EST_CELL_ROUND * timing + fixed + EST_COMPILE_S * compiled,
             EST_CELL_ROUND_MAX * timing + fixed + EST_COMPILE_MAX_S * compiled)
 
@@ -131,8 +150,14 @@ def describe_cuda_plan(plan, rounds, min_run_time):
     expected, worst = estimate_seconds(plan, rounds, min_run_time)
     return (f"CUDA run: {len(plan)} mlan-bench runs, {cells} timed cells x {rounds} rounds (min_run_time "
             f"{min_run_time} s) [{runs}]" + (f", {compiled} torch.compile'd functions" if compiled else "")
-            + f". Estimated ~{expected / 60:.1f} min (up to ~{worst / 60:.1f} min): a guess from the cell count, "
-            "not a measurement.")
+            + f". Estimated ~{expected / 60:.1f} min (up to ~{worst / 60:.1f} min): an estimate from the cell count, "
+            f"calibrated on an H100 run's wall times ({_calibration_phrase()}), not a measurement of this run.")
+
+
+def _calibration_phrase():
+    """'cuda_graphs.json 144 cells in 63 s, ...': the runs the estimate was calibrated on."""
+    return ", ".join(f"{name}.json {cells} cells" + (f" with {n} compilations" if n else "") + f" in {s} s"
+                     for name, cells, n, s in CUDA_CALIBRATION)
 
 
 def main(argv=None):

@@ -37,6 +37,27 @@ def _kernels_info(available):
                         if available else f"unavailable: {NO_AVX512}"))
 
 
+#: What gpu_kernels_info records without Triton.
+NO_TRITON = "Triton cannot be imported"
+
+
+def _gpu_kernels_info(available, process_wide=False):
+    return dict(available=available, reason=None if available else NO_TRITON, triton="3.0.0" if available else None,
+                process_wide=process_wide,
+                status=("available (Triton 3.0.0), used only by the models built with gpu_kernels=True" if available
+                        else f"unavailable: {NO_TRITON}"))
+
+
+@pytest.fixture
+def fake_gpu_kernels(monkeypatch):
+    """``fake_gpu_kernels(available, after=None)``: measure sees the Triton kernels as working or not (no compile);
+    ``after``: what a later look without loading (``load=False``) sees, e.g. False for a kernel failing mid-run."""
+    def fake(available, after=None):
+        after = available if after is None else after
+        monkeypatch.setattr(B, "gpu_kernels_info", lambda load=True: _gpu_kernels_info(available if load else after))
+    return fake
+
+
 @pytest.fixture
 def fake_kernels(monkeypatch):
     """``fake_kernels(available)``: measure and cli see the compiled CPU kernels as loaded or not (no build)."""
@@ -89,12 +110,13 @@ def test_speed_plan_train_steps_only_in_target1_groups():
 
 
 def test_speed_plan_cuda_graphs_has_no_train_step_and_counts_cells():
-    eager = B.speed_plan("cifar10", 20, target1=True, device="cuda")
-    graphs = B.speed_plan("cifar10", 20, target1=True, cuda_graphs=True, device="cuda")
+    eager = B.speed_plan("cifar10", 20, target1=True, device="cuda", gpu_kernels=False)
+    graphs = B.speed_plan("cifar10", 20, target1=True, cuda_graphs=True, device="cuda", gpu_kernels=False)
     assert {k: v[0].key for k, v in graphs.items()} == {k: v[0].key for k, v in eager.items()}  # the same models
     assert all(kinds == ("b1", "b128") for _, kinds in graphs.values())  # inference only: nothing captured to train
     # the whole grid: 2 datasets x 4 depths x 9 models x (b1, b128), + train steps of 3 models at depths 20 and 32
-    grid = dict(datasets=zoo.DATASETS, depths=zoo.DEPTHS, device="cuda")
+    # (without the GPU kernels' model: its cells are counted in test_speed_plan_times_the_gpu_kernels_...)
+    grid = dict(datasets=zoo.DATASETS, depths=zoo.DEPTHS, device="cuda", gpu_kernels=False)
     assert B.count_speed_cells(**grid, variant="cuda_graphs") == 2 * 4 * 9 * 2 == 144
     assert B.count_speed_cells(**grid) == B.count_speed_cells(**grid, variant="channels_last") == 144 + 2 * 2 * 3
     assert B.count_speed_cells(["cifar10"], [20], "compile", device="cuda") == 2 * 3  # backbone, MLAN: b1, b128, train
@@ -872,24 +894,36 @@ def test_run_benchmarks_passes_readme_out_only_for_the_docs_render(repo_root, lo
     assert set(readme_outs("--render-only", "--md-out", str(tmp_path / "x.md"))) == {None}
 
 
-def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_script, tmp_path, monkeypatch, capsys):
+def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_script, tmp_path, monkeypatch, capsys,
+                                                                      fake_gpu_kernels):
     rb = load_script("benchmarks/run_benchmarks.py")
     calls = []
     monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
+    fake_gpu_kernels(True)  # as where Triton imports: the plan counts the GPU kernels' cells
 
     def arg(call, flag):
         return call[call.index(flag) + 1] if flag in call else None
 
     rb.main(["--cuda", "--out-dir", str(tmp_path)])
     first = capsys.readouterr().out.splitlines()[0]
-    # graphs: 2 datasets x 4 depths x 9 models x (b1, b128); eager and channels_last: the same + 3 train steps at
-    # depths 20 and 32 per dataset; compile: CIFAR-10 ResNet-20 backbone and MLAN, b1, b128 and train
-    assert first.startswith("CUDA run: 3 mlan-bench runs, 462 timed cells x 3 rounds (min_run_time 0.01 s) "
-                            "[cuda_graphs.json: cuda_graphs 144; cuda.json: eager 156, channels_last 156; "
-                            "cuda_compile.json: compile 6], 6 torch.compile'd functions. Estimated ~")
+    # graphs: 2 datasets x 4 depths x 10 models (MLAN with the GPU kernels too) x (b1, b128); eager: the same + 3
+    # train steps at depths 20 and 32 per dataset; compile: CIFAR-10 ResNet-20 backbone and MLAN, b1, b128, train
+    assert first == ("CUDA run: 3 mlan-bench runs, 338 timed cells x 3 rounds (min_run_time 0.01 s) "
+                     "[cuda_graphs.json: cuda_graphs 160; cuda.json: eager 172; cuda_compile.json: compile 6], 6 "
+                     "torch.compile'd functions. Estimated ~4.5 min (up to ~8.2 min): an estimate from the cell "
+                     "count, calibrated on an H100 run's wall times (cuda_graphs.json 144 cells in 63 s, cuda.json "
+                     "156 cells in 61 s, cuda_compile.json 6 cells with 6 compilations in 133 s), not a measurement "
+                     "of this run.")
     expected, worst = rb.estimate_seconds(rb.cuda_plan(), rb.CUDA_ROUNDS, rb.CUDA_MIN_RUN_TIME)
     assert f"Estimated ~{expected / 60:.1f} min (up to ~{worst / 60:.1f} min)" in first and 0 < expected < worst
-    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager,channels_last", "compile"]
+    # the calibration reproduces the H100 run's wall times it was fitted on: the runs without compilations together,
+    # the compile run exactly
+    runs = {name: (cells, n, s) for name, cells, n, s in rb.CUDA_CALIBRATION}
+    plan = [(name, None, None, None, {"compile" if n else "x": cells}) for name, (cells, n, _) in runs.items()]
+    fit = {p[0]: rb.estimate_seconds([p], rb.CALIBRATION_ROUNDS, rb.CALIBRATION_MIN_RUN_TIME)[0] for p in plan}
+    assert fit["cuda_graphs"] + fit["cuda"] == pytest.approx(runs["cuda_graphs"][2] + runs["cuda"][2])
+    assert fit["cuda_compile"] == pytest.approx(runs["cuda_compile"][2])
+    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager", "compile"]
     assert [os.path.basename(arg(c, "--json-out")) for c in calls] == ["cuda_graphs.json", "cuda.json",
                                                                         "cuda_compile.json"]
     assert {arg(c, "--device") for c in calls} == {"cuda"} and {arg(c, "--rounds") for c in calls} == {"3"}
@@ -897,10 +931,15 @@ def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_scrip
         + [("20", "cifar10")]
     calls.clear()
     rb.main(["--cuda", "--out-dir", str(tmp_path), "--depths", "20"])  # what target 3 reads, only
-    assert "126 timed cells" in capsys.readouterr().out and {arg(c, "--depths") for c in calls} == {"20"}
+    assert "92 timed cells" in capsys.readouterr().out and {arg(c, "--depths") for c in calls} == {"20"}
     calls.clear()
     rb.main(["--cuda", "--out-dir", str(tmp_path), "--datasets", "cifar100"])  # no compile run: it is CIFAR-10's
-    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager,channels_last"]
+    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager"]
+    calls.clear()
+    fake_gpu_kernels(False)  # e.g. no Triton here: the plan counts the models the GPU machine would time without it
+    rb.main(["--cuda", "--out-dir", str(tmp_path)])
+    assert "CUDA run: 3 mlan-bench runs, 306 timed cells x 3 rounds (min_run_time 0.01 s) [cuda_graphs.json: " \
+           "cuda_graphs 144; cuda.json: eager 156; cuda_compile.json: compile 6]" in capsys.readouterr().out
     for bad in (["--depths", "20"], ["--cuda", "--out-dir", str(tmp_path), "--depths", "21"],
                 ["--cuda", "--out-dir", str(tmp_path), "--depths", "x"]):
         with pytest.raises(SystemExit):
@@ -915,7 +954,7 @@ def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_scrip
     monkeypatch.setattr(rb, "bench", first_fails)
     with pytest.raises(SystemExit, match="cuda_graphs failed"):  # the other runs still ran
         rb.main(["--cuda", "--out-dir", str(tmp_path)])
-    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager,channels_last", "compile"]
+    assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager", "compile"]
     monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
     calls.clear()
     rb.main([])  # the CPU run never asks for the CUDA-only variant (it may merge saved CUDA results)
@@ -935,7 +974,8 @@ def test_cpu_kernels_spec_option_sets_the_models_switch():
 
     spec = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=True")
     assert spec.key == "mlan_resnet14_cifar10?cpu_kernels=True" and B.parse_spec(spec.key).kwargs == spec.kwargs
-    assert spec.uses_cpu_kernels and not B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=False").uses_cpu_kernels
+    assert spec.kernel_paths == (B.CPU_KERNEL_PATH,)
+    assert B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=False").kernel_paths == ()
     groups = [m for m in spec.build().modules() if isinstance(m, MLANGroup)]
     assert groups and all(g.fast_path and g.cpu_kernels is True for g in groups)  # fast_paths not given: True
     both = B.parse_spec("mlan_resnet14_cifar10?fast_paths=False&cpu_kernels=True").build()
@@ -967,22 +1007,24 @@ def test_speed_plan_times_the_cpu_kernels_on_cpu_only(fake_kernels):
     grid = dict(datasets=zoo.DATASETS, depths=zoo.DEPTHS)
     # + b1 and b128 in the 8 groups, + the train step in the 4 target-1 groups; the CUDA counts are unchanged
     assert B.count_speed_cells(**grid) == 156 + 8 * 2 + 4 == 176
-    assert B.count_speed_cells(**grid, device="cuda") == B.count_speed_cells(**grid, cpu_kernels=False) == 156
+    assert B.count_speed_cells(**grid, device="cuda", gpu_kernels=False) == \
+        B.count_speed_cells(**grid, cpu_kernels=False) == 156
     fake_kernels(False)
     assert R.KERNELS not in B.speed_plan("cifar10", 20, target1=True)
 
 
-def _run_speed_only(monkeypatch, timed):
-    """run_paper_tables' speed section on CPU for CIFAR-10 ResNet-14 with the timing and the model counting
-    replaced (the plans are real): ``timed`` collects the specs each group timed."""
-    def fake_interleaved(specs, device, cfg, kinds, **kw):
+def _run_speed_only(monkeypatch, timed, devices=("cpu",), **kw):
+    """run_paper_tables' speed section on ``devices`` for CIFAR-10 ResNet-14 with the timing and the model counting
+    replaced (the plans are real): ``timed`` collects the specs each group timed (with the variant's flags)."""
+    def fake_interleaved(specs, device, cfg, kinds, **flags):
         timed.append({label: spec.key for label, spec in specs.items()})
+        timed[-1]["flags"] = (device, tuple(f for f, on in flags.items() if on), dict(kinds))
         return {label: dict(infer_b128_ms=1.0, latency_b1_ms=1.0) for label in specs}
 
     monkeypatch.setattr(B, "time_interleaved", fake_interleaved)
     monkeypatch.setattr(B, "measure", lambda specs, *a, **k: {s.key: dict(params=1, macs=1) for s in specs})
-    return B.run_paper_tables(devices=["cpu"], depths=(14,), datasets=("cifar10",), speed_only=True,
-                              cfg=B.TimingConfig.quick(), log=lambda s: None, target1_depths=(14,))
+    return B.run_paper_tables(devices=list(devices), depths=(14,), datasets=("cifar10",), speed_only=True,
+                              cfg=B.TimingConfig.quick(), log=lambda s: None, target1_depths=(14,), **kw)
 
 
 def test_unavailable_cpu_kernels_are_left_out_and_said(monkeypatch, fake_kernels):
@@ -992,6 +1034,7 @@ def test_unavailable_cpu_kernels_are_left_out_and_said(monkeypatch, fake_kernels
     info = report["config"]["cpu_kernels"]
     assert info["available"] is False and info["reason"] == NO_AVX512 and info["left_out"] == [R.KERNELS]
     assert timed and all(R.KERNELS not in t for t in timed)  # not timed as the library path under its name
+    assert all(R.GPU_KERNELS not in t for t in timed) and "gpu_kernels" not in report["config"]  # a CPU run
     assert R.KERNELS not in report["speed"]["cpu"]["cifar10/14"]
     assert R.KERNELS not in report["speed_specs"]["cifar10/14"]
     json.dumps(report)  # the record is plain JSON
@@ -1052,7 +1095,7 @@ def test_targets_read_the_cpu_kernels_beside_the_library_fast_path():
         in fast
     assert "Speed-up (library fast path time / CPU kernels time) 1.09 to 2.00 over these 3 cells." in fast
     assert "Speed-up (reference time / fast time) 1.25 to 2.00 over these 3 cells." in fast  # unchanged
-    assert R.render_cpu_kernels(_speed(), "cpu") == ""
+    assert R.render_kernels(_speed(), "cpu") == ""
 
 
 def test_target2_verdicts_per_mlan_path_use_the_paired_ratios():
@@ -1199,3 +1242,227 @@ def test_profile_sentence_says_which_path_it_profiles_when_the_report_has_the_ke
         for group in dev.values():
             group.pop(R.KERNELS, None)
     assert R._profile_sentence(report).startswith("The profiler section shows where MLAN-20's time goes: ")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Triton kernels (?gpu_kernels=True, "mlan (gpu kernels)"): specs, plans, records and reports
+# ----------------------------------------------------------------------------------------------------------------
+def test_gpu_kernels_spec_option_sets_the_models_switch():
+    from mlan_timm.models.blocks import MLANGroup
+
+    def switches(text):
+        return {(g.fast_path, g.cpu_kernels, g.gpu_kernels) for g in B.parse_spec(text).build().modules()
+                if isinstance(g, MLANGroup)}
+
+    spec = B.parse_spec("mlan_resnet14_cifar10?gpu_kernels=True")
+    assert spec.key == "mlan_resnet14_cifar10?gpu_kernels=True" and B.parse_spec(spec.key).kwargs == spec.kwargs
+    assert spec.kernel_paths == (B.GPU_KERNEL_PATH,) and B.GPU_KERNEL_PATH.label == R.GPU_KERNELS
+    assert switches(spec.key) == {(True, None, True)}  # fast_paths not given: True; CPU kernels: process-wide
+    both = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=True&gpu_kernels=True")
+    assert both.kernel_paths == B.KERNEL_PATHS and switches(both.key) == {(True, True, True)}
+    assert switches("mlan_resnet14_cifar10?fast_paths=False&gpu_kernels=True") == {(False, None, True)}
+    assert switches("mlan_resnet14_cifar10?gpu_kernels=False") == {(True, None, False)}
+    with pytest.raises(ValueError, match=r"resnet10t has no set_fast_paths \(spec option gpu_kernels\)"):
+        B.parse_spec("resnet10t?gpu_kernels=True").build()
+
+
+def test_speed_plan_times_the_gpu_kernels_on_cuda_eager_and_graphs_only(fake_gpu_kernels):
+    for flags in (dict(), dict(cuda_graphs=True)):
+        plan = B.speed_plan("cifar10", 20, target1=True, device="cuda", gpu_kernels=True, **flags)
+        spec, kinds = plan[R.GPU_KERNELS]
+        assert spec.key == "mlan_resnet20_cifar10?gpu_kernels=True"
+        assert kinds == ("b1", "b128")  # inference only: no train step (it would time the fallback), graphs or not
+        assert list(plan).index(R.GPU_KERNELS) == list(plan).index("mlan") + 1  # right after the library path
+    assert B.speed_plan("cifar10", 14, target1=False, b1=False, device="cuda:0", gpu_kernels=True)[R.GPU_KERNELS][1] \
+        == ("b128",)
+    # never under torch.compile (the kernels stand aside), channels_last, on CPU, nor when asked not to
+    for kw in (dict(compile=True), dict(channels_last=True), dict(channels_last=True, cuda_graphs=True),
+               dict(device="cpu"), dict(gpu_kernels=False)):
+        assert R.GPU_KERNELS not in B.speed_plan("cifar10", 20, target1=True,
+                                                 **dict(dict(device="cuda", gpu_kernels=True), **kw)), kw
+    # by default: where the kernels work (gpu_kernels_info; on a machine without CUDA: where Triton imports)
+    fake_gpu_kernels(True)
+    assert R.GPU_KERNELS in B.speed_plan("cifar10", 20, target1=True, device="cuda")
+    assert R.GPU_KERNELS not in B.speed_plan("cifar10", 20, target1=True, cpu_kernels=False)
+    grid = dict(datasets=zoo.DATASETS, depths=zoo.DEPTHS, device="cuda")
+    # + b1 and b128 in each of the 8 groups, eager and CUDA graphs; channels_last and compile unchanged
+    assert B.count_speed_cells(**grid) == 156 + 8 * 2 == 172
+    assert B.count_speed_cells(**grid, variant="cuda_graphs") == 144 + 8 * 2 == 160
+    assert B.count_speed_cells(**grid, variant="channels_last") == 156
+    assert B.count_speed_cells(["cifar10"], [20], "compile", device="cuda") == 6
+    fake_gpu_kernels(False)
+    assert R.GPU_KERNELS not in B.speed_plan("cifar10", 20, target1=True, device="cuda")
+    assert B.count_speed_cells(**grid) == 156
+
+
+def test_gpu_kernels_timed_beside_mlan_or_left_out_and_said(monkeypatch, fake_gpu_kernels):
+    """run_paper_tables on CUDA (timing replaced): the GPU kernels' model in the eager and CUDA-graph groups,
+    inference only, never under torch.compile; left out, with the reason, where the kernels do not work."""
+    variants = dict(cuda_variants=("eager", "cuda_graphs", "compile"))
+    fake_gpu_kernels(True)
+    timed = []
+    report = _run_speed_only(monkeypatch, timed, devices=("cuda",), **variants)
+    by_flags = {t["flags"][1]: t for t in timed}
+    assert set(by_flags) == {(), ("cuda_graphs",), ("compile",)}
+    for flags in ((), ("cuda_graphs",)):
+        assert by_flags[flags][R.GPU_KERNELS] == "mlan_resnet14_cifar10?gpu_kernels=True"
+        assert by_flags[flags]["flags"][2][R.GPU_KERNELS] == ("b1", "b128")
+    assert by_flags[()]["flags"][2]["mlan"] == ("b1", "b128", "train")
+    assert R.GPU_KERNELS not in by_flags[("compile",)] and R.KERNELS not in by_flags[()]
+    assert report["speed_specs"]["cifar10/14"][R.GPU_KERNELS] == "mlan_resnet14_cifar10?gpu_kernels=True"
+    assert list(report["speed_specs"]["cifar10/14"])[:3] == ["backbone", "mlan", R.GPU_KERNELS]
+    info = report["config"]["gpu_kernels"]
+    assert info == dict(_gpu_kernels_info(True), left_out=[]) and "cpu_kernels" not in report["config"]
+    json.dumps(report)  # the record is plain JSON
+    report.update(command="mlan-bench --paper-tables --device cuda", machine=GPU_MACHINE)
+    text = R.render_speed(report)
+    assert text.count(R.GPU_KERNELS_METHOD) == 2 and "unavailable" not in text  # the eager and graphs sections
+    # unavailable: left out, and said in the sections that would have timed them
+    fake_gpu_kernels(False)
+    timed.clear()
+    report = _run_speed_only(monkeypatch, timed, devices=("cuda",), **variants)
+    assert timed and all(R.GPU_KERNELS not in t for t in timed)  # not timed as the library path under its name
+    assert R.GPU_KERNELS not in report["speed_specs"]["cifar10/14"]
+    assert report["config"]["gpu_kernels"]["left_out"] == [R.GPU_KERNELS]
+    report.update(command="mlan-bench --paper-tables --device cuda", machine=GPU_MACHINE)
+    said = (f"GPU kernels unavailable: {NO_TRITON}; `mlan (gpu kernels)` (MLAN with `?gpu_kernels=True`) not timed "
+            "in this run.")
+    sections = R.render_speed(report).split("\n## ")
+    assert [s.splitlines()[0].rpartition(": ")[2] for s in sections if said in s] == ["cuda", "cuda cuda_graphs"]
+    # a kernel that fails during the run (e.g. one shape Triton cannot compile): recorded and said
+    fake_gpu_kernels(True, after=False)
+    report = _run_speed_only(monkeypatch, [], devices=("cuda",), cuda_variants=("eager",))
+    assert report["config"]["gpu_kernels"]["failed"] == NO_TRITON
+    report.update(command="c", machine=GPU_MACHINE)
+    assert (f"The GPU kernels failed during this run ({NO_TRITON}): `mlan (gpu kernels)` cells timed after the "
+            "failure ran PyTorch's operators.") in R.render_speed(report)
+
+
+def test_measure_times_gpu_kernel_specs_in_their_variants_only(monkeypatch, fake_gpu_kernels):
+    """mlan-bench MODEL?gpu_kernels=True: timed on CUDA in eager and CUDA graphs, inference only; not at all where
+    the kernels do not work (timing replaced: no GPU here)."""
+    calls = []
+    monkeypatch.setattr(B, "time_model", lambda spec, dev, cfg, what, **flags: calls.append(
+        (dev, tuple(f for f, on in flags.items() if on), tuple(what))) or {"infer_b128_ms": 1.0})
+    spec = B.parse_spec("mlan_resnet14_cifar10?gpu_kernels=True")
+    fake_gpu_kernels(True)
+    rec = B.measure([spec], ("cpu", "cuda"), cuda_variants=("eager", "channels_last", "compile", "cuda_graphs"))
+    assert calls == [("cpu", (), ("b1", "b128", "train")),  # on CPU the option changes nothing: timed as asked
+                     ("cuda", (), ("b1", "b128")), ("cuda", ("cuda_graphs",), ("b1", "b128"))]
+    assert set(rec[spec.key]) >= {"cpu", "cuda", "cuda_cuda_graphs"} and "cuda_compile" not in rec[spec.key]
+    fake_gpu_kernels(False)
+    calls.clear()
+    rec = B.measure([spec], ("cuda",), cuda_variants=("eager",))[spec.key]
+    assert calls == [] and rec["not_timed"] == {"cuda": f"GPU kernels unavailable: {NO_TRITON}"}
+
+
+def _with_gpu_kernels(report, cells):
+    """``report`` with MLAN with the GPU kernels in its GPU groups: label -> group -> (b1 ms, large-batch ms)."""
+    for label, groups in cells.items():
+        for group, (b1, b128) in groups.items():
+            report["speed"][label][group][R.GPU_KERNELS] = dict(latency_b1_ms=b1, infer_b128_ms=b128)
+    return report
+
+
+#: MLAN with the GPU kernels beside _gpu_report's pairs: MLAN / backbone 1.50, 1.60 (eager, CIFAR-10 b1, b128), 1.60,
+#: 1.50 (CIFAR-100); with CUDA graphs 1.08, 1.10 (CIFAR-10), 1.12, 1.07 (CIFAR-100).
+GPU_KERNEL_CELLS = {"cuda": {"cifar10/20": (3.0, 4.0), "cifar100/20": (3.2, 4.5)},
+                    "cuda cuda_graphs": {"cifar10/20": (0.108, 0.55), "cifar100/20": (0.112, 0.642)}}
+
+
+def test_reports_read_the_gpu_kernels_beside_the_library_fast_path():
+    # the library path misses target 3 (CIFAR-100 batch 1 with CUDA graphs: 0.13 / 0.10), the GPU kernels meet it
+    report = _with_gpu_kernels(_gpu_report(graphs_c100_b1=(0.10, 0.13)), GPU_KERNEL_CELLS)
+    text = R.render_speed(report)
+    # the A/B table in the eager and CUDA-graph sections: library fast path / kernels, no train step
+    graphs = text[text.index("## Speed targets (issue 10): cuda cuda_graphs"):]
+    assert ("### GPU kernels (cuda cuda_graphs): library fast path vs `?gpu_kernels=True`, same interleaved run"
+            in graphs) and R.GPU_KERNELS_METHOD in graphs
+    assert "| CIFAR10 | ResNet-20 | MLAN | 0.11 | 0.11 | 1.02x | 0.58 | 0.55 | 1.05x | — | — | — |" in graphs
+    assert "### GPU kernels (cuda): library fast path vs `?gpu_kernels=True`" in text
+    assert "| CIFAR100 | ResNet-20 | MLAN | 4.00 | 3.20 | 1.25x | 6.30 | 4.50 | 1.40x | — | — | — |" in text
+    assert "### CPU kernels" not in text and R.KERNELS_METHOD not in text
+    assert "### GPU kernels (cuda channels_last)" not in text and "### GPU kernels (cuda compile)" not in text
+    cpu = text[:text.index("### Target 3 (cuda)")]
+    assert R.GPU_KERNELS_METHOD not in cpu and "MLAN path" not in cpu  # the CPU section as before
+    # target 1 (inference rows only) and target 2, per MLAN path
+    assert ("| CIFAR10 | ResNet-20 | GPU kernels | inference | 0.50 | 0.55 | 1.10 | 1.100 | ≤ 1.21 (1.1 x MACs "
+            "ratio) | 1.00 | yes |") in graphs
+    assert "- inference, GPU kernels: met in 2 of 2 rows; time ratio / MACs ratio 0.97 to 1.00 (limit 1.1)." in graphs
+    assert "GPU kernels | train step" not in text
+    assert "#### batch 128 inference, MLAN with the GPU kernels" in graphs
+    assert "MLAN with the GPU kernels is faster than all four in 4 of 4 (dataset, depth, batch) cases; it is not " \
+           "faster than: none." in graphs
+    # target 3: the kernels' rows after their variant's, under eager and CUDA graphs only; the library rows as before
+    t3 = R.render_target3(report)
+    assert "| dataset | variant | batch | backbone ms | MLAN ms | MLAN / backbone | within 1.2x |" in t3
+    for row in ("| CIFAR-10 | eager | 1 | 2.00 | 5.00 | 2.50 | no |",
+                "| CIFAR-10 | eager, GPU kernels | 128 | 2.50 | 4.00 | 1.60 | no |",
+                "| CIFAR-100 | CUDA graphs | 1 | 0.10 | 0.13 | 1.30 | no |",
+                "| CIFAR-100 | CUDA graphs, GPU kernels | 1 | 0.10 | 0.11 | 1.12 | yes |",
+                "| CIFAR-10 | CUDA graphs, GPU kernels | 128 | 0.50 | 0.55 | 1.10 | yes |",
+                "| CIFAR-10 | torch.compile | 1 | 0.50 | 0.60 | 1.20 | yes |"):
+        assert row in t3, row
+    order = [ln.split(" | ")[1] for ln in t3.splitlines() if ln.startswith("| CIFAR-10 |")]
+    assert order == ["eager"] * 2 + ["eager, GPU kernels"] * 2 + ["channels_last"] * 2 + ["torch.compile"] * 2 \
+        + ["CUDA graphs"] * 2 + ["CUDA graphs, GPU kernels"] * 2
+    assert ("'..., GPU kernels' rows: MLAN built with `?gpu_kernels=True`, timed in the same interleaved runs as the "
+            "variant's other rows.") in t3
+    assert ("**Within 1.2x with CUDA graphs: no with the library fast path, yes with the GPU kernels.** With the "
+            "library fast path, MLAN / backbone 1.10 to 1.30; above 1.2 in 1 of the 4 measured cells: CIFAR-100 batch "
+            "1 (1.30). With the GPU kernels, MLAN / backbone 1.07 to 1.12 over the 4 measured cells (CIFAR-10 batch 1, "
+            "CIFAR-10 batch 128, CIFAR-100 batch 1 and CIFAR-100 batch 128).") in t3
+    assert "- CUDA graphs, GPU kernels: MLAN / backbone batch 1: 1.08 to 1.12; batch 128: 1.07 to 1.10." in t3
+    assert "- eager: MLAN / backbone batch 1: 2.00 to 2.50; batch 128: 2.10 to 2.40." in t3
+    rows = R.target3_rows(report["speed"], R._batches(report))
+    assert R.target3_verdict(rows) is False and R.target3_verdict(rows, R.GPU_KERNELS) is True
+    # README's GPU line: the library path's verdict, then the kernels'
+    summary = _flat(R.render_readme_summary(report))
+    assert ("target 3 is not met: with CUDA graphs MLAN-20 takes 1.10x to 1.30x its backbone's time at batch 1 and "
+            "128 (limit 1.2x; eager 2.00x to 2.50x); with the GPU kernels (`?gpu_kernels=True`) target 3 is met: "
+            "1.07x to 1.12x with CUDA graphs (eager 1.50x to 1.60x); target 1") in summary
+    # kernels timed with CUDA graphs in one group only, eager not at all: '—' cells, and the verdict of what there is
+    part = _with_gpu_kernels(_gpu_report(), {"cuda cuda_graphs": {"cifar10/20": (0.108, 0.55)}})
+    t3 = R.render_target3(part)
+    assert "| CIFAR-100 | CUDA graphs, GPU kernels | 128 | 0.60 | — | — | — |" in t3
+    assert "eager, GPU kernels" not in t3
+    assert "**Within 1.2x with CUDA graphs: yes with the library fast path, yes with the GPU kernels.**" in t3
+    # process-wide GPU kernels: the 'MLAN' rows of the CUDA sections ran them too, and the section says so
+    for label in ("cuda", "cuda cuda_graphs"):
+        report["speed_sources"][label] = dict(report["speed_sources"][label], config=dict(
+            report["speed_sources"][label]["config"], gpu_kernels=dict(_gpu_kernels_info(True, process_wide=True))))
+    note = ("The GPU kernels were on process-wide in this run (`MLAN_TIMM_GPU_KERNELS` or `enable_gpu_kernels`): "
+            "'MLAN' (the library fast path rows) ran them too")
+    assert R.render_speed(report).count(note) == 2
+
+
+def test_reports_without_gpu_kernel_rows_render_as_before():
+    """The committed CUDA JSONs have no GPU-kernel rows: no path column or rows, one verdict (test_target3_* pin the
+    rest)."""
+    text = R.render_speed(_gpu_report())
+    for new in ("MLAN path", "GPU kernels", "gpu_kernels=True", "library fast path", R.GPU_KERNELS_METHOD):
+        assert new not in text, new
+    assert "with the GPU kernels" not in R.render_readme_summary(_gpu_report())
+
+
+def test_gpu_kernels_info_tries_the_kernels_where_cuda_is(monkeypatch, recwarn):
+    """Where CUDA is, gpu_kernels_info compiles and runs the kernels once before anything is planned: a failure is
+    recorded as the reason (and switches them off for the process), without the kernels' warning. Simulated here:
+    CUDA 'available' but no GPU, so the first CUDA tensor fails."""
+    from mlan_timm.layers import gpu_kernels as gk
+
+    monkeypatch.setattr(gk, "triton_version", lambda: "3.0.0")
+    monkeypatch.setattr(gk._State, "error", None)  # restored after the test: the failure stays in it
+    monkeypatch.setattr(gk._State, "enabled", False)
+    B._try_gpu_kernels.cache_clear()
+    try:
+        assert B.gpu_kernels_info(load=False) == _gpu_kernels_info(True)
+        if not torch.cuda.is_available():
+            assert B.gpu_kernels_info() == _gpu_kernels_info(True)  # no CUDA: nothing tried
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+            info = B.gpu_kernels_info()
+            assert info["available"] is False and info["reason"] and info["status"] == f"unavailable: {info['reason']}"
+            assert gk._State.error == info["reason"] and not recwarn.list
+            assert B.gpu_kernels_info()["reason"] == info["reason"]  # tried once per process
+    finally:
+        B._try_gpu_kernels.cache_clear()

@@ -5,7 +5,9 @@
   ``create_model`` kwargs in the ``--model-kwargs`` syntax);
 * ``"mlan_resnet20_cifar10?fast_paths=False"`` builds the model with its fast paths off (the reference equations);
   ``"mlan_resnet20_cifar10?cpu_kernels=True"`` with the compiled CPU kernels for its mask convs (the speed section
-  times it as ``mlan (cpu kernels)`` on CPU where they load; the bench never switches them on process-wide);
+  times it as ``mlan (cpu kernels)`` on CPU where they load), ``"mlan_resnet20_cifar10?gpu_kernels=True"`` with the
+  Triton kernels for its attention in CUDA inference (timed as ``mlan (gpu kernels)`` in the CUDA eager and
+  cuda_graphs sections, inference only, where they compile); the bench never switches either on process-wide;
 * ``--merge other.json`` folds the device timings of another run (e.g. a CUDA run) into the tables;
 * ``--cuda-variants eager,channels_last,compile,cuda_graphs``: the CUDA variants of the speed section;
   ``cuda_graphs`` times each eval forward replayed from a captured CUDA graph (inference only, CUDA only);

@@ -16,19 +16,23 @@ take the median per model, so slow drifts of a shared machine favour no model; t
 models back to back), which a slow period inside one round disturbs less.
 
 A model spec is ``name`` or ``name?key=value&key=value``: the ``key=value`` items use the one kwargs syntax of all
-tools (:func:`mlan_timm.tools.common.parse_model_kwargs`). Two keys are not ``create_model`` kwargs
+tools (:func:`mlan_timm.tools.common.parse_model_kwargs`). Three keys are not ``create_model`` kwargs
 (:data:`SPEC_OPTIONS`): ``fast_paths=False`` builds the model and calls ``model.set_fast_paths(False)`` (the
 equations as written), so ``mlan_resnet20_cifar10?fast_paths=False`` and ``mlan_resnet20_cifar10`` time the reference
 against the fast path; ``cpu_kernels=True`` calls ``model.set_fast_paths(fast_paths or True, cpu_kernels=True)``: the
-model runs its mask convs with the compiled CPU kernels (:mod:`mlan_timm.layers.cpu_kernels`) where they apply. The
-bench never switches the kernels on process-wide: the per-model option does it.
+model runs its mask convs with the compiled CPU kernels (:mod:`mlan_timm.layers.cpu_kernels`) where they apply;
+``gpu_kernels=True`` likewise with ``gpu_kernels=True``: CUDA inference runs MLAN's attention in the Triton kernels
+(:mod:`mlan_timm.layers.gpu_kernels`) where they apply (both options together set both). The bench never switches
+the kernels on process-wide: the per-model options do it.
 
 The speed section (:func:`run_speed`) measures issue 10's targets: for every (dataset, depth) group it builds the
 backbone, MLAN (fast and reference), SMAv2 and the other attentions in the same multi-level structure, and times
-them interleaved over several rounds (median per model), so ratios within a group share the machine's state. On CPU
-(eager, NCHW) it also times MLAN with the compiled CPU kernels (``mlan (cpu kernels)``, ``?cpu_kernels=True``) when
-they load on the machine; where they do not, that model is left out and the reason recorded
-(:func:`cpu_kernels_info`), never timed as the library path under the kernels' name.
+them interleaved over several rounds (median per model), so ratios within a group share the machine's state. Each
+MLAN kernel path (:data:`KERNEL_PATHS`) is timed beside the default MLAN on its device: on CPU (eager, NCHW) MLAN
+with the compiled CPU kernels (``mlan (cpu kernels)``, ``?cpu_kernels=True``), on CUDA (eager and CUDA graphs,
+inference only) MLAN with the Triton kernels (``mlan (gpu kernels)``, ``?gpu_kernels=True``), each where its kernels
+work on the machine; where they do not, that model is left out and the reason recorded (:func:`kernels_info`),
+never timed as the library path under the kernels' name.
 
 The conv-cost section (:func:`measure_conv_costs`) times single convolutions of the shapes MLAN and its backbone
 run (:data:`CONV_COST_SHAPES`): forward, aten's backward-data and backward-weight, the backward-data computed as a
@@ -42,6 +46,7 @@ format); ``compile`` (plain ``torch.compile(model)``); ``cuda_graphs`` (CUDA onl
 train step, so its train cells stay empty).
 """
 import copy
+import functools
 import os
 import platform
 import statistics
@@ -61,7 +66,9 @@ from ..common import create_model, parse_model_kwargs
 
 __all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SPEED_MODELS', 'TARGET1_DEPTHS',
            'COMPILE_SPEED_MODELS', 'SPEED_VARIANTS', 'CUDA_ONLY_VARIANTS', 'check_variants', 'speed_group',
-           'CPU_KERNEL_SPEED_MODELS', 'cpu_kernels_info', 'speed_plan', 'default_target1_depths',
+           'KernelPath', 'KERNEL_PATHS', 'CPU_KERNEL_PATH', 'GPU_KERNEL_PATH', 'CPU_KERNEL_SPEED_MODELS',
+           'GPU_KERNEL_SPEED_MODELS', 'cpu_kernels_info', 'gpu_kernels_info', 'kernels_info', 'speed_plan',
+           'default_target1_depths',
            'count_speed_cells', 'TimingConfig', 'make_infer_fn',
            'make_graph_infer_fn', 'make_train_fn', 'time_fn', 'time_model', 'time_interleaved', 'run_speed',
            'profile_ops', 'CONV_COST_SHAPES', 'CONV_COST_COLUMNS', 'measure_conv_costs', 'code_version',
@@ -71,9 +78,6 @@ __all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SP
 NOT_REGISTERED = "model not registered"
 #: Suffix of the per-round samples :func:`time_interleaved` stores beside each median (``latency_b1_ms_rounds``).
 ROUNDS_SUFFIX = "_rounds"
-#: Spec keys that are not ``create_model`` kwargs: ``fast_paths`` -> ``model.set_fast_paths(value)``,
-#: ``cpu_kernels`` -> ``model.set_fast_paths(fast_paths if given else True, cpu_kernels=value)``.
-SPEC_OPTIONS = ("fast_paths", "cpu_kernels")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -103,17 +107,17 @@ class Spec:
         if options:
             if not hasattr(model, "set_fast_paths"):
                 raise ValueError(f"{self.model} has no set_fast_paths (spec option {', '.join(options)})")
-            enable = bool(self.kwargs.get("fast_paths", True))
-            if "cpu_kernels" in self.kwargs:
-                model.set_fast_paths(enable, cpu_kernels=bool(self.kwargs["cpu_kernels"]))
-            else:
-                model.set_fast_paths(enable)
+            model.set_fast_paths(bool(self.kwargs.get("fast_paths", True)),
+                                 **{p.option: bool(self.kwargs[p.option]) for p in KERNEL_PATHS
+                                    if p.option in self.kwargs})
         return model
 
     @property
-    def uses_cpu_kernels(self) -> bool:
-        """Whether the spec asks for the compiled CPU kernels (``cpu_kernels=True``)."""
-        return self.factory is None and bool(self.kwargs.get("cpu_kernels", False))
+    def kernel_paths(self) -> Tuple["KernelPath", ...]:
+        """The MLAN kernel paths the spec asks for (``cpu_kernels=True``, ``gpu_kernels=True``)."""
+        if self.factory is not None:
+            return ()
+        return tuple(p for p in KERNEL_PATHS if self.kwargs.get(p.option, False))
 
     def available(self) -> bool:
         if self.factory is not None:
@@ -167,14 +171,49 @@ def paper_grid() -> Dict[str, PaperTable]:
             for tid, t in tables.items() if len(t["variants"]) > 1}
 
 
+@dataclass(frozen=True)
+class KernelPath:
+    """An MLAN path with kernels of its own, timed beside the library fast path (``mlan``) on one kind of device:
+    MLAN built with ``?<option>=True``, planned only in ``variants`` on ``device_type`` and only where its kernels
+    work on the machine (:func:`kernels_info`); elsewhere it would silently time the library path under its name."""
+
+    label: str  # speed-section label
+    name: str  # in tables and prose
+    option: str  # spec option and set_fast_paths keyword; also its module's name in mlan_timm.layers
+    device_type: str  # the torch device type its kernels run on
+    variants: Tuple[str, ...]  # the speed variants that time it
+    train: bool  # whether the target-1 groups time its train step
+
+    @property
+    def module(self) -> Any:
+        """Its kernels' module (:mod:`mlan_timm.layers.cpu_kernels` / :mod:`mlan_timm.layers.gpu_kernels`)."""
+        import importlib
+
+        return importlib.import_module(f"mlan_timm.layers.{self.option}")
+
+
+#: The compiled CPU kernels: eager NCHW only (they apply to contiguous float32 CPU tensors outside torch.compile),
+#: inference and train step.
+CPU_KERNEL_PATH = KernelPath("mlan (cpu kernels)", "CPU kernels", "cpu_kernels", "cpu", ("eager",), True)
+#: The Triton kernels: CUDA inference only (no train step: under autograd they fall back to PyTorch's operators),
+#: eager and replayed from CUDA graphs (never under torch.compile; not channels_last).
+GPU_KERNEL_PATH = KernelPath("mlan (gpu kernels)", "GPU kernels", "gpu_kernels", "cuda", ("eager", "cuda_graphs"),
+                             False)
+KERNEL_PATHS = (CPU_KERNEL_PATH, GPU_KERNEL_PATH)
+#: Spec keys that are not ``create_model`` kwargs: ``fast_paths`` -> ``model.set_fast_paths(value)``,
+#: ``cpu_kernels`` / ``gpu_kernels`` (the kernel paths' options) -> ``model.set_fast_paths(fast_paths if given else
+#: True, cpu_kernels=value, gpu_kernels=value)``, each only where given.
+SPEC_OPTIONS = ("fast_paths",) + tuple(p.option for p in KERNEL_PATHS)
+
 #: Models of the speed section: (label, paper variant, extra spec kwargs, where). ``where``: "all" groups, or only
 #: the "target1" groups. The first is the backbone every ratio of target 1 divides by. The references
 #: (``fast_paths=False``) are in every group: the fast path is checked at every depth, interleaved with it. The
-#: models of :data:`CPU_KERNEL_SPEED_MODELS` are planned on CPU only, where the kernels load.
+#: kernel paths (:data:`KERNEL_PATHS`) follow the library fast path; each is planned only on its device and variants,
+#: where its kernels work.
 SPEED_MODELS = (
     ("backbone", "backbone", {}, "all"),
     ("mlan", "multilevel_sma", {}, "all"),
-    ("mlan (cpu kernels)", "multilevel_sma", {"cpu_kernels": True}, "all"),
+    *((p.label, "multilevel_sma", {p.option: True}, "all") for p in KERNEL_PATHS),
     ("mlan (reference)", "multilevel_sma", {"fast_paths": False}, "all"),
     ("smav2", "multilevel_sma_v2", {}, "all"),
     ("smav2 (reference)", "multilevel_sma_v2", {"fast_paths": False}, "all"),
@@ -184,11 +223,11 @@ SPEED_MODELS = (
     ("gc", "multilevel_gc", {}, "all"),
 )
 #: Models that also get a train step in the target-1 groups (target 1's training ratio and the fast-path A/B).
-TRAIN_SPEED_MODELS = ("backbone", "mlan", "mlan (cpu kernels)", "mlan (reference)")
-#: Speed-section models that run the compiled CPU kernels (``cpu_kernels=True``): planned only on CPU, eager and
-#: NCHW (the kernels apply to contiguous float32 CPU tensors outside torch.compile), and only where the kernels load
-#: on the machine (:func:`cpu_kernels_info`); elsewhere they would silently time the library path.
-CPU_KERNEL_SPEED_MODELS = ("mlan (cpu kernels)",)
+TRAIN_SPEED_MODELS = ("backbone", "mlan", "mlan (reference)") + tuple(p.label for p in KERNEL_PATHS if p.train)
+#: Speed-section models that run the compiled CPU kernels (``cpu_kernels=True``, :data:`CPU_KERNEL_PATH`).
+CPU_KERNEL_SPEED_MODELS = (CPU_KERNEL_PATH.label,)
+#: Speed-section models that run the Triton kernels (``gpu_kernels=True``, :data:`GPU_KERNEL_PATH`).
+GPU_KERNEL_SPEED_MODELS = (GPU_KERNEL_PATH.label,)
 #: Issue 10's target 1 is stated for ResNet-20 and ResNet-32; target 2 for every depth of Tables 6 and 9.
 TARGET1_DEPTHS = (20, 32)
 #: torch.compile costs a compilation per model and mode: only backbone vs MLAN there.
@@ -248,29 +287,87 @@ def cpu_kernels_info(load: bool = True) -> Dict[str, Any]:
                 process_wide=process_wide, status=status)
 
 
-def _plans_cpu_kernels(device: str, compile: bool, cuda_graphs: bool, channels_last: bool,
-                       cpu_kernels: Optional[bool]) -> bool:
-    """Whether a speed group on ``device`` / this variant times :data:`CPU_KERNEL_SPEED_MODELS` (see there)."""
-    if torch.device(device).type != "cpu" or compile or cuda_graphs or channels_last or cpu_kernels is False:
+@functools.lru_cache(maxsize=None)
+def _try_gpu_kernels() -> None:
+    """Compile and launch both Triton kernels once on tiny CUDA tensors (once per process): a Triton that cannot
+    compile for this GPU marks the kernels failed (:func:`mlan_timm.layers.gpu_kernels.mark_failed`) now, before
+    anything is timed, and its warning is not repeated (:func:`gpu_kernels_info` records the reason)."""
+    import warnings
+
+    from ...layers import gpu_kernels as gk
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            x = torch.randn(2, 4, 8, 8, device="cuda")
+            mask = gk.shared_mask(x, torch.randn(3, 4, 3, 3, device="cuda"), out=torch.empty_like(x))
+            gk.project_fuse(x, torch.randn(4, 4, device="cuda"), x, x, mask)
+            torch.cuda.synchronize()
+        except Exception as exc:  # a launch that failed is recorded already; anything else is recorded here
+            if not isinstance(exc, gk.GpuKernelsFailed):
+                gk.mark_failed(exc)
+
+
+def gpu_kernels_info(load: bool = True) -> Dict[str, Any]:
+    """Whether the Triton kernels (:mod:`mlan_timm.layers.gpu_kernels`) serve this process's ``?gpu_kernels=True``
+    models, as recorded in reports: ``available`` (Triton imports and no kernel failed here), ``reason`` (why not),
+    ``triton`` (its version, or None), ``process_wide`` (switched on for the whole process by ``enable_gpu_kernels``
+    or the environment variable; the bench never does this) and ``status`` (the machine line's words). ``load``: on
+    a machine with CUDA, compile and run both kernels once now (:func:`_try_gpu_kernels`), so that kernels that do
+    not compile for this GPU are known before anything is timed; without CUDA only Triton's import is checked."""
+    from ...layers import gpu_kernels as gk
+
+    if load and gk.gpu_kernels_available() and torch.cuda.is_available():
+        _try_gpu_kernels()
+    available, status = gk.gpu_kernels_available(), gk.gpu_kernels_status()
+    return dict(available=available, reason=None if available else status.partition(": ")[2],
+                triton=gk.triton_version(), process_wide=gk.gpu_kernels_enabled(), status=status)
+
+
+def kernels_info(path: KernelPath, load: bool = True) -> Dict[str, Any]:
+    """:func:`cpu_kernels_info` or :func:`gpu_kernels_info`: whether ``path``'s kernels work here, and why not."""
+    return (cpu_kernels_info if path is CPU_KERNEL_PATH else gpu_kernels_info)(load=load)
+
+
+def _speed_variant(compile: bool, cuda_graphs: bool, channels_last: bool) -> str:
+    """The speed variant of these flags (:data:`SPEED_VARIANTS`)."""
+    return "compile" if compile else "channels_last" if channels_last else "cuda_graphs" if cuda_graphs else "eager"
+
+
+def _variant_flags(variant: str) -> Dict[str, bool]:
+    """The ``compile`` / ``cuda_graphs`` / ``channels_last`` flags of a speed variant (:func:`_speed_variant`'s
+    inverse)."""
+    return dict(compile=variant == "compile", cuda_graphs=variant == "cuda_graphs",
+                channels_last=variant == "channels_last")
+
+
+def _plans_kernels(path: KernelPath, device: str, variant: str, wanted: Optional[bool]) -> bool:
+    """Whether a speed group on ``device`` / ``variant`` times ``path``: only on its device type and variants, and
+    there ``wanted`` decides (None: where its kernels work here, :func:`kernels_info`)."""
+    if torch.device(device).type != path.device_type or variant not in path.variants or wanted is False:
         return False
-    return True if cpu_kernels else bool(cpu_kernels_info()["available"])
+    return True if wanted else bool(kernels_info(path)["available"])
 
 
 def speed_plan(dataset: str, depth: int, target1: bool, b1: bool = True, compile: bool = False,
                cuda_graphs: bool = False, device: str = "cpu", channels_last: bool = False,
-               cpu_kernels: Optional[bool] = None) -> Dict[str, Tuple[Spec, Tuple[str, ...]]]:
+               cpu_kernels: Optional[bool] = None, gpu_kernels: Optional[bool] = None
+               ) -> Dict[str, Tuple[Spec, Tuple[str, ...]]]:
     """label -> (spec, kinds) of one speed group on ``device``; kinds among ``b1``, ``b128``, ``train`` (never
-    ``train`` with ``cuda_graphs``: only inference is captured).
+    ``train`` with ``cuda_graphs``: only inference is captured; never for a kernel path without ``train``).
 
-    The models of :data:`CPU_KERNEL_SPEED_MODELS` are planned on CPU (eager, NCHW) only, and there ``cpu_kernels``
-    decides: None (default) when the kernels load on this machine (:func:`cpu_kernels_info`, which builds them the
-    first time), True always, False never."""
-    kernels = _plans_cpu_kernels(device, compile, cuda_graphs, channels_last, cpu_kernels)
+    The kernel paths (:data:`KERNEL_PATHS`) are planned only on their device and variants: MLAN with the CPU kernels
+    on CPU (eager, NCHW), with the GPU kernels on CUDA (eager and CUDA graphs, inference). There ``cpu_kernels`` /
+    ``gpu_kernels`` decide: None (default) where the kernels work on this machine (:func:`kernels_info`: the CPU
+    kernels are built the first time; the GPU kernels compiled where CUDA is, else Triton's import is checked), True
+    always, False never."""
+    speed_variant = _speed_variant(compile, cuda_graphs, channels_last)
+    wanted = dict(cpu_kernels=cpu_kernels, gpu_kernels=gpu_kernels)
+    left_out = {p.label for p in KERNEL_PATHS if not _plans_kernels(p, device, speed_variant, wanted[p.option])}
     plan: Dict[str, Tuple[Spec, Tuple[str, ...]]] = {}
     for label, variant, extra, where in SPEED_MODELS:
-        if (where == "target1" and not target1) or (compile and label not in COMPILE_SPEED_MODELS):
-            continue
-        if label in CPU_KERNEL_SPEED_MODELS and not kernels:
+        if (where == "target1" and not target1) or (compile and label not in COMPILE_SPEED_MODELS) \
+                or label in left_out:
             continue
         base = variant_spec(variant, depth, dataset)
         train = target1 and label in TRAIN_SPEED_MODELS and not cuda_graphs
@@ -286,16 +383,17 @@ def default_target1_depths(speed_depths: Sequence[int]) -> Tuple[int, ...]:
 
 def count_speed_cells(datasets: Sequence[str], depths: Sequence[int], variant: str = "eager",
                       target1_depths: Optional[Sequence[int]] = None, b1_depths: Optional[Sequence[int]] = None,
-                      device: str = "cpu", cpu_kernels: Optional[bool] = None) -> int:
+                      device: str = "cpu", cpu_kernels: Optional[bool] = None,
+                      gpu_kernels: Optional[bool] = None) -> int:
     """Timed cells (model x measure) of one speed-section variant on ``device`` over ``datasets`` x ``depths``; each
-    is timed once per round. ``target1_depths`` default: :func:`default_target1_depths`; ``cpu_kernels``: as in
-    :func:`speed_plan`."""
+    is timed once per round. ``target1_depths`` default: :func:`default_target1_depths`; ``cpu_kernels``,
+    ``gpu_kernels``: as in :func:`speed_plan` (by default a CUDA plan made on a machine without CUDA counts the GPU
+    kernels' cells where Triton imports)."""
     t1 = default_target1_depths(depths) if target1_depths is None else tuple(target1_depths)
     return sum(len(kinds) for ds in datasets for d in depths
                for _, kinds in speed_plan(ds, d, target1=d in t1, b1=b1_depths is None or d in b1_depths,
-                                          compile=variant == "compile", cuda_graphs=variant == "cuda_graphs",
-                                          device=device, channels_last=variant == "channels_last",
-                                          cpu_kernels=cpu_kernels).values())
+                                          device=device, cpu_kernels=cpu_kernels, gpu_kernels=gpu_kernels,
+                                          **_variant_flags(variant)).values())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -472,13 +570,15 @@ def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig,
 
 def run_speed(groups: Sequence[Tuple[str, int]], device: str, cfg: TimingConfig,
               target1_depths: Sequence[int] = TARGET1_DEPTHS, b1_depths: Optional[Sequence[int]] = None,
-              channels_last=False, compile=False, cuda_graphs=False, log: Callable[[str], None] = lambda s: None
-              ) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """The speed section on one device/variant: group key -> model label -> timings (ms), each group interleaved."""
+              channels_last=False, compile=False, cuda_graphs=False, log: Callable[[str], None] = lambda s: None,
+              kernels: Optional[Dict[str, Optional[bool]]] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """The speed section on one device/variant: group key -> model label -> timings (ms), each group interleaved.
+    ``kernels``: :func:`speed_plan`'s ``cpu_kernels`` / ``gpu_kernels`` (default: where the kernels work)."""
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
     for ds, depth in groups:
         plan = speed_plan(ds, depth, target1=depth in target1_depths, b1=b1_depths is None or depth in b1_depths,
-                          compile=compile, cuda_graphs=cuda_graphs, device=device, channels_last=channels_last)
+                          compile=compile, cuda_graphs=cuda_graphs, device=device, channels_last=channels_last,
+                          **(kernels or {}))
         t0 = time.perf_counter()
         out[speed_group(ds, depth)] = time_interleaved({k: v[0] for k, v in plan.items()}, device, cfg,
                                                        kinds={k: v[1] for k, v in plan.items()},
@@ -693,16 +793,22 @@ def measure(specs: Sequence[Spec], devices: Sequence[str] = ("cpu",), cfg: Optio
         rec["macs"] = count_macs(model)  # the kernels stand aside under FlopCounterMode
         if timed_keys is None or spec.key in timed_keys:
             for dev in devices:
-                if spec.uses_cpu_kernels and torch.device(dev).type == "cpu":
-                    info = cpu_kernels_info()
-                    if not info["available"]:  # not timed as the library path under the kernels' name
-                        rec.setdefault("not_timed", {})[dev] = f"CPU kernels unavailable: {info['reason']}"
-                        log(f"{spec.key}: not timed on {dev}: {rec['not_timed'][dev]}")
-                        continue
+                # the kernel paths asked for on this device: not timed as the library path under their name
+                paths = [p for p in spec.kernel_paths if torch.device(dev).type == p.device_type]
+                unavailable = [f"{p.name} unavailable: {info['reason']}" for p in paths
+                               for info in [kernels_info(p)] if not info["available"]]
+                if unavailable:
+                    rec.setdefault("not_timed", {})[dev] = "; ".join(unavailable)
+                    log(f"{spec.key}: not timed on {dev}: {rec['not_timed'][dev]}")
+                    continue
+                kinds = tuple(k for k in what if k != "train" or all(p.train for p in paths))
                 variants = check_variants(dev, cuda_variants) if dev == "cuda" else ("eager",)
                 for var in variants:
-                    t = time_model(spec, dev, cfg, what, channels_last=(var == "channels_last"),
-                                   compile=(var == "compile"), cuda_graphs=(var == "cuda_graphs"))
+                    if any(var not in p.variants for p in paths):
+                        log(f"{spec.key}: not timed on {dev} {var}: the kernels run in "
+                            f"{' / '.join(paths[0].variants)} only")
+                        continue
+                    t = time_model(spec, dev, cfg, kinds, **_variant_flags(var))
                     rec[dev if var == "eager" else f"{dev}_{var}"] = t
         results[spec.key] = rec
         log(f"{spec.key}: params {rec['params']:,} MACs {rec['macs']:,} "
@@ -721,27 +827,37 @@ def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depth
     The speed section times, per (dataset, depth) group of ``datasets`` x ``speed_depths`` (default ``depths``),
     the models of :func:`speed_plan` interleaved; its eager timings also fill the timed columns of Tables 6 and 9.
     ``speed_only``: no paper grids (e.g. a torch.compile run). Variants a device cannot run (``cuda_graphs`` on
-    CPU) are a ValueError before anything is measured. With ``cpu`` among ``devices``, ``config['cpu_kernels']``
-    records :func:`cpu_kernels_info` and ``left_out``: the :data:`CPU_KERNEL_SPEED_MODELS` not timed because the
-    kernels do not load here (its ``reason`` says why)."""
+    CPU) are a ValueError before anything is measured. For each kernel path (:data:`KERNEL_PATHS`) whose device
+    type is among ``devices``, ``config[<its option>]`` (``cpu_kernels``, ``gpu_kernels``) records
+    :func:`kernels_info` and ``left_out``: its label where a variant of the run would time it but the kernels do not
+    work here (``reason`` says why); ``failed``: why, where they stopped working during the run (a kernel failed to
+    compile: its later cells ran PyTorch's operators)."""
     cfg = cfg or TimingConfig()
     variants = {dev: check_variants(dev, cuda_variants if dev == "cuda" else cpu_variants) for dev in devices}
     speed_depths = tuple(depths if speed_depths is None else speed_depths)
     grid = {tid: t for tid, t in paper_grid().items() if t.dataset in datasets and not speed_only}
     specs: List[Spec] = [variant_spec(v, d, t.dataset) for t in grid.values() for v in t.variants for d in depths]
     groups = [(ds, d) for ds in datasets for d in speed_depths]
-    kernels_info, kernels = None, False
-    if "cpu" in devices:  # the (cpu kernels) models: timed where the kernels load, else left out with the reason
-        kernels_info = cpu_kernels_info()
-        planned = "eager" in variants["cpu"]
-        kernels = planned and bool(kernels_info["available"])
-        kernels_info["left_out"] = list(CPU_KERNEL_SPEED_MODELS) if planned and not kernels else []
-        if kernels_info["left_out"]:
-            log(f"speed section: {', '.join(kernels_info['left_out'])} left out: CPU kernels unavailable: "
-                f"{kernels_info['reason']}")
-    speed_specs = {speed_group(ds, d): {label: sp.key for label, (sp, _) in
-                                         speed_plan(ds, d, target1=d in target1_depths, cpu_kernels=kernels).items()}
-                   for ds, d in groups}
+    kernels: Dict[str, Dict[str, Any]] = {}  # spec option -> its kernels' record (config)
+    wanted = {p.option: False for p in KERNEL_PATHS}  # spec option -> timed in this run
+    for path in KERNEL_PATHS:  # timed where the kernels work, else left out with the reason
+        path_runs = [var for dev in devices if torch.device(dev).type == path.device_type for var in variants[dev]]
+        if not path_runs:
+            continue
+        info = kernels[path.option] = kernels_info(path)
+        planned = any(var in path.variants for var in path_runs)
+        wanted[path.option] = planned and bool(info["available"])
+        info["left_out"] = [path.label] if planned and not info["available"] else []
+        if info["left_out"]:
+            log(f"speed section: {path.label} left out: {path.name} unavailable: {info['reason']}")
+    runs = [dict(device=dev, **_variant_flags(var)) for dev in devices for var in variants[dev]]
+    speed_specs: Dict[str, Dict[str, str]] = {}
+    for ds, d in groups:  # label -> spec key over every run, and CPU eager's models (e.g. for a --no-time run)
+        planned_specs: Dict[str, Tuple[Spec, Tuple[str, ...]]] = {}
+        for run in [{}] + runs:
+            planned_specs.update(speed_plan(ds, d, target1=d in target1_depths, **wanted, **run))
+        speed_specs[speed_group(ds, d)] = {label: planned_specs[label][0].key for label, *_ in SPEED_MODELS
+                                           if label in planned_specs}
     specs += [parse_spec(k) for g in speed_specs.values() for k in g.values()]
     results = measure(specs, (), cfg, log=log)
     speed: Dict[str, Dict[str, Dict[str, Dict[str, float]]]] = {}
@@ -754,17 +870,20 @@ def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depth
             log(f"speed section: {label}")
             try:
                 speed[label] = run_speed(groups, dev, cfg, target1_depths=target1_depths, b1_depths=b1_depths,
-                                         channels_last=(var == "channels_last"), compile=(var == "compile"),
-                                         cuda_graphs=(var == "cuda_graphs"), log=log)
+                                         log=log, kernels=wanted, **_variant_flags(var))
             except Exception as e:  # e.g. torch.compile unavailable
                 log(f"speed section {label} failed: {type(e).__name__}: {e}")
+    for path in KERNEL_PATHS:  # e.g. a Triton kernel that did not compile for one shape: said, not hidden
+        after = kernels_info(path, load=False) if wanted[path.option] else {}
+        if after and not after["available"]:
+            kernels[path.option]["failed"] = after["reason"]
+            log(f"speed section: {path.name} failed during the run: {after['reason']}")
     speed_macs = {g: {label: results.get(k, {}).get("macs") for label, k in m.items()}
                   for g, m in speed_specs.items()}
     t1 = [d for d in target1_depths if d in speed_depths]
     config = dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch, rounds=cfg.rounds,
                   b1_depths=list(speed_depths if b1_depths is None else b1_depths), target1_depths=t1)
-    if kernels_info is not None:  # whether the (cpu kernels) models were timed, and why not
-        config["cpu_kernels"] = kernels_info
+    config.update(kernels)  # whether the kernel paths were timed, and why not
     if "cuda" in devices:  # cuDNN convolutions may run in TF32 by default: record what the fp32 timings used
         config["cuda_tf32"] = dict(cudnn=bool(torch.backends.cudnn.allow_tf32),
                                    matmul=bool(torch.backends.cuda.matmul.allow_tf32))

@@ -13,11 +13,22 @@ import textwrap
 from typing import Any, Dict, List, Optional, Sequence
 
 from ... import paper_tables, zoo
-from .measure import ROUNDS_SUFFIX, PaperTable, Spec, paper_grid, variant_spec
+from .measure import (
+    CPU_KERNEL_PATH,
+    GPU_KERNEL_PATH,
+    KERNEL_PATHS,
+    ROUNDS_SUFFIX,
+    KernelPath,
+    PaperTable,
+    Spec,
+    paper_grid,
+    variant_spec,
+)
 
 __all__ = ['NOT_TRAINED', 'NOT_MEASURED', 'CIFAR_TEST_IMAGES', 'TARGET1_INFER', 'TARGET1_TRAIN', 'TARGET2_RIVALS',
            'load_eval_results', 'render_results_table', 'render_paper_table', 'render_target1', 'render_fast_paths',
-           'render_target2', 'render_cpu_kernels', 'KERNELS', 'MLAN_PATHS', 'KERNEL_PAIRS', 'TARGET3_LIMIT',
+           'render_target2', 'render_kernels', 'KERNELS', 'GPU_KERNELS', 'MLAN_PATHS', 'KERNEL_PAIRS',
+           'KERNELS_METHOD', 'GPU_KERNELS_METHOD', 'TARGET3_LIMIT',
            'TARGET3_VARIANTS', 'target3_rows', 'target3_verdict', 'render_target3',
            'render_speed', 'render_profiles', 'conv_cost_findings', 'render_conv_costs',
            'render_report', 'target1_rows', 'target2_cases', 'fast_path_rows', 'conv_cost_ratios',
@@ -36,19 +47,33 @@ TARGET2_RIVALS = (("se", "SE"), ("cbam", "CBAM"), ("ta", "TA"), ("gc", "GC"))
 #: Speed-section labels with a fast path and their reference (the fast-path A/B table).
 FAST_PATH_PAIRS = (("mlan", "mlan (reference)", "MLAN"), ("smav2", "smav2 (reference)", "SMAv2"))
 #: The speed-section label of MLAN built with ``?cpu_kernels=True`` (the compiled CPU kernels; CPU runs only).
-KERNELS = "mlan (cpu kernels)"
-#: The MLAN models targets 1 and 2 are read for: (speed-section label, the path's name in tables and prose).
-MLAN_PATHS = (("mlan", "library fast path"), (KERNELS, "CPU kernels"))
+KERNELS = CPU_KERNEL_PATH.label
+#: The speed-section label of MLAN built with ``?gpu_kernels=True`` (the Triton kernels; CUDA inference only).
+GPU_KERNELS = GPU_KERNEL_PATH.label
+#: The MLAN models targets 1, 2 and 3 are read for: (speed-section label, the path's name in tables and prose): the
+#: library fast path, then each kernel path (:data:`~.measure.KERNEL_PATHS`) where timed.
+MLAN_PATHS = (("mlan", "library fast path"),) + tuple((p.label, p.name) for p in KERNEL_PATHS)
+_KERNEL_LABELS = frozenset(p.label for p in KERNEL_PATHS)
 #: What MLAN's default fast path runs on CUDA (runs whose machine line records the Triton kernels' status).
 GPU_PATH_METHOD = ("On CUDA the fast path keeps the concatenations at every batch size (`?fast_paths=False` is the "
                    "reference; the streaming formulation is the CPU's).")
-#: The kernels against the library fast path, same interleaved run: (kernels label, library label, name).
-KERNEL_PAIRS = ((KERNELS, "mlan", "MLAN"),)
+#: The kernels against the library fast path, same interleaved run: (kernels label, library label, name), one per
+#: kernel path (:data:`~.measure.KERNEL_PATHS` order).
+KERNEL_PAIRS = tuple((p.label, "mlan", "MLAN") for p in KERNEL_PATHS)
 #: What the CPU-kernel rows time (said in the speed section's conventions when they were timed).
 KERNELS_METHOD = ("'CPU kernels' is MLAN built with `?cpu_kernels=True` (`set_fast_paths(True, cpu_kernels=True)`): "
                   "in inference each MLAN block's attention runs in one fused compiled kernel, in the train step the "
                   "mask convs' forward and weight gradient run in the compiled kernels (`mlan_timm.layers."
                   "cpu_kernels`); 'library fast path' is the default MLAN, on PyTorch's operators.")
+#: What the GPU-kernel rows time (said in the speed section's conventions when they were timed).
+GPU_KERNELS_METHOD = ("'GPU kernels' is MLAN built with `?gpu_kernels=True` (`set_fast_paths(True, gpu_kernels=True)`):"
+                      " in CUDA inference MLAN's attention (each block's and each group's shared masks, 1x1 "
+                      "projections, plus fusion and ReLU) runs in the Triton kernels of `mlan_timm.layers.gpu_kernels`;"
+                      " timed in inference only, eager and replayed from CUDA graphs (under autograd and torch.compile "
+                      "they stand aside for PyTorch's operators); 'library fast path' is the default MLAN, on "
+                      "PyTorch's operators.")
+#: Each kernel path's method sentence.
+_PATH_METHODS = {CPU_KERNEL_PATH.label: KERNELS_METHOD, GPU_KERNEL_PATH.label: GPU_KERNELS_METHOD}
 TIME_COLUMNS = (("b1", "latency_b1_ms", "batch 1"), ("b128", "infer_b128_ms", "batch 128"),
                 ("train", "train_step_b128_ms", "train step b128"))
 #: Target 1's measures: (kind, timing column, limit factor).
@@ -249,7 +274,7 @@ def target1_rows(speed: Dict[str, Dict[str, Dict[str, float]]],
                  depths: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
     """Target 1's rows (groups at ``depths``, the run's target-1 depths, or with an MLAN train step: reports
     before ``depths`` was recorded), one per group, MLAN path timed (:data:`MLAN_PATHS`: the library fast path, and
-    the CPU kernels where timed) and measure: ``group``, ``model`` (speed-section label), ``path`` (its name),
+    the CPU or GPU kernels where timed) and measure: ``group``, ``model`` (speed-section label), ``path`` (its name),
     ``kind`` ('inference' / 'train step'), ``factor`` (the limit's), ``backbone_ms``, ``mlan_ms``, ``time_ratio``
     (:func:`paired_ratio`), ``macs_ratio``, ``over`` (time ratio / MACs ratio) and ``met`` (time ratio <= factor x
     MACs ratio). The kernels compute the same function as the library path: their MACs are MLAN's where the report
@@ -276,14 +301,14 @@ def target1_rows(speed: Dict[str, Dict[str, Dict[str, float]]],
 
 
 def _has_kernels(rows: Sequence[Dict[str, Any]]) -> bool:
-    """Whether target rows / cases include the CPU kernels' MLAN (then tables and prose name each path)."""
-    return any(r.get("model") == KERNELS for r in rows)
+    """Whether target rows / cases include a kernel path's MLAN (then tables and prose name each path)."""
+    return any(r.get("model") in _KERNEL_LABELS for r in rows)
 
 
 def render_target1(speed: Dict[str, Dict[str, Dict[str, float]]], macs: Dict[str, Dict[str, Optional[int]]],
                    label: str, batch: Any = 128, depths: Optional[Sequence[int]] = None) -> str:
-    """Target 1 rows (:func:`target1_rows`): time ratio beside MACs ratio and the limit; with the CPU kernels timed,
-    a column names each row's MLAN path and the verdicts are counted per path."""
+    """Target 1 rows (:func:`target1_rows`): time ratio beside MACs ratio and the limit; with a kernel path timed
+    (CPU or GPU kernels), a column names each row's MLAN path and the verdicts are counted per path."""
     t1 = target1_rows(speed, macs, depths)
     if not t1:
         return ""
@@ -309,7 +334,7 @@ def fast_path_rows(speed: Dict[str, Dict[str, Dict[str, float]]], pairs=FAST_PAT
     """One row per group and fast model measured beside its reference: ``group``, ``fast`` (speed-section label),
     ``name``, and ``cells``: TIME_COLUMNS key -> (reference ms, fast ms, speed-up = reference / fast, paired: see
     :func:`paired_ratio`) or None. ``pairs``: (fast, reference, name) labels, default :data:`FAST_PATH_PAIRS`;
-    :data:`KERNEL_PAIRS` reads the CPU kernels against the library fast path (its reference)."""
+    :data:`KERNEL_PAIRS` reads the kernel paths against the library fast path (their reference)."""
     rows = []
     for group, res in speed.items():
         for fast, ref, name in pairs:
@@ -345,41 +370,55 @@ def _ab_table(rows: Sequence[Dict[str, Any]], ref: str, fast: str) -> List[str]:
 
 def render_fast_paths(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
     """The fast-path A/B rows: each fast model beside its reference (``?fast_paths=False``), same interleaved run;
-    then, where timed, MLAN with the CPU kernels beside the library fast path (:func:`render_cpu_kernels`)."""
+    then, where timed, MLAN with a kernel path beside the library fast path (:func:`render_kernels`)."""
     rows, out = fast_path_rows(speed), []
     if rows:
         out += [f"### Fast paths ({label}): reference (`?fast_paths=False`) vs fast, same interleaved run", ""] \
             + _ab_table(rows, "reference", "fast") + [""]
-    kernels = render_cpu_kernels(speed, label)
+    kernels = render_kernels(speed, label)
     return "\n".join(out + ([kernels] if kernels else []))
 
 
-def render_cpu_kernels(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
-    """MLAN with the compiled CPU kernels (``?cpu_kernels=True``) beside the library fast path, same interleaved run
-    (:data:`KERNEL_PAIRS`); empty where the kernels were not timed."""
-    rows = fast_path_rows(speed, KERNEL_PAIRS)
-    if not rows:
-        return ""
-    return "\n".join([f"### CPU kernels ({label}): library fast path vs `?cpu_kernels=True`, same interleaved run", ""]
-                     + _ab_table(rows, "library fast path", "CPU kernels") + [""])
+def render_kernels(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
+    """Per kernel path timed (:data:`KERNEL_PAIRS`): MLAN with the CPU kernels (``?cpu_kernels=True``) or the GPU
+    kernels (``?gpu_kernels=True``) beside the library fast path, same interleaved run; empty where none was timed."""
+    out = []
+    for path, pair in zip(KERNEL_PATHS, KERNEL_PAIRS):
+        rows = fast_path_rows(speed, (pair,))
+        if rows:
+            out += [f"### {path.name} ({label}): library fast path vs `?{path.option}=True`, same interleaved run",
+                    ""] + _ab_table(rows, "library fast path", path.name) + [""]
+    return "\n".join(out)
 
 
-def _kernels_unavailable(info: Optional[Dict[str, Any]]) -> Optional[str]:
-    """'CPU kernels unavailable: <reason>' where a run recorded (``config['cpu_kernels']``, ``info``) that the
-    compiled CPU kernels did not load; None otherwise (loaded, or nothing recorded: reports before the kernels)."""
+def _kernels_unavailable(info: Optional[Dict[str, Any]], path: KernelPath = CPU_KERNEL_PATH) -> Optional[str]:
+    """'CPU kernels unavailable: <reason>' (``path``'s name) where a run recorded (``config[path.option]``,
+    ``info``) that the kernels did not work; None otherwise (they did, or nothing recorded: reports before them)."""
     if not info or info.get("available") is not False:
         return None
-    return f"CPU kernels unavailable: {info.get('reason') or 'reason not recorded'}"
+    return f"{path.name} unavailable: {info.get('reason') or 'reason not recorded'}"
 
 
-def _kernels_left_out(cfg: Dict[str, Any]) -> Optional[str]:
-    """The sentence of a speed section whose run left the CPU-kernel models out (kernels unavailable), else None."""
-    info = cfg.get("cpu_kernels") or {}
-    unavailable = _kernels_unavailable(info)
-    if not (unavailable and info.get("left_out")):
-        return None
-    return (f"{unavailable}; {_join([f'`{m}`' for m in info['left_out']])} (MLAN with `?cpu_kernels=True`) not "
-            "timed in this run.")
+def _section_paths(label: str) -> List[KernelPath]:
+    """The kernel paths a speed section (``cpu``, ``cuda cuda_graphs``, ...) can time: its device and variant."""
+    dev, _, variant = label.partition(" ")
+    return [p for p in KERNEL_PATHS if dev.partition(":")[0] == p.device_type and (variant or "eager") in p.variants]
+
+
+def _kernels_left_out(cfg: Dict[str, Any], label: str = "cpu") -> Optional[str]:
+    """The sentences of speed section ``label`` whose run left a kernel path's model out (its kernels unavailable)
+    or whose kernels failed during the run (``config[<option>]['failed']``), else None."""
+    out = []
+    for path in _section_paths(label):
+        info = cfg.get(path.option) or {}
+        unavailable = _kernels_unavailable(info, path)
+        if unavailable and info.get("left_out"):
+            out.append(f"{unavailable}; {_join([f'`{m}`' for m in info['left_out']])} (MLAN with "
+                       f"`?{path.option}=True`) not timed in this run.")
+        if info.get("failed"):
+            out.append(f"The {path.name} failed during this run ({info['failed']}): `{path.label}` cells timed after "
+                       "the failure ran PyTorch's operators.")
+    return " ".join(out) or None
 
 
 def target2_cases(speed: Dict[str, Dict[str, Dict[str, float]]], mlan: str = "mlan") -> List[Dict[str, Any]]:
@@ -409,9 +448,9 @@ def target2_cases(speed: Dict[str, Dict[str, Dict[str, float]]], mlan: str = "ml
 
 def render_target2(speed: Dict[str, Dict[str, Dict[str, float]]], label: str) -> str:
     """Target 2: MLAN's time beside SE, CBAM, TA and GC in the same multi-level structure, batch 1 and 128; with
-    the CPU kernels timed, once per MLAN path (:data:`MLAN_PATHS`), each with its own verdicts."""
+    a kernel path timed (CPU or GPU kernels), once per MLAN path (:data:`MLAN_PATHS`), each with its own verdicts."""
     per_path = [(model, path, target2_cases(speed, model)) for model, path in MLAN_PATHS]
-    paths = bool(per_path[1][2])
+    paths = any(cases for _, _, cases in per_path[1:])
     out = []
     for model, path, cases in per_path:
         if not cases:
@@ -449,10 +488,12 @@ def _batches(report: Dict[str, Any]) -> Dict[str, Any]:
 def target3_rows(speed: Dict[str, Dict[str, Dict[str, Dict[str, float]]]],
                  batches: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     """Target 3's rows from the whole speed section (label -> groups): for every dataset with a ResNet-20 group in
-    a GPU label, every variant of :data:`TARGET3_VARIANTS` that was run and batch 1 / the large batch
-    (``batches``: label -> batch, default 128): ``dataset``, ``group``, ``label``, ``variant``, ``batch``,
-    ``backbone_ms``, ``mlan_ms`` and ``ratio`` (MLAN / backbone, :func:`paired_ratio`; None where either is not
-    measured)."""
+    a GPU label, every variant of :data:`TARGET3_VARIANTS` that was run, each MLAN path it timed
+    (:data:`MLAN_PATHS`: the library fast path, and the GPU kernels where timed in that variant) and batch 1 / the
+    large batch (``batches``: label -> batch, default 128): ``dataset``, ``group``, ``label``, ``variant`` (the
+    variant's name, with the path's for a kernel path: 'CUDA graphs, GPU kernels'), ``model`` (speed-section
+    label), ``path`` (its name), ``batch``, ``backbone_ms``, ``mlan_ms`` and ``ratio`` (MLAN / backbone,
+    :func:`paired_ratio`; None where either is not measured)."""
     batches = batches or {}
     order = list(zoo.DATASETS)
     datasets = sorted({_split_group(g)[0] for lbl in _gpu_labels(speed) for g in speed[lbl]
@@ -465,18 +506,24 @@ def target3_rows(speed: Dict[str, Dict[str, Dict[str, Dict[str, float]]]],
             if label not in speed:
                 continue
             res = speed[label].get(group, {})
-            for key, col, _ in TIME_COLUMNS[:2]:
-                b, m = res.get("backbone", {}).get(col), res.get("mlan", {}).get(col)
-                rows.append(dict(dataset=ds, group=group, label=label, variant=name,
-                                 batch=1 if key == "b1" else batches.get(label, 128), backbone_ms=b, mlan_ms=m,
-                                 ratio=None if b is None or m is None
-                                 else paired_ratio(res["mlan"], res["backbone"], col)))
+            for model, path in MLAN_PATHS:
+                if model != "mlan" and not any(model in g for g in speed[label].values()):
+                    continue  # a kernel path this variant did not time
+                for key, col, _ in TIME_COLUMNS[:2]:
+                    b, m = res.get("backbone", {}).get(col), res.get(model, {}).get(col)
+                    rows.append(dict(dataset=ds, group=group, label=label, model=model, path=path,
+                                     variant=name if model == "mlan" else f"{name}, {path}",
+                                     batch=1 if key == "b1" else batches.get(label, 128), backbone_ms=b, mlan_ms=m,
+                                     ratio=None if b is None or m is None
+                                     else paired_ratio(res[model], res["backbone"], col)))
     return rows
 
 
-def target3_verdict(rows: Sequence[Dict[str, Any]]) -> Optional[bool]:
-    """Target 3 met: every measured CUDA-graph ratio of ``rows`` at most :data:`TARGET3_LIMIT`; None: none measured."""
-    ratios = [r["ratio"] for r in rows if r["label"] == TARGET3_GRAPHS and r["ratio"] is not None]
+def target3_verdict(rows: Sequence[Dict[str, Any]], model: str = "mlan") -> Optional[bool]:
+    """Target 3 met by the MLAN path ``model`` (speed-section label, default the library fast path): every measured
+    CUDA-graph ratio of its ``rows`` at most :data:`TARGET3_LIMIT`; None: none measured."""
+    ratios = [r["ratio"] for r in rows if r["label"] == TARGET3_GRAPHS and r["model"] == model
+              and r["ratio"] is not None]
     return None if not ratios else all(v <= TARGET3_LIMIT for v in ratios)
 
 
@@ -485,18 +532,34 @@ def _cells(rows: Sequence[Dict[str, Any]], ratio: bool = False) -> str:
                   for r in rows])
 
 
-def _target3_verdict_sentence(rows: Sequence[Dict[str, Any]]) -> str:
-    head = f"Within {TARGET3_LIMIT}x with CUDA graphs"
-    graphs = [r for r in rows if r["label"] == TARGET3_GRAPHS and r["ratio"] is not None]
-    verdict = target3_verdict(rows)
-    if verdict is None:
-        return f"**{head}: not measured** (no CUDA-graph timings of the ResNet-20 pair)."
+def _target3_cells(graphs: Sequence[Dict[str, Any]]) -> str:
+    """The measured CUDA-graph cells of one MLAN path: their ratios' range, and those above the limit."""
     ratios = _range([r["ratio"] for r in graphs])
-    if verdict:
-        return f"**{head}: yes.** MLAN / backbone {ratios} over the {len(graphs)} measured cells ({_cells(graphs)})."
     over = [r for r in graphs if r["ratio"] > TARGET3_LIMIT]
-    return (f"**{head}: no.** MLAN / backbone {ratios}; above {TARGET3_LIMIT} in {len(over)} of the {len(graphs)} "
-            f"measured cells: {_cells(over, ratio=True)}.")
+    if not over:
+        return f"MLAN / backbone {ratios} over the {len(graphs)} measured cells ({_cells(graphs)})"
+    return (f"MLAN / backbone {ratios}; above {TARGET3_LIMIT} in {len(over)} of the {len(graphs)} measured cells: "
+            f"{_cells(over, ratio=True)}")
+
+
+def _target3_verdict_sentence(rows: Sequence[Dict[str, Any]]) -> str:
+    """The verdict line: met or not, and the cells that decide it; with a kernel path among ``rows``, per MLAN path
+    (which of them meets the limit)."""
+    head = f"Within {TARGET3_LIMIT}x with CUDA graphs"
+    words = {True: "yes", False: "no", None: "not measured"}
+    verdicts = [(model, path, target3_verdict(rows, model)) for model, path in MLAN_PATHS
+                if any(r["model"] == model for r in rows)]
+    if all(v is None for _, _, v in verdicts):
+        return f"**{head}: not measured** (no CUDA-graph timings of the ResNet-20 pair)."
+
+    def graphs(model: str) -> List[Dict[str, Any]]:
+        return [r for r in rows if r["label"] == TARGET3_GRAPHS and r["model"] == model and r["ratio"] is not None]
+
+    if len(verdicts) == 1:
+        return f"**{head}: {words[verdicts[0][2]]}.** {_target3_cells(graphs('mlan'))}."
+    return (f"**{head}: {', '.join(f'{words[v]} with the {path}' for _, path, v in verdicts)}.** "
+            + " ".join(f"With the {path}, {_target3_cells(graphs(model))}." for model, path, v in verdicts
+                       if v is not None))
 
 
 def _tf32_phrase(report: Dict[str, Any]) -> str:
@@ -510,7 +573,9 @@ def _tf32_phrase(report: Dict[str, Any]) -> str:
 
 def render_target3(report: Dict[str, Any]) -> str:
     """Target 3: MLAN-20 / ResNet-20 inference time on the GPU at batch 1 and the large batch, per variant (eager,
-    channels_last, torch.compile, CUDA graphs), with the verdict computed from the CUDA-graph cells."""
+    channels_last, torch.compile, CUDA graphs), with the verdict computed from the CUDA-graph cells; with the GPU
+    kernels timed (eager and CUDA graphs), their rows follow the variant's ('eager, GPU kernels') and the verdict is
+    given per MLAN path."""
     speed = report.get("speed") or {}
     rows = target3_rows(speed, _batches(report))
     if not rows:
@@ -519,6 +584,7 @@ def render_target3(report: Dict[str, Any]) -> str:
              f"{_fmt_ms(r['mlan_ms'])} | " + ("— | — |" if r["ratio"] is None else
                                               f"{r['ratio']:.2f} | {'yes' if r['ratio'] <= TARGET3_LIMIT else 'no'} |")
              for r in rows]
+    kernels = [p for p in KERNEL_PATHS if any(r["model"] == p.label for r in rows)]
     labels = [label for label, _ in TARGET3_VARIANTS if label in speed]
     big = sorted({r["batch"] for r in rows if r["batch"] != 1})
     tf32 = _tf32_phrase(report)
@@ -529,16 +595,19 @@ def render_target3(report: Dict[str, Any]) -> str:
            f"not state theirs); fp32 tensors{', ' + tf32 if tf32 else ''}; random weights; eval mode (CUDA graphs "
            f"as described in their section). The target: MLAN-20's inference within {TARGET3_LIMIT}x of its "
            "backbone's time with CUDA graphs."
+           + "".join(f" '..., {p.name}' rows: MLAN built with `?{p.option}=True`, timed in the same interleaved "
+                     "runs as the variant's other rows." for p in kernels)
            + (" MLAN / backbone is the median of per-round ratios (each round times the pair back to back)."
               if any(_has_rounds(speed[lbl]) for lbl in labels) else ""), "",
            f"| dataset | variant | batch | backbone ms | MLAN ms | MLAN / backbone | within {TARGET3_LIMIT}x |",
            "|---|---|---|---|---|---|---|"] + table + ["", _target3_verdict_sentence(rows), ""]
-    for label, name in TARGET3_VARIANTS:
-        v = [r for r in rows if r["label"] == label and r["ratio"] is not None]
-        if v:
-            per_batch = [f"batch {b}: {_range([r['ratio'] for r in v if r['batch'] == b])}"
-                         for b in sorted({r["batch"] for r in v})]
-            out.append(f"- {name}: MLAN / backbone {'; '.join(per_batch)}.")
+    for label, _ in TARGET3_VARIANTS:
+        for model, _ in MLAN_PATHS:
+            v = [r for r in rows if r["label"] == label and r["model"] == model and r["ratio"] is not None]
+            if v:
+                per_batch = [f"batch {b}: {_range([r['ratio'] for r in v if r['batch'] == b])}"
+                             for b in sorted({r["batch"] for r in v})]
+                out.append(f"- {v[0]['variant']}: MLAN / backbone {'; '.join(per_batch)}.")
     return "\n".join(out + [""])
 
 
@@ -571,10 +640,11 @@ def render_speed(report: Dict[str, Any]) -> str:
                    and sorted(b1) != sorted({_split_group(g)[1] for g in groups}) else "")
                 + (f" {GRAPHS_METHOD}" if label == TARGET3_GRAPHS else "")
                 + (f" {PAIRED_METHOD}" if _has_rounds(groups) else "")
-                + (f" {KERNELS_METHOD}" if any(KERNELS in res for res in groups.values()) else "")
+                + "".join(f" {_PATH_METHODS[p.label]}" for p in KERNEL_PATHS
+                          if any(p.label in res for res in groups.values()))
                 + (f" {GPU_PATH_METHOD}" if "GPU kernels:" in str(src.get("machine")) else "")
-                + _process_wide_note(cfg), ""]
-        left_out = _kernels_left_out(cfg)
+                + _process_wide_note(cfg, label), ""]
+        left_out = _kernels_left_out(cfg, label)
         if left_out:
             out += [left_out, ""]
         out += [x for x in (render_target1(groups, macs, label, cfg.get("batch", 128), t1_depths),
@@ -589,13 +659,13 @@ def render_speed(report: Dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _process_wide_note(cfg: Dict[str, Any]) -> str:
-    """A sentence when the run had the CPU kernels on process-wide (then 'MLAN' used them too), else ''."""
-    info = cfg.get("cpu_kernels") or {}
-    if not (info.get("process_wide") and info.get("available")):
-        return ""
-    return (" The CPU kernels were on process-wide in this run (`MLAN_TIMM_CPU_KERNELS` or `enable_cpu_kernels`): "
-            "'MLAN' (the library fast path rows) ran them too, so those rows do not time the library path.")
+def _process_wide_note(cfg: Dict[str, Any], label: str = "cpu") -> str:
+    """A sentence per kernel path of section ``label`` that the run had on process-wide (then 'MLAN' used them
+    too), else ''."""
+    return "".join(f" The {p.name} were on process-wide in this run (`{p.module.ENV_VAR}` or `enable_{p.option}`): "
+                   "'MLAN' (the library fast path rows) ran them too, so those rows do not time the library path."
+                   for p in _section_paths(label)
+                   if (cfg.get(p.option) or {}).get("process_wide") and (cfg.get(p.option) or {}).get("available"))
 
 
 def _fmt_share(share: float) -> str:
@@ -924,9 +994,10 @@ def _target1_sentences(rows: Sequence[Dict[str, Any]], batch: Any) -> str:
     return " ".join(out)
 
 
-def _target1_kernel_sentence(rows: Sequence[Dict[str, Any]], library: Sequence[Dict[str, Any]]) -> str:
-    """Target 1 with the CPU kernels (``rows``), after the library fast path's sentences (``library``): each measure's
-    time ratio and time ratio / MACs ratio; where only when the groups differ from the library rows'."""
+def _target1_kernel_sentence(rows: Sequence[Dict[str, Any]], library: Sequence[Dict[str, Any]],
+                             path: KernelPath = CPU_KERNEL_PATH) -> str:
+    """Target 1 with a kernel path (``rows``; ``path``), after the library fast path's sentences (``library``): each
+    measure's time ratio and time ratio / MACs ratio; where only when the groups differ from the library rows'."""
     parts = []
     for kind, _, factor in TARGET1_MEASURES:
         v = [r for r in rows if r["kind"] == kind]
@@ -938,7 +1009,7 @@ def _target1_kernel_sentence(rows: Sequence[Dict[str, Any]], library: Sequence[D
         parts.append((f"MLAN's {kind} takes {tr}" if not parts else f"its {kind} {tr}")
                      + (f" {where}" if not lib or where != _target1_where(lib) else "")
                      + f" ({over} times the MACs ratio; limit {factor})")
-    return f"With the CPU kernels (`?cpu_kernels=True`), {_join(parts)}." if parts else ""
+    return f"With the {path.name} (`?{path.option}=True`), {_join(parts)}." if parts else ""
 
 
 def _profile_op(row: Dict[str, Any]):
@@ -1072,16 +1143,16 @@ _FAST_PATH_MEASURES = (("b128", "batch-128 inference", "at batch 128"), ("train"
                        ("b1", "batch-1 inference", "at batch 1"))
 
 
-def _fast_path_sentence(speed: Dict[str, Any], kernels: bool = False) -> str:
-    """The fast path against its reference (MLAN's rows of :func:`fast_path_rows`) in words; ``kernels``: the CPU
-    kernels against the library fast path (:data:`KERNEL_PAIRS`) instead."""
-    pairs = KERNEL_PAIRS if kernels else FAST_PATH_PAIRS
+def _fast_path_sentence(speed: Dict[str, Any], kernels: Optional[KernelPath] = None) -> str:
+    """The fast path against its reference (MLAN's rows of :func:`fast_path_rows`) in words; ``kernels``: that
+    kernel path against the library fast path (:data:`KERNEL_PAIRS`) instead."""
+    pairs = (KERNEL_PAIRS[KERNEL_PATHS.index(kernels)],) if kernels else FAST_PATH_PAIRS
     rows = [r for r in fast_path_rows(speed, pairs) if r["fast"] == pairs[0][0]]
     name = pairs[0][2]
-    subject, verb, slower, over = (("The CPU kernels (`?cpu_kernels=True`)", "speed up", "are slower than the library "
-                                    "fast path", " over the library fast path") if kernels else
+    subject, verb, slower, over = ((f"The {kernels.name} (`?{kernels.option}=True`)", "speed up", "are slower than the "
+                                    "library fast path", " over the library fast path") if kernels else
                                    ("The fast path", "speeds up", "is slower than the reference", ""))
-    speed_up = ("the CPU kernels' speed-up (library fast path time / kernels time)" if kernels else
+    speed_up = (f"the {kernels.name}' speed-up (library fast path time / kernels time)" if kernels else
                 "the fast path's speed-up (reference time / fast time)")
     up, down, mixed = [], [], []
     for key, what, where in _FAST_PATH_MEASURES:
@@ -1150,12 +1221,22 @@ def _gpu_sentence(report: Dict[str, Any]) -> str:
     if rows3 and verdict is None:
         parts.append("target 3's CUDA-graph timings are missing")
     elif rows3:
-        graphs = [r for r in rows3 if r["label"] == TARGET3_GRAPHS and r["ratio"] is not None]
-        eager = [r["ratio"] for r in rows3 if r["label"] == "cuda" and r["ratio"] is not None]
+        def ratios(model: str, variant: str) -> List[float]:
+            return [r["ratio"] for r in rows3 if r["label"] == variant and r["model"] == model
+                    and r["ratio"] is not None]
+
+        graphs = [r for r in rows3 if r["label"] == TARGET3_GRAPHS and r["model"] == "mlan" and r["ratio"] is not None]
+        eager = ratios("mlan", "cuda")
         batches = _join([str(b) for b in sorted({r["batch"] for r in graphs})])
         parts.append(f"target 3 {'is met' if verdict else 'is not met'}: with CUDA graphs MLAN-20 takes "
                      f"{_range([r['ratio'] for r in graphs], unit='x')} its backbone's time at batch {batches} "
                      f"(limit {TARGET3_LIMIT}x" + (f"; eager {_range(eager, unit='x')})" if eager else ")"))
+        for p in KERNEL_PATHS:  # a kernel path timed with CUDA graphs (the GPU kernels)
+            kverdict, keager = target3_verdict(rows3, p.label), ratios(p.label, "cuda")
+            if kverdict is not None:
+                parts.append(f"with the {p.name} (`?{p.option}=True`) target 3 {'is met' if kverdict else 'is not met'}"
+                             f": {_range(ratios(p.label, TARGET3_GRAPHS), unit='x')} with CUDA graphs"
+                             + (f" (eager {_range(keager, unit='x')})" if keager else ""))
     t1_depths = _speed_source(report, label).get("config", {}).get("target1_depths")
     t1 = [r for r in target1_rows(speed[label], report.get("speed_macs", {}), t1_depths) if r["model"] == "mlan"]
     if t1:
@@ -1177,10 +1258,11 @@ def render_readme_summary(report: Dict[str, Any], label: Optional[str] = None) -
     """README.md's speed summary (between :data:`README_START` and :data:`README_END`) from a (merged) report:
     the targets, profiler, fast-path, conv-cost and GPU numbers of docs/benchmarks.md, computed by the helpers that
     render those sections (:func:`target1_rows`, :func:`target2_cases`, :func:`fast_path_rows`,
-    :func:`conv_cost_ratios`). Where the run timed MLAN with the compiled CPU kernels (:data:`KERNELS`), targets 1
-    and 2 are stated for the library fast path and for the kernels, and the kernels' speed-up over the library
-    fast path follows the fast path's; where it left them out (kernels unavailable), a bullet says why.
-    ``label``: the speed-section label summarised (default 'cpu')."""
+    :func:`conv_cost_ratios`). Where the run timed MLAN with the kernel path of the summarised section's device
+    (the compiled CPU kernels, :data:`KERNELS`, on CPU; the GPU kernels on CUDA), targets 1 and 2 are stated for the
+    library fast path and for the kernels, and the kernels' speed-up over the library fast path follows the fast
+    path's; where it left them out (kernels unavailable), a bullet says why. ``label``: the speed-section label
+    summarised (default 'cpu')."""
     speed = report.get("speed") or {}
     if label is None:
         label = "cpu" if "cpu" in speed else next((lbl for lbl in speed if " " not in lbl), next(iter(speed), None))
@@ -1197,26 +1279,29 @@ def render_readme_summary(report: Dict[str, Any], label: Optional[str] = None) -
             f"{TARGET1_INFER}x (inference) / {TARGET1_TRAIN}x (train step) its MACs ratio, and MLAN faster than "
             "every other attention in the same structure):")
     bullets = []
+    kpath = next(iter(_section_paths(label)), CPU_KERNEL_PATH)  # the kernel path of this section's device
     rows = target1_rows(groups, report.get("speed_macs", {}))
-    t1, k1 = [r for r in rows if r["model"] == "mlan"], [r for r in rows if r["model"] == KERNELS]
+    t1, k1 = [r for r in rows if r["model"] == "mlan"], [r for r in rows if r["model"] == kpath.label]
     profile = _profile_sentence(report)
     if t1 or k1:
-        status = (f"{_target1_status(t1)} with the library fast path; with the CPU kernels it {_target1_status(k1)}"
-                  if k1 and t1 else f"{_target1_status(t1)}" if t1 else f"{_target1_status(k1)} with the CPU kernels")
+        status = (f"{_target1_status(t1)} with the library fast path; with the {kpath.name} it {_target1_status(k1)}"
+                  if k1 and t1 else f"{_target1_status(t1)}" if t1 else f"{_target1_status(k1)} with the {kpath.name}")
         text = " ".join(x for x in (_target1_sentences(t1, cfg.get("batch", 128)) if t1 else "",
-                                    _target1_kernel_sentence(k1, t1), profile) if x)
+                                    _target1_kernel_sentence(k1, t1, kpath), profile) if x)
         bullets.append(f"**Target 1 {status}.** {text}")
     elif profile:
         bullets.append(profile)
-    cases, kcases = target2_cases(groups), target2_cases(groups, KERNELS)
+    cases, kcases = target2_cases(groups), target2_cases(groups, kpath.label)
     all_depths = sorted({_split_group(g)[1] for g in groups})
     if cases and kcases:
-        bullets.append(f"**Target 2 {_target2_status(cases)} with the library fast path; with the CPU kernels it "
+        bullets.append(f"**Target 2 {_target2_status(cases)} with the library fast path; with the {kpath.name} it "
                        f"{_target2_status(kcases)}.** {_target2_sentences(cases, all_depths)} "
-                       + _target2_sentences(kcases, all_depths, "With the CPU kernels (`?cpu_kernels=True`), MLAN"))
+                       + _target2_sentences(kcases, all_depths,
+                                            f"With the {kpath.name} (`?{kpath.option}=True`), MLAN"))
     elif cases:
         bullets.append(f"**Target 2 {_target2_status(cases)}.** {_target2_sentences(cases, all_depths)}")
-    for fast in (_fast_path_sentence(groups), _fast_path_sentence(groups, kernels=True), _kernels_left_out(cfg)):
+    for fast in (_fast_path_sentence(groups), _fast_path_sentence(groups, kernels=kpath),
+                 _kernels_left_out(cfg, label)):
         if fast:
             bullets.append(fast)
     if report.get("conv_costs"):
