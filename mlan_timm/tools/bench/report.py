@@ -1199,6 +1199,18 @@ def _conv_costs_sentence(cc: Dict[str, Any]) -> str:
             + ".")
 
 
+def _slower_phrase(cases: List[Dict[str, Any]]) -> str:
+    """'SE on CIFAR-100 ResNet-20 at batch 1 (1.00), ...': each rival MLAN is not faster than, where, with MLAN /
+    rival."""
+    items = []
+    for c in cases:
+        for name in c["slower"]:
+            dataset, depth = _split_group(c["group"])
+            items.append(f"{name} on {_dataset_label(dataset)} ResNet-{depth} at {c['what']} "
+                         f"({c['rivals'][name][1]:.2f})")
+    return _join(items)
+
+
 def _device_phrase(machine: str, label: str) -> str:
     if label.startswith("cuda"):
         m = re.search(r"GPU: ([^;]+)", machine or "")
@@ -1243,11 +1255,18 @@ def _gpu_sentence(report: Dict[str, Any]) -> str:
         overs = "; ".join(f"{_range([r['over'] for r in t1 if r['kind'] == kind])} for "
                           f"{'inference' if kind == 'inference' else 'the ' + kind} (limit {factor})"
                           for kind, _, factor in TARGET1_MEASURES if any(r["kind"] == kind for r in t1))
-        parts.append(f"target 1 {_target1_status(t1)} (time ratio / MACs ratio {overs})")
-    cases = target2_cases(speed[label])
-    if cases:
-        parts.append(f"target 2 {_target2_status(cases)} (MLAN faster than all four in "
-                     f"{sum(c['met'] for c in cases)} of {len(cases)} (dataset, depth, batch) cases)")
+        parts.append(f"target 1{' in eager mode' if label == 'cuda' else ''} {_target1_status(t1)} "
+                     f"(time ratio / MACs ratio {overs})")
+    variant_names = {"cuda": "in eager mode", "cuda channels_last": "with channels_last",
+                     TARGET3_GRAPHS: "with CUDA graphs"}
+    t2 = [(lbl, target2_cases(speed[lbl])) for lbl in [label] + [lbl for lbl in labels if lbl != label]]
+    t2 = [(lbl, cases) for lbl, cases in t2 if cases]
+    if t2:  # every GPU variant's verdict: eager and CUDA graphs can differ
+        parts.append("target 2: " + "; ".join(
+            f"{variant_names.get(lbl, repr(lbl))} it {_target2_status(cases)} (MLAN faster than all four in "
+            f"{sum(c['met'] for c in cases)} of {len(cases)} (dataset, depth, batch) cases"
+            + (f"; not faster than {_slower_phrase(cases)}" if not all(c['met'] for c in cases) else "") + ")"
+            for lbl, cases in t2))
     others = [lbl for lbl in labels if lbl != label]
     return (f"GPU ({_device_phrase(src.get('machine'), label)}, '{label}' in {DOCS_MD}): "
             + ("; ".join(parts) if parts else "timed, no target rows")
