@@ -41,8 +41,13 @@ __all__ = [
 ENV_VAR = "MLAN_TIMM_GPU_KERNELS"
 
 
+def _switched_on(value: Optional[str]) -> bool:
+    """Whether an environment value switches the kernels on ("1", "true", "yes", "on", any case)."""
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 class _State:
-    enabled = os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    enabled = _switched_on(os.environ.get(ENV_VAR))
     error: Optional[str] = None  # why the kernels are unavailable (Triton missing, a kernel failed to compile)
     on_cpu = False  # tests only: also apply to CPU tensors, run in Triton's interpreter
 
