@@ -53,70 +53,85 @@ def launches(monkeypatch):
 
 
 def _sma_reference(x, weight, bias):
+    """SMA's shared mask (eqs. 1-3) with PyTorch's operators."""
     return torch.sigmoid(F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)).mean(1, keepdim=True)
+
+
+def _randn(g, *shape, scale=1.0):
+    return (scale * torch.randn(*shape, generator=g)).to(DEVICE)
 
 
 @pytest.mark.parametrize("b,c,h,w,n,k", [(2, 8, 8, 8, 3, 3), (3, 5, 6, 10, 1, 5), (1, 20, 4, 4, 4, 3),
                                          (2, 3, 5, 5, 3, 1), (1, 2, 9, 7, 2, 7)])
-def test_shared_mask_matches_conv_sigmoid_mean(b, c, h, w, n, k):
+def test_layer_attention_pair_matches_two_smas(b, c, h, w, n, k):
     g = torch.Generator().manual_seed(b * 100 + c)
-    x = torch.randn(b, c, h, w, generator=g).to(DEVICE)
-    weight = (0.3 * torch.randn(n, c, k, k, generator=g)).to(DEVICE)
-    bias = torch.randn(n, generator=g).to(DEVICE)
-    ref = _sma_reference(x, weight, bias)
-    torch.testing.assert_close(gpu_kernels.shared_mask(x, weight, bias), ref, rtol=1e-5, atol=1e-6)
-    # x * mask into the second half of a buffer (the LA input layout); the first half stays untouched
-    buf = torch.full((b, 2 * c, h, w), 7.0, device=DEVICE)
-    mask = gpu_kernels.shared_mask(x, weight, bias, out=buf[:, c:])
-    torch.testing.assert_close(mask, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(buf[:, c:], x * ref, rtol=1e-5, atol=1e-6)
-    assert (buf[:, :c] == 7.0).all()
+    x1, x2 = _randn(g, b, c, h, w), _randn(g, b, c, h, w)
+    w1, w2 = _randn(g, n, c, k, k, scale=0.3), _randn(g, n, c, k, k, scale=0.3)
+    b1 = _randn(g, n)
+    out = torch.full((b, 2 * c, h, w), 7.0, device=DEVICE)
+    assert gpu_kernels.layer_attention_pair(x1, x2, w1, b1, w2, None, out) is out
+    torch.testing.assert_close(out[:, :c], x1 * _sma_reference(x1, w1, b1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[:, c:], x2 * _sma_reference(x2, w2, None), rtol=1e-5, atol=1e-6)
 
 
-def test_shared_mask_without_bias_and_with_strided_inputs():
+def test_layer_attention_pair_with_strided_tensors():
+    """Channel slices and channels-last inputs, written into a slice of a larger buffer."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 12, 8, 8, generator=g).to(DEVICE)
-    weight = torch.randn(3, 6, 3, 3, generator=g).to(DEVICE)
-    part = x[:, 3:9]  # a channel slice: batch stride 12 * 64
-    torch.testing.assert_close(gpu_kernels.shared_mask(part, weight), _sma_reference(part, weight, None),
-                               rtol=1e-5, atol=1e-6)
-    cl = part.contiguous(memory_format=torch.channels_last)
-    out = torch.empty_like(cl)
-    mask = gpu_kernels.shared_mask(cl, weight, None, out=out)
-    torch.testing.assert_close(out, part * _sma_reference(part, weight, None), rtol=1e-5, atol=1e-6)
-    assert mask.shape == (2, 1, 8, 8)
+    full = _randn(g, 2, 12, 8, 8)
+    x1 = full[:, 3:9]  # batch stride 12 * 64
+    x2 = _randn(g, 2, 6, 8, 8).contiguous(memory_format=torch.channels_last)
+    w1, w2 = _randn(g, 3, 6, 3, 3), _randn(g, 3, 6, 3, 3)
+    buf = torch.zeros(2, 16, 8, 8, device=DEVICE)
+    gpu_kernels.layer_attention_pair(x1, x2, w1, None, w2, None, buf[:, 2:14])
+    torch.testing.assert_close(buf[:, 2:8], x1 * _sma_reference(x1, w1, None), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(buf[:, 8:14], x2 * _sma_reference(x2, w2, None), rtol=1e-5, atol=1e-6)
+    assert (buf[:, :2] == 0).all() and (buf[:, 14:] == 0).all()
 
 
-@pytest.mark.parametrize("with_mask", [False, True])
-@pytest.mark.parametrize("c,k,hw", [(4, 16, 8), (16, 96, 4), (3, 5, 6), (20, 40, 5)])
-def test_project_fuse_matches_conv1x1_plus_relu(c, k, hw, with_mask):
-    g = torch.Generator().manual_seed(c * k)
-    full = torch.randn(2, k + 4, hw, hw, generator=g).to(DEVICE)
-    src = full[:, 2:2 + k]  # strided, as a block attention sliced from its group's buffer
-    weight = torch.randn(c, k, 1, 1, generator=g).to(DEVICE)
-    feature, residual = (torch.randn(2, c, hw, hw, generator=g).to(DEVICE) for _ in range(2))
-    mask = torch.rand(2, 1, hw, hw, generator=g).to(DEVICE) if with_mask else None
-    proj = F.conv2d(src, weight)
-    ref = torch.relu(feature + (proj * mask if with_mask else proj) + residual)
-    out = gpu_kernels.project_fuse(src, weight, feature, residual, mask)
+@pytest.mark.parametrize("store_attn", [False, True])
+@pytest.mark.parametrize("c,kin,hw,n,k", [(4, 16, 8, 3, 3), (16, 96, 4, 3, 3), (3, 5, 6, 1, 5), (20, 40, 5, 4, 1)])
+def test_attend_project_fuse_matches_sma_conv1x1_plus_relu(c, kin, hw, n, k, store_attn):
+    g = torch.Generator().manual_seed(c * kin)
+    full = _randn(g, 2, kin + 4, hw, hw)
+    src = full[:, 2:2 + kin]  # strided, as BA's input sliced from a larger buffer
+    mask_w, mask_b = _randn(g, n, kin, k, k, scale=0.3), _randn(g, n)
+    proj = _randn(g, c, kin, 1, 1)
+    feature, residual = _randn(g, 2, c, hw, hw), _randn(g, 2, c, hw, hw)
+    attn = src * _sma_reference(src, mask_w, mask_b)
+    ref = torch.relu(feature + F.conv2d(attn, proj) + residual)
+    attn_out = torch.full((2, kin + 2, hw, hw), 7.0, device=DEVICE)
+    out = gpu_kernels.attend_project_fuse(src, mask_w, mask_b, proj, feature, residual,
+                                          attn_out=attn_out[:, 1:1 + kin] if store_attn else None)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert out.shape == feature.shape
+    if store_attn:
+        torch.testing.assert_close(attn_out[:, 1:1 + kin], attn, rtol=1e-5, atol=1e-6)
+    assert (attn_out[:, 0] == 7.0).all() and (attn_out[:, -1] == 7.0).all()
 
 
 def test_bad_arguments_name_the_problem():
     x = torch.randn(1, 4, 8, 8, device=DEVICE)
-    with pytest.raises(ValueError, match="x must be a 4-d float32 tensor"):
-        gpu_kernels.shared_mask(x.double(), torch.randn(3, 4, 3, 3, device=DEVICE))
-    with pytest.raises(ValueError, match=r"weight must be \(N, 4, k, k\) with k odd"):
-        gpu_kernels.shared_mask(x, torch.randn(3, 5, 3, 3, device=DEVICE))
-    with pytest.raises(ValueError, match=r"weight must be \(N, 4, k, k\) with k odd"):
-        gpu_kernels.shared_mask(x, torch.randn(3, 4, 2, 2, device=DEVICE))
-    with pytest.raises(ValueError, match=r"out has shape \(1, 4, 4, 4\)"):
-        gpu_kernels.shared_mask(x, torch.randn(3, 4, 3, 3, device=DEVICE), out=torch.empty(1, 4, 4, 4, device=DEVICE))
-    with pytest.raises(ValueError, match="weight has 6 input channels, src 4"):
-        gpu_kernels.project_fuse(x, torch.randn(2, 6, device=DEVICE), x[:, :2], x[:, :2])
+    w = torch.randn(3, 4, 3, 3, device=DEVICE)
+    buf = torch.empty(1, 8, 8, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="x1 must be a 4-d float32 tensor"):
+        gpu_kernels.layer_attention_pair(x.double(), x, w, None, w, None, buf)
+    with pytest.raises(ValueError, match=r"x2 has shape \(1, 4, 4, 4\)"):
+        gpu_kernels.layer_attention_pair(x, x[:, :, :4, :4], w, None, w, None, buf)
+    with pytest.raises(ValueError, match=r"weight2 must be \(N, 4, k, k\) with k odd"):
+        gpu_kernels.layer_attention_pair(x, x, w, None, torch.randn(3, 5, 3, 3, device=DEVICE), None, buf)
+    with pytest.raises(ValueError, match=r"weight1 must be \(N, 4, k, k\) with k odd"):
+        gpu_kernels.layer_attention_pair(x, x, torch.randn(3, 4, 2, 2, device=DEVICE), None, w, None, buf)
+    with pytest.raises(ValueError, match="the two layer attentions' convs differ in shape"):
+        gpu_kernels.layer_attention_pair(x, x, w, None, torch.randn(1, 4, 3, 3, device=DEVICE), None, buf)
+    with pytest.raises(ValueError, match=r"out has shape \(1, 4, 8, 8\)"):
+        gpu_kernels.layer_attention_pair(x, x, w, None, w, None, x)
+    with pytest.raises(ValueError, match="proj_weight has 6 input channels, src 4"):
+        gpu_kernels.attend_project_fuse(x, w, None, torch.randn(2, 6, device=DEVICE), x[:, :2], x[:, :2])
     with pytest.raises(ValueError, match=r"residual has shape \(1, 3, 8, 8\)"):
-        gpu_kernels.project_fuse(x, torch.randn(2, 4, device=DEVICE), x[:, :2], x[:, :3])
+        gpu_kernels.attend_project_fuse(x, w, None, torch.randn(2, 4, device=DEVICE), x[:, :2], x[:, :3])
+    with pytest.raises(ValueError, match=r"attn_out has shape \(1, 2, 8, 8\)"):
+        gpu_kernels.attend_project_fuse(x, w, None, torch.randn(2, 4, device=DEVICE), x[:, :2], x[:, :2],
+                                        attn_out=x[:, :2])
 
 
 def _model(name, **kwargs):
@@ -141,10 +156,11 @@ def test_model_with_kernels_matches_reference(name, kwargs, launches):
         out = model(x)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     groups = [m for m in model.modules() if isinstance(m, MLANGroup)]
-    # per block: T_1, T_2 and LA's masks, then its projection + fusion; per group: BA's mask, projection + fusion
+    # per block: the layer-attention pair, then LA + projection + fusion; per group: BA + projection + fusion
     expected = []
     for g in groups:
-        expected += ["sma", "sma", "sma", "project_fuse"] * len(g.blocks) + ["sma", "project_fuse"]
+        expected += ["layer_attention_pair_kernel", "attend_project_fuse_kernel"] * len(g.blocks) + \
+            ["attend_project_fuse_kernel"]
     assert launches == expected
 
 
@@ -179,10 +195,13 @@ def test_cpu_tensors_never_use_the_kernels_outside_tests(monkeypatch, launches):
 
 
 def test_a_failing_kernel_warns_once_and_falls_back(monkeypatch):
-    def broken(interpret):
-        raise RuntimeError("no Triton backend for this device")
+    from mlan_timm.layers import _triton_src
 
-    monkeypatch.setattr(gpu_kernels, "_build", broken)
+    class Broken:
+        def __getitem__(self, grid):
+            raise RuntimeError("no Triton backend for this device")
+
+    monkeypatch.setattr(_triton_src, "layer_attention_pair_kernel", Broken())
     model = _model("mlan_resnet14_cifar10")
     x = torch.randn(2, 3, 8, 8, device=DEVICE)
     with torch.no_grad():

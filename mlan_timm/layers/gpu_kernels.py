@@ -1,40 +1,40 @@
 """Optional Triton kernels for MLAN's attention in CUDA inference, off by default.
 
 In eager CUDA inference each shared-mask attention costs a cuDNN conv with NCHW/NHWC transposes, a sigmoid, a mean
-and a multiply, and every block adds a concatenation, a 1x1 conv, two adds and a ReLU: about 20 small kernels per
-block, each costing its launch and a pass over memory (docs/benchmarks.md, the CUDA profile). Two Triton kernels
+and a multiply, and every block adds a concatenation, a 1x1 conv, two adds and a ReLU: many small kernels, each
+costing its launch and a pass over memory (benchmarks/results/profile_cuda.json). Two Triton kernels
 (``_triton_src.py``) replace them:
 
-* :func:`shared_mask`: SMA's masks, sigmoid and mean (eqs. 1-3) in one pass, optionally writing ``x * M`` into a
-  channel slice of a larger buffer (so LA and BA read their concatenations without a ``torch.cat``);
-* :func:`project_fuse`: the 1x1 projection (choice A2), the plus fusion (eq. 8) and the ReLU in one pass, with the
-  group attention's shared mask applied after the projection.
+* :func:`layer_attention_pair`: a block's two layer attentions (SMA's masks, sigmoid and mean, eqs. 1-3, and the
+  product with the input) in one launch, written into the two halves of LA's input (no ``torch.cat``);
+* :func:`attend_project_fuse`: an aggregation attention (LA or BA: its shared mask), the 1x1 projection (choice
+  A2), the plus fusion (eq. 8) and the ReLU in one launch, the mask applied after the projection (it is shared
+  over channels); for LA it also writes the block attention into its slice of BA's input.
 
-:meth:`..models.blocks.MLANGroup.forward_gpu_kernels` runs a group with them: 4 kernels per block and 2 per
-group besides the backbone's. They apply to float32 CUDA tensors in inference (no autograd) outside autocast,
-tracing, scripting, ``torch.compile`` and dispatch modes, for groups of plain SMAs with plus fusion; everything
-else runs PyTorch's operators (the fallback), with the same values up to float32 rounding (tests/test_gpu_kernels.py
-runs the kernels in Triton's interpreter on CPU; tests/test_cuda.py compiles them on a GPU).
+:meth:`..models.blocks.MLANGroup.forward_gpu_kernels` runs a group with them: 2 kernels per block and 1 per group
+besides the backbone's (MLAN-20: 17 launches; tests/test_cuda.py counts them). They apply to float32
+CUDA tensors in inference (no autograd) outside autocast, tracing, scripting, ``torch.compile`` and dispatch modes,
+for groups of plain SMAs with plus fusion; everything else runs PyTorch's operators (the fallback), with the same
+values up to float32 rounding (tests/test_gpu_kernels.py runs the kernels in Triton's interpreter on CPU machines
+and compiled on GPU machines; tests/test_cuda.py checks MLAN-20 on a GPU).
 
 Enable with :func:`enable_gpu_kernels` or ``MLAN_TIMM_GPU_KERNELS=1`` for the process, or per model with
-``model.set_fast_paths(True, gpu_kernels=True)``. They are off by default until a GPU run has measured them: the
-H100 session that tested them (all of tests/test_gpu_kernels.py passed there, compiled) timed the benchmarks
-without them (docs/benchmarks.md; ``mlan-bench`` times ``?gpu_kernels=True`` beside the default on CUDA). Without
-Triton, or if compiling a kernel fails, it warns once and PyTorch's operators run.
+``model.set_fast_paths(True, gpu_kernels=True)``. They are off by default until a GPU run has measured them
+(``mlan-bench`` times ``?gpu_kernels=True`` beside the default on CUDA; docs/gpu-runbook.md). Without Triton, or if
+compiling a kernel fails, it warns once and PyTorch's operators run.
 """
-import contextlib
 import functools
 import os
 import warnings
-from types import SimpleNamespace
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = [
     "ENV_VAR", "GpuKernelsFailed", "enable_gpu_kernels", "gpu_kernels_apply", "gpu_kernels_enabled",
-    "gpu_kernels_available", "gpu_kernels_status", "mark_failed", "project_fuse", "shared_mask", "triton_version",
+    "gpu_kernels_available", "gpu_kernels_status", "layer_attention_pair", "attend_project_fuse", "mark_failed",
+    "triton_version",
 ]
 
 #: Environment variable that switches the kernels on at import ("1", "true", "yes", "on").
@@ -62,41 +62,17 @@ def triton_version() -> Optional[str]:
     return triton.__version__
 
 
-@contextlib.contextmanager
-def _interpret(on: bool) -> Iterator[None]:
-    """``TRITON_INTERPRET`` set to ``on`` while building or launching (Triton reads it when it wraps a function)."""
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = old
-
-
-@functools.lru_cache(maxsize=None)
-def _build(interpret: bool) -> SimpleNamespace:
-    """The ``triton.jit``-wrapped kernels: compiled for CUDA, or for Triton's interpreter (CPU tensors)."""
-    import triton
-
-    from . import _triton_src
-
-    with _interpret(interpret):
-        return SimpleNamespace(sma=triton.jit(_triton_src.sma_kernel),
-                               project_fuse=triton.jit(_triton_src.project_fuse_kernel))
-
-
 class GpuKernelsFailed(RuntimeError):
     """A kernel could not be built or launched here (warned once; the kernels stay off in this process)."""
 
 
-def _launch(kernel_name: str, device: torch.device, grid, *args, **meta) -> None:
-    interpret = device.type != "cuda"
+def _launch(kernel_name: str, grid, *args, **meta) -> None:
+    """Launch ``_triton_src.<kernel_name>`` (compiled on first use for these constexprs); a failure is recorded
+    and warned once (:func:`mark_failed`), then raised as :class:`GpuKernelsFailed`."""
     try:
-        with _interpret(interpret) if interpret else contextlib.nullcontext():
-            getattr(_build(interpret), kernel_name)[grid](*args, **meta)
+        from . import _triton_src
+
+        getattr(_triton_src, kernel_name)[grid](*args, **meta)
     except Exception as exc:  # e.g. Triton cannot compile for this GPU: say why once, then PyTorch's operators
         mark_failed(exc)
         raise GpuKernelsFailed(_State.error) from exc
@@ -116,55 +92,73 @@ def _check_4d(name: str, t: torch.Tensor, like: Optional[torch.Tensor] = None, c
                          f"{like.shape[3]}) on {like.device}")
 
 
-def shared_mask(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """SMA's shared mask (eqs. 1-3): ``mean_n sigmoid(conv_n(x) + bias_n)``, (B, 1, H, W) float32, for the ``N``
-    convs ``C -> 1`` in ``weight`` (N, C, k, k), k odd, 'same' zero padding. With ``out`` (B, C, H, W, any
-    strides, e.g. a channel slice of a concatenation buffer) also writes ``x * mask`` there."""
-    _check_4d("x", x)
-    if weight.dim() != 4 or weight.shape[1] != x.shape[1] or weight.shape[2] != weight.shape[3] \
+def _mask_args(name: str, weight: torch.Tensor, bias: Optional[torch.Tensor], channels: int, device: torch.device):
+    """An SMA's conv weight (N, C, k, k), k odd, and bias as contiguous float32 (zeros for no bias), ValueError
+    naming ``name`` otherwise; and (N, NP, k) for the kernels."""
+    if weight.dim() != 4 or weight.shape[1] != channels or weight.shape[2] != weight.shape[3] \
             or weight.shape[2] % 2 == 0:
-        raise ValueError(f"weight must be (N, {x.shape[1]}, k, k) with k odd, got {tuple(weight.shape)}")
-    b, c, h, w = x.shape
-    n, k = weight.shape[0], weight.shape[2]
-    if out is not None:
-        _check_4d("out", out, x, c)
-    weight = weight.detach().to(torch.float32).contiguous()
-    bias = (torch.zeros(n, device=x.device) if bias is None else bias.detach().to(torch.float32)).contiguous()
-    mask = torch.empty(b, 1, h, w, device=x.device, dtype=torch.float32)
-    target = mask if out is None else out
-    np_, block = _pow2(n), min(128, max(16, _pow2(h * w)))
-    cb = max(1, min(_pow2(c), 4096 // (np_ * block)))
-    _launch("sma", x.device, (-(-h * w // block), b), x, weight, bias, mask, target, c, h, w, *x.stride(),
-            *target.stride(), N=n, NP=np_, K=k, CB=cb, BLOCK=block, APPLY=out is not None)
-    return mask
+        raise ValueError(f"{name} must be (N, {channels}, k, k) with k odd, got {tuple(weight.shape)}")
+    n = weight.shape[0]
+    bias = torch.zeros(n, device=device) if bias is None else bias.detach().to(torch.float32)
+    return weight.detach().to(torch.float32).contiguous(), bias.contiguous(), (n, _pow2(n), weight.shape[2])
 
 
-def project_fuse(src: torch.Tensor, weight: torch.Tensor, feature: torch.Tensor, residual: torch.Tensor,
-                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``ReLU(feature + [mask *] conv1x1(src) + residual)``: a 1x1 projection (``weight`` (C, K) or (C, K, 1, 1),
-    no bias) with plus fusion (eq. 8) and ReLU; ``mask`` (B, 1, H, W) multiplies the projection (a shared mask
-    commutes with it). ``src`` (B, K, H, W) and the others may have any strides. Returns a new tensor shaped
-    like ``feature``; the projection uses TF32 exactly when PyTorch's cuDNN convolutions may
-    (``torch.backends.cudnn.allow_tf32``)."""
+def _channel_step(n_pow2: int, channels: int, block: int) -> int:
+    """Channels per step of the mask convs: the [NP, CB, BLOCK] product within 4096 values."""
+    return max(1, min(_pow2(channels), 4096 // (n_pow2 * block)))
+
+
+def layer_attention_pair(x1: torch.Tensor, x2: torch.Tensor, weight1: torch.Tensor, bias1: Optional[torch.Tensor],
+                         weight2: torch.Tensor, bias2: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """A block's two layer attentions (SMA, eqs. 1-3) in one launch: ``T_1(x1) = x1 * M(x1)`` into channels
+    ``[0, C)`` of ``out`` and ``T_2(x2)`` into ``[C, 2C)``, each mask from its own convs (``weight`` (N, C, k, k),
+    k odd, 'same' zero padding; both of one shape). ``out`` (B, 2C, H, W) may have any strides; returns it."""
+    _check_4d("x1", x1)
+    _check_4d("x2", x2, x1, x1.shape[1])
+    b, c, h, w = x1.shape
+    _check_4d("out", out, x1, 2 * c)
+    weight1, bias1, shape1 = _mask_args("weight1", weight1, bias1, c, x1.device)
+    weight2, bias2, shape2 = _mask_args("weight2", weight2, bias2, c, x1.device)
+    if shape1 != shape2:
+        raise ValueError(f"the two layer attentions' convs differ in shape: {tuple(weight1.shape)} and "
+                         f"{tuple(weight2.shape)}")
+    n, np_, k = shape1
+    block = min(128, max(16, _pow2(h * w)))
+    _launch("layer_attention_pair_kernel", (-(-h * w // block), b, 2), x1, x2, weight1, bias1, weight2, bias2, out,
+            c, h, w, *x1.stride(), *x2.stride(), *out.stride(), N=n, NP=np_, K=k, CB=_channel_step(np_, c, block),
+            BLOCK=block)
+    return out
+
+
+def attend_project_fuse(src: torch.Tensor, mask_weight: torch.Tensor, mask_bias: Optional[torch.Tensor],
+                        proj_weight: torch.Tensor, feature: torch.Tensor, residual: torch.Tensor,
+                        attn_out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """An aggregation attention over a concatenation ``src`` (B, K, H, W): LA (eq. 5) or BA (eq. 7), an SMA with
+    ``mask_weight`` (N, K, k, k), then the 1x1 projection ``proj_weight`` (C, K) or (C, K, 1, 1) back to C channels
+    (choice A2), the plus fusion (eq. 8) and the ReLU, in one launch:
+    ``ReLU(feature + conv1x1(src * M) + residual)``, computed as ``M * conv1x1(src)`` (the mask is shared over
+    channels). With ``attn_out`` (B, K, H, W, any strides, e.g. a block's slice of BA's input) also writes the
+    attention ``src * M`` there. Returns a new tensor shaped like ``feature``; the projection uses TF32 exactly when
+    PyTorch's cuDNN convolutions may (``torch.backends.cudnn.allow_tf32``)."""
     _check_4d("src", src)
-    weight = weight.detach().to(torch.float32).flatten(1).contiguous()
-    c, kin = weight.shape
-    if kin != src.shape[1]:
-        raise ValueError(f"weight has {kin} input channels, src {src.shape[1]}")
+    b, kin, h, w = src.shape
+    mask_weight, mask_bias, (n, np_, k) = _mask_args("mask_weight", mask_weight, mask_bias, kin, src.device)
+    proj_weight = proj_weight.detach().to(torch.float32).flatten(1).contiguous()
+    c = proj_weight.shape[0]
+    if proj_weight.shape[1] != kin:
+        raise ValueError(f"proj_weight has {proj_weight.shape[1]} input channels, src {kin}")
     _check_4d("feature", feature, src, c)
     _check_4d("residual", residual, src, c)
-    if mask is not None:
-        _check_4d("mask", mask, src, 1)
-        mask = mask.contiguous()
-    b, _, h, w = src.shape
+    if attn_out is not None:
+        _check_4d("attn_out", attn_out, src, kin)
     out = torch.empty_like(feature)
-    cp, block = max(16, _pow2(c)), 64
+    attn = attn_out if attn_out is not None else out
+    block = min(64, max(16, _pow2(h * w)))
     tf32 = src.device.type == "cuda" and torch.backends.cudnn.allow_tf32
-    _launch("project_fuse", src.device, (-(-h * w // block), b), src, weight, mask if mask is not None else out,
-            feature, residual, out, kin, c, h, w, *src.stride(), *feature.stride(), *residual.stride(),
-            *out.stride(), CP=cp, KB=16, BLOCK=block, HAS_MASK=mask is not None,
-            PRECISION="tf32" if tf32 else "ieee")
+    _launch("attend_project_fuse_kernel", (-(-h * w // block), b), src, mask_weight, mask_bias, proj_weight, feature,
+            residual, out, attn, kin, c, h, w, *src.stride(), *feature.stride(), *residual.stride(), *out.stride(),
+            *attn.stride(), N=n, NP=np_, K=k, CB=_channel_step(np_, kin, block), CP=max(16, _pow2(c)), KB=16,
+            BLOCK=block, STORE_ATTN=attn_out is not None, PRECISION="tf32" if tf32 else "ieee")
     return out
 
 

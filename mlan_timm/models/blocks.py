@@ -359,28 +359,25 @@ class MLANGroup(nn.Module):
 
     @torch.jit.unused
     def forward_gpu_kernels(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference with the Triton kernels (:mod:`..layers.gpu_kernels`): per block, the two layer attentions
-        write ``T(o1)``, ``T(o2)`` into the halves of one 2C buffer (LA's input, no ``torch.cat``), LA writes the
-        block attention ``b`` into its slice of the group's 2pC buffer (BA's input), and one kernel projects ``b``
-        and fuses (``ReLU(o2 + conv1x1(b) + x)``); the group's mask over that buffer, then its projection and
-        fusion, the mask applied after the projection (it is shared over channels). Same values as
-        :meth:`forward_reference` up to float32 rounding (tests/test_gpu_kernels.py)."""
+        """Inference with the Triton kernels (:mod:`..layers.gpu_kernels`): per block, one launch writes the layer
+        attentions ``T_1(o1)``, ``T_2(o2)`` into the halves of a 2C buffer (LA's input, no ``torch.cat``), and one
+        runs LA over it, writes the block attention ``b`` into its slice of the group's 2pC buffer (BA's input)
+        and computes ``ReLU(o2 + conv1x1(b) + x)``; per group, one launch runs BA over that buffer, the group's
+        projection and fusion. Same values as :meth:`forward_reference` up to float32 rounding
+        (tests/test_gpu_kernels.py)."""
         x = self.down_block(x)
         group_input = x
         b, c, h, w = x.shape
         group_cat = x.new_empty(b, 2 * len(self.blocks) * c, h, w)
         for i, block in enumerate(self.blocks):
             out1, out2 = block.conv_layers(x)
-            block_cat = x.new_empty(b, 2 * c, h, w)
             t1, t2, la = block.layer_attn[0].conv, block.layer_attn[1].conv, block.block_attn.attn.conv
-            gpu_kernels.shared_mask(out1, t1.weight, t1.bias, out=block_cat[:, :c])
-            gpu_kernels.shared_mask(out2, t2.weight, t2.bias, out=block_cat[:, c:])
-            block_attn = group_cat[:, 2 * c * i:2 * c * (i + 1)]
-            gpu_kernels.shared_mask(block_cat, la.weight, la.bias, out=block_attn)
-            x = gpu_kernels.project_fuse(block_attn, block.attn_proj.weight, out2, x)
+            block_cat = gpu_kernels.layer_attention_pair(out1, out2, t1.weight, t1.bias, t2.weight, t2.bias,
+                                                         x.new_empty(b, 2 * c, h, w))
+            x = gpu_kernels.attend_project_fuse(block_cat, la.weight, la.bias, block.attn_proj.weight, out2, x,
+                                                attn_out=group_cat[:, 2 * c * i:2 * c * (i + 1)])
         ba = self.group_attn.attn.conv
-        mask = gpu_kernels.shared_mask(group_cat, ba.weight, ba.bias)
-        return gpu_kernels.project_fuse(group_cat, self.attn_proj.weight, x, group_input, mask)
+        return gpu_kernels.attend_project_fuse(group_cat, ba.weight, ba.bias, self.attn_proj.weight, x, group_input)
 
     def gpu_kernels_fit(self) -> bool:
         """Whether :meth:`forward_gpu_kernels` applies: T_1, T_2, LA and BA plain SMAs (any mask count and odd

@@ -300,8 +300,10 @@ def _try_gpu_kernels() -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
             x = torch.randn(2, 4, 8, 8, device="cuda")
-            mask = gk.shared_mask(x, torch.randn(3, 4, 3, 3, device="cuda"), out=torch.empty_like(x))
-            gk.project_fuse(x, torch.randn(4, 4, device="cuda"), x, x, mask)
+            both = gk.layer_attention_pair(x, x, *(torch.randn(3, 4, 3, 3, device="cuda"), None) * 2,
+                                           torch.empty(2, 8, 8, 8, device="cuda"))
+            gk.attend_project_fuse(both, torch.randn(3, 8, 3, 3, device="cuda"), None,
+                                   torch.randn(4, 8, device="cuda"), x, x, attn_out=torch.empty_like(both))
             torch.cuda.synchronize()
         except Exception as exc:  # a launch that failed is recorded already; anything else is recorded here
             if not isinstance(exc, gk.GpuKernelsFailed):
