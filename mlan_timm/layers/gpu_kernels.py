@@ -49,7 +49,7 @@ def _switched_on(value: Optional[str]) -> bool:
 class _State:
     enabled = _switched_on(os.environ.get(ENV_VAR))
     error: Optional[str] = None  # why the kernels are unavailable (Triton missing, a kernel failed to compile)
-    on_cpu = False  # tests only: also apply to CPU tensors, run in Triton's interpreter
+    on_cpu = False  # tests only: also apply to CPU tensors (Triton imported with TRITON_INTERPRET=1 runs them)
 
 
 @functools.lru_cache(maxsize=None)
