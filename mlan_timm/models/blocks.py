@@ -263,10 +263,10 @@ class MLANGroup(nn.Module):
       block's whole attention in one kernel call (:meth:`MLANBlock.forward_fused` in inference,
       :func:`..layers.fused_block_attention` with autograd) where :meth:`fusable`, else the streaming path with
       the kernels for its mask convs;
-    * on CUDA the concatenations stay at every batch size (the streaming path's extra small kernels cost more than
-      the traffic they save there: docs/benchmarks.md, the CUDA fast-path tables), and in inference the Triton
-      kernels (``gpu_kernels``; :mod:`..layers.gpu_kernels`) run the attention where :meth:`gpu_kernels_fit`
-      (:meth:`forward_gpu_kernels`).
+    * on GPUs (any device but the CPU) the concatenations stay at every batch size (the streaming path's extra
+      small kernels cost more than the traffic they save there: docs/architecture.md, "Fast paths"), and in CUDA
+      inference the Triton kernels (``gpu_kernels``; :mod:`..layers.gpu_kernels`) run the attention where
+      :meth:`gpu_kernels_fit` (:meth:`forward_gpu_kernels`).
     """
 
     def __init__(
@@ -381,10 +381,11 @@ class MLANGroup(nn.Module):
 
     def gpu_kernels_fit(self) -> bool:
         """Whether :meth:`forward_gpu_kernels` applies: T_1, T_2, LA and BA plain SMAs (any mask count and odd
-        kernel size), plus fusion in the group and its blocks."""
+        kernel size; T_1 and T_2 of one shape, they share a launch), plus fusion in the group and its blocks."""
         return type(self.group_attn.attn) is SharedMaskAttention and type(self.fusion) is PlusFusion and all(
-            type(b.fusion) is PlusFusion and all(type(a) is SharedMaskAttention
-                                                 for a in (b.layer_attn[0], b.layer_attn[1], b.block_attn.attn))
+            type(b.fusion) is PlusFusion
+            and all(type(a) is SharedMaskAttention for a in (b.layer_attn[0], b.layer_attn[1], b.block_attn.attn))
+            and b.layer_attn[0].conv.weight.shape == b.layer_attn[1].conv.weight.shape
             for b in self.blocks)
 
     def kernels(self, x: torch.Tensor) -> Optional[ModuleType]:
