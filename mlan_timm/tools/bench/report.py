@@ -1199,18 +1199,6 @@ def _conv_costs_sentence(cc: Dict[str, Any]) -> str:
             + ".")
 
 
-def _slower_phrase(cases: List[Dict[str, Any]]) -> str:
-    """'SE on CIFAR-100 ResNet-20 at batch 1 (1.00), ...': each rival MLAN is not faster than, where, with MLAN /
-    rival."""
-    items = []
-    for c in cases:
-        for name in c["slower"]:
-            dataset, depth = _split_group(c["group"])
-            items.append(f"{name} on {_dataset_label(dataset)} ResNet-{depth} at {c['what']} "
-                         f"({c['rivals'][name][1]:.2f})")
-    return _join(items)
-
-
 def _device_phrase(machine: str, label: str) -> str:
     if label.startswith("cuda"):
         m = re.search(r"GPU: ([^;]+)", machine or "")
@@ -1265,7 +1253,7 @@ def _gpu_sentence(report: Dict[str, Any]) -> str:
         parts.append("target 2: " + "; ".join(
             f"{variant_names.get(lbl, repr(lbl))} it {_target2_status(cases)} (MLAN faster than all four in "
             f"{sum(c['met'] for c in cases)} of {len(cases)} (dataset, depth, batch) cases"
-            + (f"; not faster than {_slower_phrase(cases)}" if not all(c['met'] for c in cases) else "") + ")"
+            + (f"; {_target2_exceptions(cases)}" if not all(c['met'] for c in cases) else "") + ")"
             for lbl, cases in t2))
     others = [lbl for lbl in labels if lbl != label]
     return (f"GPU ({_device_phrase(src.get('machine'), label)}, '{label}' in {DOCS_MD}): "
