@@ -10,6 +10,15 @@ import triton.language as tl
 
 
 @triton.jit
+def _pixel_block(H, W, BLOCK: tl.constexpr):
+    """This program's image ``b`` (grid axis 1, int64 for the offsets) and its ``BLOCK`` pixels (grid axis 0): the
+    in-plane mask, rows and columns."""
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return b, p < H * W, p // W, p % W
+
+
+@triton.jit
 def _shared_mask_at(x_img, sxc, sxh, sxw, w_ptr, b_ptr, C, H, W, h, w, valid,
                     N: tl.constexpr, NP: tl.constexpr, K: tl.constexpr, CB: tl.constexpr, BLOCK: tl.constexpr):
     """SMA's shared mask (eqs. 1-3) at this program's pixels: ``mean_n sigmoid(conv_n(x) + bias_n)`` over ``N``
@@ -56,11 +65,7 @@ def layer_attention_pair_kernel(x1_ptr, x2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, 
                                 BLOCK: tl.constexpr):
     """A block's two layer attentions in one launch (grid axis 2 picks the layer): ``T_1(x1)`` into channels
     ``[0, C)`` of ``out``, ``T_2(x2)`` into ``[C, 2C)`` (LA's input, eq. 4, without a concatenation)."""
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = p < H * W
-    h = p // W
-    w = p % W
+    b, valid, h, w = _pixel_block(H, W, BLOCK)
     if tl.program_id(2) == 0:
         _layer_attention(x1_ptr + b * s1b, s1c, s1h, s1w, w1_ptr, b1_ptr, out_ptr + b * sob, soc, soh, sow,
                          C, H, W, h, w, valid, N, NP, K, CB, BLOCK)
@@ -81,11 +86,7 @@ def attend_project_fuse_kernel(src_ptr, mw_ptr, mb_ptr, pw_ptr, feat_ptr, res_pt
     ``out = ReLU(feat + M * (P @ src) + res)`` with ``M`` SMA's shared mask of ``src`` (it commutes with the
     projection). With ``STORE_ATTN`` also ``attn = src * M`` (the block attention, into its slice of BA's input).
     The projection runs as ``tl.dot`` over KB-channel steps (``PRECISION``: "ieee" or "tf32")."""
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = p < H * W
-    h = p // W
-    w = p % W
+    b, valid, h, w = _pixel_block(H, W, BLOCK)
     src_img = src_ptr + b * ssb
     m = _shared_mask_at(src_img, ssc, ssh, ssw, mw_ptr, mb_ptr, KIN, H, W, h, w, valid, N, NP, K, CB, BLOCK)
     co = tl.arange(0, CP)
@@ -94,13 +95,13 @@ def attend_project_fuse_kernel(src_ptr, mw_ptr, mb_ptr, pw_ptr, feat_ptr, res_pt
     acc = tl.zeros([CP, BLOCK], dtype=tl.float32)
     for k0 in range(0, KIN, KB):
         k = k0 + kk
-        both = (k < KIN)[:, None] & valid[None, :]
+        k_valid = k < KIN
+        both = k_valid[:, None] & valid[None, :]
         s = tl.load(src_img + k[:, None] * ssc + (h * ssh + w * ssw)[None, :], mask=both, other=0.0)
         if STORE_ATTN:
             tl.store(attn_ptr + b * sab + k[:, None] * sac + (h * sah + w * saw)[None, :], s * m[None, :],
                      mask=both)
-        a = tl.load(pw_ptr + co[:, None] * KIN + k[None, :], mask=co_valid[:, None] & (k < KIN)[None, :],
-                    other=0.0)
+        a = tl.load(pw_ptr + co[:, None] * KIN + k[None, :], mask=co_valid[:, None] & k_valid[None, :], other=0.0)
         acc += tl.dot(a, s, input_precision=PRECISION)
     out_mask = co_valid[:, None] & valid[None, :]
     f = tl.load(feat_ptr + b * sfb + co[:, None] * sfc + (h * sfh + w * sfw)[None, :], mask=out_mask, other=0.0)

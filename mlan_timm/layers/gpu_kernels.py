@@ -209,10 +209,10 @@ def gpu_kernels_apply(x: torch.Tensor, enabled: Optional[bool] = None) -> bool:
         return False
     if x.device.type != "cuda" and not (_State.on_cpu and x.device.type == "cpu"):
         return False
-    if x.dtype != torch.float32 or x.dim() != 4 or _State.error is not None:
+    if x.dtype != torch.float32 or x.dim() != 4:
         return False
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False
     if _get_current_dispatch_mode() is not None or torch.is_autocast_enabled(x.device.type):
         return False
-    return triton_version() is not None
+    return gpu_kernels_available()
