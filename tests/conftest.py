@@ -28,6 +28,22 @@ def _cpu_kernels_off_unless_a_test_asks(monkeypatch):
     monkeypatch.setattr(cpu_kernels._State, "enabled", False)
 
 
+@pytest.fixture
+def launches(monkeypatch):
+    """Names of the Triton kernels (mlan_timm.layers.gpu_kernels) launched during a test, in order."""
+    from mlan_timm.layers import gpu_kernels
+
+    calls = []
+    real = gpu_kernels._launch
+
+    def spy(name, *args, **kwargs):
+        calls.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(gpu_kernels, "_launch", spy)
+    return calls
+
+
 def _make_image_folder(root, num_classes=10, train_per_class=4, test_per_class=2, seed=0, test_name='test'):
     """``root/train/<class>/*.png`` and ``root/<test_name>/<class>/*.png`` of random 32x32 RGB images.
 

@@ -110,20 +110,13 @@ def test_bench_cuda_graphs_variant_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("batch", [1, 128])
-def test_triton_kernels_run_and_match_reference_at_cifar_size(batch, no_tf32, monkeypatch):
+def test_triton_kernels_run_and_match_reference_at_cifar_size(batch, no_tf32, launches):
     """MLAN's CUDA inference runs its attention in the Triton kernels (compiled here; tests/test_gpu_kernels.py has
     the kernel-level checks) with the reference forward's logits."""
     from mlan_timm.layers import gpu_kernels
 
     if gpu_kernels.triton_version() is None:
         pytest.skip("needs Triton")
-    calls, real = [], gpu_kernels._launch
-
-    def spy(name, *args, **kwargs):
-        calls.append(name)
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(gpu_kernels, "_launch", spy)
     model = _model("mlan_resnet20_cifar100").cuda()
     x = torch.randn(batch, 3, 32, 32, device="cuda")
     with torch.no_grad():
@@ -133,6 +126,6 @@ def test_triton_kernels_run_and_match_reference_at_cifar_size(batch, no_tf32, mo
         out = model(x)
     # MLAN-20: 3 MLAN blocks in group 1; a D block then 2 MLAN blocks in groups 2 and 3; 2 launches per block, 1
     # per group
-    assert len(calls) == (3 * 2 + 1) + 2 * (2 * 2 + 1)
+    assert len(launches) == (3 * 2 + 1) + 2 * (2 * 2 + 1)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     assert gpu_kernels.triton_version() is not None and gpu_kernels._State.error is None

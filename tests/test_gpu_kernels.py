@@ -38,20 +38,6 @@ def kernels_here(monkeypatch):
         monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    """Names of the kernels launched, in order."""
-    calls = []
-    real = gpu_kernels._launch
-
-    def spy(name, *args, **kwargs):
-        calls.append(name)
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(gpu_kernels, "_launch", spy)
-    return calls
-
-
 def _sma_reference(x, weight, bias):
     """SMA's shared mask (eqs. 1-3) with PyTorch's operators."""
     return torch.sigmoid(F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)).mean(1, keepdim=True)
