@@ -135,7 +135,7 @@ def _assert_grads_close(model, ref):
 # multiple of the 4-vector tile (the untiled path)
 PLANES = [(32, 32), (16, 16), (8, 8), (4, 4), (8, 16), (6, 8), (12, 20)]
 OUT_CHANNELS = [1, 2, 3, 4, 5, 8]  # blocks of 4 output channels (3 for the weight gradient) and their remainders
-IN_CHANNELS = [1, 3, 8, 16]
+IN_CHANNELS = [1, 3, 8, 16, 20]  # 16 and 20 on 32x32 planes: channel chunks of 8 (small_conv.cpp, channel_chunk)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
@@ -561,6 +561,7 @@ VARIANTS = [
     (SMALL, dict(fusion="weighted"), False),
     (SMALL, dict(widths=(6, 10, 14)), True),  # widths not a multiple of the 4-channel projection blocks
     (SMALL, dict(widths=(5, 7, 9), num_masks=5), True),
+    (SMALL, dict(widths=(20, 12, 14)), True),  # 20 channels of 32x32: channel chunks of 8, 8 and 4 (channel_chunk)
 ]
 
 

@@ -10,8 +10,10 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <mutex>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -77,25 +79,37 @@ struct Taps {
   }
 };
 
+// Input channels per pass of a conv tile over its taps. A tile reads a few cache lines at the same offset in each
+// channel plane; planes a multiple of 4 KB apart (32x32 floats) put all of them in the same L1 sets, and more
+// lines per set than its ways evict each other between taps. Chunks of channels whose lines share a set at most
+// 8 times (L1: 64 sets of 64 bytes) keep a chunk's lines in L1 over its 9 taps; one chunk otherwise (each chunk
+// costs its tap loop's setup and exit). xs: the plane stride in floats.
+inline int64_t channel_chunk(int64_t C, int64_t xs) {
+  const int64_t same_set = xs % 16 == 0 ? std::gcd<int64_t>(xs / 16, 64) : 1;  // planes per 64 sharing a set
+  return std::max<int64_t>(C * same_set <= 8 * 64 ? C : 8 * 64 / same_set, 1);
+}
+
 // One tile (NV vectors of pixels starting at vector j0) of one block of OB output channels for one image.
 // x: the image's C planes; wt: [C][T][O] (O = all output channels); dst: the image's output planes.
 template <int OB, int NV>
 inline void conv_tile(const float* x, const float* wt, float* dst, int64_t C, int64_t O, int64_t o0, int64_t P,
-                      int64_t j0, const Taps& taps, bool accumulate) {
+                      int64_t j0, const Taps& taps, bool accumulate, int64_t xs, int64_t chunk) {
   const int T = taps.count;
   float* out = dst + o0 * P + j0 * Vec::L;
   Vec::T acc[OB][NV];
   MLAN_UNROLL for (int o = 0; o < OB; ++o)
     MLAN_UNROLL for (int v = 0; v < NV; ++v) acc[o][v] = accumulate ? Vec::load(out + o * P + v * Vec::L) : Vec::zero();
-  // taps outer, channels inner: each tap's lane masks are loaded once and stay in mask registers
+  // channel chunks outer (see channel_chunk), then taps, then channels: each tap's lane masks are loaded once per
+  // chunk and stay in mask registers
+  for (int64_t c0 = 0; c0 < C; c0 += chunk)
   for (int t = 0; t < T; ++t) {
     Vec::M mask[NV];
     MLAN_UNROLL for (int v = 0; v < NV; ++v) mask[v] = taps.masks[(j0 + v) * T + t];
     const float* src = x + j0 * Vec::L + taps.offset[t];
     const float* wtap = wt + t * O + o0;
-    for (int64_t c = 0; c < C; ++c) {
+    for (int64_t c = c0, c_end = std::min(C, c0 + chunk); c < c_end; ++c) {
       Vec::T xv[NV];
-      MLAN_UNROLL for (int v = 0; v < NV; ++v) xv[v] = Vec::mload(mask[v], src + c * P + v * Vec::L);
+      MLAN_UNROLL for (int v = 0; v < NV; ++v) xv[v] = Vec::mload(mask[v], src + c * xs + v * Vec::L);
       const float* wc = wtap + c * T * O;
       MLAN_UNROLL for (int o = 0; o < OB; ++o) {
         const Vec::T wv = Vec::bcast(wc[o]);
@@ -114,7 +128,8 @@ void forward_block(const float* x, const float* wt, float* out, int64_t N, int64
   at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t n = idx / tiles;
-      conv_tile<OB, NV>(x + n * C * P, wt, out + n * O * P, C, O, o0, P, (idx % tiles) * NV, taps, accumulate);
+      conv_tile<OB, NV>(x + n * C * P, wt, out + n * O * P, C, O, o0, P, (idx % tiles) * NV, taps, accumulate, P,
+                        channel_chunk(C, P));
     }
   });
 }
@@ -206,17 +221,46 @@ inline __m512 sigmoid_ps(__m512 x) {
   return _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
-// conv(x) for one image, all O outputs (blocks of up to kOutBlock channels), into or onto dst.
+// Software prefetch (to L2) of one or two arrays of ``bytes``, spread over ``steps`` calls of step(): the kernel
+// reads its block input and group-projection sum only at the end of an image, and they come from memory
+// (the previous calls wrote them, or PyTorch's convs, long before); fetching them a piece per conv tile earlier in
+// the image hides that latency behind the convs' arithmetic.
+struct Prefetch {
+  const char* a;
+  const char* b;  // may be null
+  int64_t bytes, per_step, at = 0;
+  Prefetch(const float* a_, const float* b_, int64_t floats, int64_t steps)
+      : a(reinterpret_cast<const char*>(a_)), b(reinterpret_cast<const char*>(b_)), bytes(floats * 4),
+        per_step((bytes + 64 * steps - 1) / (64 * steps) * 64) {}
+  inline void step() {
+    for (const int64_t end = std::min(bytes, at + per_step); at < end; at += 64) {
+      _mm_prefetch(a + at, _MM_HINT_T1);
+      if (b != nullptr) _mm_prefetch(b + at, _MM_HINT_T1);
+    }
+  }
+};
+
+// Tiles of conv_image per block of output channels.
+inline int64_t conv_tiles(int64_t P) {
+  const int64_t nvec = P / Vec::L;
+  return nvec % kTileVectors == 0 ? nvec / kTileVectors : nvec;
+}
+
+// conv(x) for one image, all O outputs (blocks of up to kOutBlock channels), into or onto dst. xs: the stride of
+// x's planes (0: P); pf: a prefetch to advance by a step before each tile.
 void conv_image(const float* x, const float* wt, float* dst, int64_t C, int64_t O, int64_t P, const Taps& taps,
-                bool accumulate) {
+                bool accumulate, Prefetch* pf = nullptr, int64_t xs = 0) {
+  if (xs == 0) xs = P;
+  const int64_t chunk = channel_chunk(C, xs);
   const int64_t nvec = P / Vec::L;
   const bool tiled = nvec % kTileVectors == 0;
   for (int64_t o0 = 0; o0 < O; o0 += kOutBlock)
     with_out_block(std::min<int64_t>(kOutBlock, O - o0), [&](auto ob) {
       constexpr int OB = decltype(ob)::value;
       for (int64_t j0 = 0; j0 < nvec; j0 += tiled ? kTileVectors : 1) {
-        if (tiled) conv_tile<OB, kTileVectors>(x, wt, dst, C, O, o0, P, j0, taps, accumulate);
-        else conv_tile<OB, 1>(x, wt, dst, C, O, o0, P, j0, taps, accumulate);
+        if (pf != nullptr) pf->step();
+        if (tiled) conv_tile<OB, kTileVectors>(x, wt, dst, C, O, o0, P, j0, taps, accumulate, xs, chunk);
+        else conv_tile<OB, 1>(x, wt, dst, C, O, o0, P, j0, taps, accumulate, xs, chunk);
       }
     });
 }
@@ -237,11 +281,15 @@ void shared_mask(const float* logits, int64_t logit_stride, const float* bias, i
   }
 }
 
-// dst[c, p] = src[c, p] * mask[p] (a shared mask, broadcast over channels); dst may be src.
-void apply_mask(const float* src, const float* mask, float* dst, int64_t C, int64_t P) {
+// dst[c, p] = src[c, p] * mask[p] (a shared mask, broadcast over channels); dst may be src. ss, ds: the plane
+// strides of src and dst (0: P).
+void apply_mask(const float* src, const float* mask, float* dst, int64_t C, int64_t P, int64_t ss = 0,
+                int64_t ds = 0) {
+  if (ss == 0) ss = P;
+  if (ds == 0) ds = P;
   for (int64_t c = 0; c < C; ++c)
     for (int64_t j = 0; j < P; j += Vec::L)
-      _mm512_storeu_ps(dst + c * P + j, _mm512_mul_ps(_mm512_loadu_ps(src + c * P + j), _mm512_loadu_ps(mask + j)));
+      _mm512_storeu_ps(dst + c * ds + j, _mm512_mul_ps(_mm512_loadu_ps(src + c * ss + j), _mm512_loadu_ps(mask + j)));
 }
 constexpr int64_t kStreamBytes = int64_t(8) << 20;
 
@@ -254,12 +302,13 @@ inline void store(float* p, __m512 v, bool stream) {
 
 // For output channels [co0, co0 + CB) at NV pixel vectors from pixel j: the block projection P_block b and the
 // group projection's share P_group b (b = cat(b1, b2); P rows of 2C), then out = ReLU(out2 + P_block b + x) and
-// group_proj (+)= P_group b. Each weight broadcast serves NV vectors, each load of b serves CB channels.
+// group_proj (+)= P_group b. Each weight broadcast serves NV vectors, each load of b serves CB channels. bs: the
+// stride of b's planes.
 constexpr int kProjBlock = 2;
 template <int CB, int NV>
 inline void project_and_fuse(const float* b1, const float* b2, const float* pw, const float* gw, const float* o2,
-                             const float* xn, float* out, float* gp, int64_t C, int64_t P, int64_t co0, int64_t j,
-                             bool first, bool stream) {
+                             const float* xn, float* out, float* gp, int64_t C, int64_t P, int64_t bs, int64_t co0,
+                             int64_t j, bool first, bool stream) {
   __m512 ab[CB][NV], ag[CB][NV];
   MLAN_UNROLL for (int q = 0; q < CB; ++q)
     MLAN_UNROLL for (int v = 0; v < NV; ++v) {
@@ -269,8 +318,8 @@ inline void project_and_fuse(const float* b1, const float* b2, const float* pw, 
   for (int64_t ci = 0; ci < C; ++ci) {
     __m512 v1[NV], v2[NV];
     MLAN_UNROLL for (int v = 0; v < NV; ++v) {
-      v1[v] = _mm512_loadu_ps(b1 + ci * P + j + v * Vec::L);
-      v2[v] = _mm512_loadu_ps(b2 + ci * P + j + v * Vec::L);
+      v1[v] = _mm512_loadu_ps(b1 + ci * bs + j + v * Vec::L);
+      v2[v] = _mm512_loadu_ps(b2 + ci * bs + j + v * Vec::L);
     }
     MLAN_UNROLL for (int q = 0; q < CB; ++q) {
       const float *pr = pw + (co0 + q) * 2 * C, *gr = gw + (co0 + q) * 2 * C;
@@ -293,13 +342,13 @@ inline void project_and_fuse(const float* b1, const float* b2, const float* pw, 
 
 template <int NV>
 inline void project_and_fuse_all(const float* b1, const float* b2, const float* pw, const float* gw, const float* o2,
-                                 const float* xn, float* out, float* gp, int64_t C, int64_t P, bool first,
+                                 const float* xn, float* out, float* gp, int64_t C, int64_t P, int64_t bs, bool first,
                                  bool stream) {
   for (int64_t j = 0; j < P; j += NV * Vec::L) {
     int64_t co = 0;
     for (; co + kProjBlock <= C; co += kProjBlock)
-      project_and_fuse<kProjBlock, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, co, j, first, stream);
-    for (; co < C; ++co) project_and_fuse<1, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, co, j, first, stream);
+      project_and_fuse<kProjBlock, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, bs, co, j, first, stream);
+    for (; co < C; ++co) project_and_fuse<1, NV>(b1, b2, pw, gw, o2, xn, out, gp, C, P, bs, co, j, first, stream);
   }
 }
 // acc[o, c, t] += sum_p g[o, p] * x[c, p + off(t)] for one image (a conv's weight gradient), OB output channels at
@@ -549,9 +598,10 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
   // batch 128 (8 MB), 2-5% slower at 4 MB and below).
   const bool aligned = reinterpret_cast<uintptr_t>(outp) % 64 == 0 && reinterpret_cast<uintptr_t>(gpp) % 64 == 0 &&
                        N * C * P * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+  const int64_t S = P + Vec::L;  // the scratch planes' stride: padded, so that no two share L1 sets (channel_chunk)
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(2 * C * P + O * P + 3 * P);
-    float *a1 = scratch.data(), *a2 = a1 + C * P, *logits = a2 + C * P, *m1 = logits + O * P, *m2 = m1 + P,
+    std::vector<float> scratch(2 * C * S + O * P + 3 * P);
+    float *a1 = scratch.data(), *a2 = a1 + C * S, *logits = a2 + C * S, *m1 = logits + O * P, *m2 = m1 + P,
           *mask = m2 + P;
     float *m1s = m1, *m2s = m2, *masks = mask;
     for (int64_t n = begin; n < end; ++n) {
@@ -560,26 +610,29 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
       // for training: the three masks and the 3 O sigmoids (T_1, T_2, LA) of this image, for the backward
       float* sv = savedp != nullptr ? savedp + n * (3 + 3 * O) * P : nullptr;
       if (sv != nullptr) m1 = sv, m2 = sv + P, mask = sv + 2 * P;
-      conv_image(o1, t1t.data_ptr<float>(), logits, C, O, P, taps, false);
+      // x and (after the group's first block) the group-projection sum, read by project_and_fuse, prefetched over
+      // the tiles of T_1's and T_2's convs (with O <= kOutBlock, one pass of tiles each)
+      Prefetch pf(xn, first ? nullptr : gpp + n * C * P, C * P, 2 * conv_tiles(P));
+      conv_image(o1, t1t.data_ptr<float>(), logits, C, O, P, taps, false, &pf);
       shared_mask(logits, P, t1b.data_ptr<float>(), O, P, m1, sv != nullptr ? sv + 3 * P : nullptr);
-      conv_image(o2, t2t.data_ptr<float>(), logits, C, O, P, taps, false);
+      conv_image(o2, t2t.data_ptr<float>(), logits, C, O, P, taps, false, &pf);
       shared_mask(logits, P, t2b.data_ptr<float>(), O, P, m2, sv != nullptr ? sv + (3 + O) * P : nullptr);
-      apply_mask(o1, m1, a1, C, P);
-      apply_mask(o2, m2, a2, C, P);
-      conv_image(a1, la1.data_ptr<float>(), logits, C, O, P, taps, false);
-      conv_image(a2, la2.data_ptr<float>(), logits, C, O, P, taps, true);
+      apply_mask(o1, m1, a1, C, P, P, S);
+      apply_mask(o2, m2, a2, C, P, P, S);
+      conv_image(a1, la1.data_ptr<float>(), logits, C, O, P, taps, false, nullptr, S);
+      conv_image(a2, la2.data_ptr<float>(), logits, C, O, P, taps, true, nullptr, S);
       shared_mask(logits, P, lab.data_ptr<float>(), O, P, mask, sv != nullptr ? sv + (3 + 2 * O) * P : nullptr);
-      apply_mask(a1, mask, a1, C, P);  // b1
-      apply_mask(a2, mask, a2, C, P);  // b2
+      apply_mask(a1, mask, a1, C, P, S, S);  // b1
+      apply_mask(a2, mask, a2, C, P, S, S);  // b2
       float* gl = glp + n * O * P;
-      conv_image(a1, ba1.data_ptr<float>(), gl, C, O, P, taps, !first);
-      conv_image(a2, ba2.data_ptr<float>(), gl, C, O, P, taps, true);
+      conv_image(a1, ba1.data_ptr<float>(), gl, C, O, P, taps, !first, nullptr, S);
+      conv_image(a2, ba2.data_ptr<float>(), gl, C, O, P, taps, true, nullptr, S);
       float *on = outp + n * C * P, *gp = gpp + n * C * P;
       // outputs read back only by later calls go around the cache (non-temporal stores: no read for ownership)
       const bool stream = !last && aligned;
-      if ((P / Vec::L) % 4 == 0) project_and_fuse_all<4>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first, stream);
-      else if ((P / Vec::L) % 2 == 0) project_and_fuse_all<2>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first, stream);
-      else project_and_fuse_all<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, first, stream);
+      if ((P / Vec::L) % 4 == 0) project_and_fuse_all<4>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, S, first, stream);
+      else if ((P / Vec::L) % 2 == 0) project_and_fuse_all<2>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, S, first, stream);
+      else project_and_fuse_all<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, S, first, stream);
       if (last) {  // the group's fusion for this image while it is in cache: ReLU(y + M_g gp + group_input)
         shared_mask(gl, P, bab.data_ptr<float>(), O, P, mask);  // (inference only: saved is not given then)
         const float* gin = gip + n * C * P;
