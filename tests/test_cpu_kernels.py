@@ -5,7 +5,8 @@
 * whole models with the kernels equal the reference path (``set_fast_paths(False)``), inference and training;
 * dispatch: which kernel runs when (a spy in place of the extension), the per-model and process-wide switches;
 * where the kernels do not apply (``kernels_for`` returns None) the library path runs, under FX and tracing too;
-* without AVX-512 or when the build fails: one warning and the library convolutions.
+* without AVX-512 or when the build fails: one warning and the library convolutions;
+* benchmarks/cpu_kernels_ab.py, which times two builds of the source on whole models.
 
 Tests that need the real kernels skip when they cannot be built here (no AVX-512, no compiler). The first test
 that needs them builds the extension (about 20 s, cached under ``TORCH_EXTENSIONS_DIR``).
@@ -18,6 +19,7 @@ both are asserted side by side in the inference test. Gradients: per parameter, 
 rounding of 0 may flip a ReLU's derivative in either fast path (the library's as well, test_models.py), which moves
 a gradient by ~1%; the seeds below were checked to keep clear of that.
 """
+import json
 import os
 import subprocess
 import sys
@@ -689,3 +691,37 @@ def test_environment_variable_enables_the_kernels_at_import(subprocess_env):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-2000:]
         assert out.strip() == cases[value], f"{cpu_kernels.ENV_VAR}={value!r}: {out!r}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 9. benchmarks/cpu_kernels_ab.py: two builds timed on whole models
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_kernels_ab_times_both_builds_and_the_backbone_each_round(kernels, load_script, tmp_path, capsys):
+    ab = load_script("benchmarks/cpu_kernels_ab.py")
+    out = tmp_path / "ab.json"
+    res = ab.main(["--base", str(cpu_kernels.SOURCE), "--models", "mlan_resnet14_cifar10", "--rounds", "2",
+                   "--min-run-time", "0.01", "--batch", "4", "--train", "--json-out", str(out)])
+    samples = res["mlan_resnet14_cifar10"]
+    assert set(samples) == {"infer", "train"}
+    for kind in samples.values():
+        assert set(kind) == {"backbone", "base", "new"}
+        assert all(len(v) == 2 and all(t > 0 for t in v) for v in kind.values())
+    assert json.loads(out.read_text())["results"] == res
+    printed = capsys.readouterr().out
+    assert "mlan_resnet14_cifar10 infer: backbone" in printed and "new speed-up (base / new)" in printed
+    assert cpu_kernels._State.module is not None  # a build stays in use, the switch is the model's own
+
+
+def test_kernels_ab_reads_a_git_revision_of_the_source(load_script, tmp_path):
+    ab = load_script("benchmarks/cpu_kernels_ab.py")
+    head = subprocess.run(["git", "show", f"HEAD:{ab.SOURCE_IN_REPO}"], cwd=ab.ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip(f"no git history here: {head.stderr.strip()}")
+    assert ab.source_file("HEAD", tmp_path).read_text() == head.stdout
+    with pytest.raises(SystemExit, match="'no-such-rev' is neither a file nor a git revision holding "
+                                         "mlan_timm/layers/csrc/small_conv.cpp"):
+        ab.source_file("no-such-rev", tmp_path)
+    with pytest.raises(SystemExit, match="'resnet20_cifar10' is not an MLAN model"):
+        ab.backbone_name("resnet20_cifar10")
+    assert ab.backbone_name("mlan_v2_resnet20_cifar100") == "resnet20_cifar100"

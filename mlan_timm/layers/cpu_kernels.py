@@ -24,8 +24,8 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = [
-    "ENV_VAR", "SOURCE", "cpu_kernels_enabled", "cpu_kernels_status", "enable_cpu_kernels", "kernels_for",
-    "load_cpu_kernels", "load_error", "load_tried", "source_id",
+    "ENV_VAR", "SOURCE", "build_extension", "cpu_kernels_enabled", "cpu_kernels_status", "enable_cpu_kernels",
+    "kernels_for", "load_cpu_kernels", "load_error", "load_tried", "source_id", "use_module",
 ]
 
 #: Environment variable that enables the kernels at import ("1", "true", "yes", "on").
@@ -41,8 +41,8 @@ class _State:
     error: Optional[str] = None  # why the kernels are unavailable, once a load was tried
 
 
-def _source_digest() -> str:
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+def _source_digest(source: Optional[Path] = None) -> str:
+    return hashlib.sha256((SOURCE if source is None else source).read_bytes()).hexdigest()[:12]
 
 
 def source_id() -> str:
@@ -74,6 +74,29 @@ def _build_error(exc: Exception) -> str:
     return " | ".join(errors[:3]) if errors else (lines[-1] if lines else repr(exc))
 
 
+def build_extension(source: Optional[Path] = None) -> ModuleType:
+    """Compile (or load from ``TORCH_EXTENSIONS_DIR``'s cache, keyed by the source's hash) the extension from
+    ``source``: :data:`SOURCE` (None), or another version of it (``benchmarks/cpu_kernels_ab.py`` times two). Raises
+    what the build raises."""
+    from torch.utils.cpp_extension import load
+
+    source = SOURCE if source is None else Path(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no CUDA runtime" and the like: not ours to report
+        return load(f"mlan_timm_small_conv_{_source_digest(source)}", [str(source)],
+                    extra_cflags=["-O3", "-mavx512f", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                    verbose=False)
+
+
+def use_module(module: ModuleType) -> Optional[ModuleType]:
+    """Make ``module`` (from :func:`build_extension`) the kernels every model uses from now on; returns the one it
+    replaces (None if none was loaded). For A/B timings of two builds in one process."""
+    if module.vector_width() != _VECTOR_WIDTH:
+        raise ValueError(f"{module.__name__} was built without AVX-512 (vector width {module.vector_width()})")
+    previous, _State.module, _State.error = _State.module, module, None
+    return previous
+
+
 def load_cpu_kernels() -> Optional[ModuleType]:
     """The compiled extension (built on first call), or None with a one-time warning saying why not."""
     if load_tried():
@@ -81,13 +104,7 @@ def load_cpu_kernels() -> Optional[ModuleType]:
     reason = _unavailable_reason()
     if reason is None:
         try:
-            from torch.utils.cpp_extension import load
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "no CUDA runtime" and the like: not ours to report
-                module = load(f"mlan_timm_small_conv_{_source_digest()}", [str(SOURCE)],
-                              extra_cflags=["-O3", "-mavx512f", "-mavx2", "-mfma", "-fopenmp"],
-                              extra_ldflags=["-fopenmp"], verbose=False)
+            module = build_extension()
             if module.vector_width() != _VECTOR_WIDTH:
                 reason = "the extension was built without AVX-512"
             else:

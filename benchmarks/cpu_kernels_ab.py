@@ -1,0 +1,120 @@
+"""A/B of two builds of the CPU kernels (``mlan_timm/layers/csrc/small_conv.cpp``) on whole models, interleaved.
+
+    python benchmarks/cpu_kernels_ab.py --base 0cc4e11 --models mlan_resnet20_cifar100,mlan_resnet32_cifar100
+
+Builds the kernels from ``--base`` (a git revision, or a path to a .cpp file) and from ``--new`` (default: the
+working tree's source), then, per model, times in each of ``--rounds`` rounds, back to back: the backbone (the
+model's name without ``mlan_``/``mlan_v2_``), MLAN with the base build, MLAN with the new build (batch-128 fp32
+inference, ``torch.utils.benchmark`` blocked_autorange medians; ``--train`` adds the train step). Prints, per model
+and measure, the medians and the medians of the per-round ratios: MLAN / backbone for each build (issue 10's target
+1 divides it by the MACs ratio), and base / new (the new build's speed-up). ``--json-out`` saves every sample.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+import mlan_timm  # noqa: F401  (registers the models)
+from mlan_timm.complexity import count_macs
+from mlan_timm.layers import cpu_kernels
+from mlan_timm.tools.bench.measure import TimingConfig, make_infer_fn, make_train_fn, time_fn
+from mlan_timm.tools.common import HelpFormatter, create_model, set_threads, tune_cpu
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_IN_REPO = cpu_kernels.SOURCE.relative_to(ROOT).as_posix()
+
+
+def source_file(ref: str, workdir: Path) -> Path:
+    """``ref`` as a .cpp path: an existing file, else a git revision of the repository's source."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    try:
+        text = subprocess.run(["git", "show", f"{ref}:{SOURCE_IN_REPO}"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise SystemExit(f"cpu_kernels_ab: {ref!r} is neither a file nor a git revision holding {SOURCE_IN_REPO} "
+                         f"({detail.strip()})")
+    out = workdir / f"small_conv_{ref.replace('/', '_')}.cpp"
+    out.write_text(text)
+    return out
+
+
+def backbone_name(model: str) -> str:
+    for prefix in ("mlan_v2_", "mlan_"):
+        if model.startswith(prefix):
+            return model[len(prefix):]
+    raise SystemExit(f"cpu_kernels_ab: {model!r} is not an MLAN model (mlan_... or mlan_v2_...)")
+
+
+def median_ratio(a: List[float], b: List[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def main(argv=None) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--base", required=True, help="git revision or .cpp path of the base build")
+    p.add_argument("--new", default=str(cpu_kernels.SOURCE), help="git revision or .cpp path of the new build")
+    p.add_argument("--models", default="mlan_resnet20_cifar100", help="comma list of MLAN model names")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per blocked_autorange")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    p.add_argument("--train", action="store_true", help="also time the train step")
+    p.add_argument("--json-out", default=None)
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    tune_cpu()
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        raise SystemExit("cpu_kernels_ab: the CPU kernels need AVX-512; this CPU has "
+                         f"{torch.backends.cpu.get_cpu_capability()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        builds = {name: cpu_kernels.build_extension(source_file(ref, Path(tmp)))
+                  for name, ref in (("base", args.base), ("new", args.new))}
+    cfg = TimingConfig(min_run_time=args.min_run_time, warmup=0, batch=args.batch, rounds=args.rounds)
+    kinds = ("infer", "train") if args.train else ("infer",)
+    results: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+    print(f"threads {torch.get_num_threads()}, batch {args.batch}, {args.rounds} rounds; base {args.base}, "
+          f"new {args.new}")
+    for model_name in args.models.split(","):
+        backbone = backbone_name(model_name)
+        macs_ratio = count_macs(create_model(model_name)) / count_macs(create_model(backbone))
+        results[model_name] = {}
+        for kind in kinds:
+            make: Callable = make_infer_fn if kind == "infer" else make_train_fn
+            torch.manual_seed(0)
+            fns = {"backbone": make(create_model(backbone), args.batch, "cpu")}
+            mlan = create_model(model_name)
+            mlan.set_fast_paths(True, cpu_kernels=True)
+            fns["mlan"] = make(mlan, args.batch, "cpu")
+            samples: Dict[str, List[float]] = {"backbone": [], "base": [], "new": []}
+            for name in ("base", "new"):  # warm up with both builds
+                cpu_kernels.use_module(builds[name])
+                fns["mlan"]()
+            fns["backbone"]()
+            for _ in range(args.rounds):
+                samples["backbone"].append(1e3 * time_fn(fns["backbone"], cfg))
+                for name in ("base", "new"):
+                    cpu_kernels.use_module(builds[name])
+                    samples[name].append(1e3 * time_fn(fns["mlan"], cfg))
+            results[model_name][kind] = samples
+            med = {k: statistics.median(v) for k, v in samples.items()}
+            rb, rn = (median_ratio(samples[k], samples["backbone"]) for k in ("base", "new"))
+            print(f"{model_name} {kind}: backbone {med['backbone']:.2f} ms, base {med['base']:.2f} ms, "
+                  f"new {med['new']:.2f} ms; MLAN / backbone: base {rb:.3f}, new {rn:.3f} (MACs ratio "
+                  f"{macs_ratio:.3f}: / MACs ratio base {rb / macs_ratio:.3f}, new {rn / macs_ratio:.3f}); "
+                  f"new speed-up (base / new) {median_ratio(samples['base'], samples['new']):.3f}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"argv": sys.argv[1:], "results": results}, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
