@@ -1471,3 +1471,19 @@ def test_gpu_kernels_info_tries_the_kernels_where_cuda_is(monkeypatch, recwarn):
             assert B.gpu_kernels_info()["reason"] == info["reason"]  # tried once per process
     finally:
         B._try_gpu_kernels.cache_clear()
+
+
+def test_group_formulations_script_times_both_formulations_of_every_group(load_script, capsys):
+    """benchmarks/mlan_group_formulations.py (what STREAMING_MIN_PLANE is chosen from), smoke-sized."""
+    script = load_script("benchmarks/mlan_group_formulations.py")
+    res = script.main(["--models", "mlan_resnet14_cifar10", "--rounds", "2", "--min-run-time", "0.01", "--batch", "4",
+                       "--train"])
+    rows = res["mlan_resnet14_cifar10"]
+    assert [(r["group"], r["kind"]) for r in rows] == [(0, "infer"), (1, "infer"), (2, "infer"),
+                                                      (0, "train"), (1, "train"), (2, "train")]
+    assert [r["block_features"] for r in rows[:3]] == [(8, 32, 32), (16, 16, 16), (32, 8, 8)]
+    for r in rows:
+        assert all(len(v) == 2 and all(t > 0 for t in v) for v in r["samples_ms"].values())
+        assert r["streaming_speedup"] > 0
+    assert "mlan_resnet14_cifar10 group 2 (1 MLAN blocks, features (32, 8, 8)) train: streaming" in \
+        capsys.readouterr().out

@@ -7,7 +7,14 @@ from helpers import randomize_bn
 import mlan_timm
 from mlan_timm import zoo
 from mlan_timm.layers import create_attention
-from mlan_timm.models.blocks import STREAMING_MIN_BATCH, BasicBlock, MLANBlock, MLANGroup, SingleLevelBlock
+from mlan_timm.models.blocks import (
+    STREAMING_MIN_BATCH,
+    STREAMING_MIN_PLANE,
+    BasicBlock,
+    MLANBlock,
+    MLANGroup,
+    SingleLevelBlock,
+)
 from mlan_timm.models.cifar_resnet import CifarResNet
 
 
@@ -210,7 +217,7 @@ def test_fast_path_equals_the_equations_in_float64_at_the_threshold_batch():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=n)
 
 
-def test_fast_path_picks_its_formulation_by_batch_size(monkeypatch):
+def test_fast_path_picks_its_formulation_by_batch_size_and_plane(monkeypatch):
     model = timm.create_model("mlan_resnet14_cifar10").eval()
     calls = []
     monkeypatch.setattr(MLANGroup, "forward_streaming", lambda self, x: calls.append(("stream", x.shape[0])) or x)
@@ -219,9 +226,27 @@ def test_fast_path_picks_its_formulation_by_batch_size(monkeypatch):
     group = model.groups[0]
     for batch in (1, STREAMING_MIN_BATCH - 1, STREAMING_MIN_BATCH):
         group(torch.randn(batch, 8, 32, 32))
+    # the last group's D block halves its 16x16 input: 8x8 = 64 pixels < STREAMING_MIN_PLANE, concatenated with the
+    # reference blocks at any batch; a 32x32 input gives it 16x16 = 256 pixels, streamed
+    assert STREAMING_MIN_PLANE == 256
+    model.groups[2](torch.randn(STREAMING_MIN_BATCH, 16, 16, 16))
+    model.groups[2](torch.randn(STREAMING_MIN_BATCH, 16, 32, 32))
     model.set_fast_paths(False)
     group(torch.randn(STREAMING_MIN_BATCH, 8, 32, 32))
-    assert calls == [("concat", True), ("concat", True), ("stream", STREAMING_MIN_BATCH), ("concat", False)]
+    assert calls == [("concat", True), ("concat", True), ("stream", STREAMING_MIN_BATCH), ("concat", False),
+                     ("stream", STREAMING_MIN_BATCH), ("concat", False)]
+
+
+def test_small_batch_forward_checks_no_kernel_structure_without_the_kernels(monkeypatch):
+    """MLANGroup.fusable walks every block's modules, a cost that showed in MLAN's batch-1 latency; the forward asks
+    it only when the compiled CPU kernels are in use."""
+    def fail(self):
+        raise AssertionError("fusable() called without the kernels")
+    monkeypatch.setattr(MLANGroup, "fusable", fail)
+    model = timm.create_model("mlan_resnet20_cifar10").eval()
+    model.set_fast_paths(True, cpu_kernels=False)
+    with torch.inference_mode():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_inference_runs_conv2_and_the_first_mask_as_one_conv(monkeypatch):
@@ -244,7 +269,8 @@ def test_inference_runs_conv2_and_the_first_mask_as_one_conv(monkeypatch):
 
 
 def test_fast_path_really_skips_the_concatenation(monkeypatch):
-    """The fast path never builds the 2C / 2pC-channel concatenations (what makes it faster)."""
+    """The fast path never builds the 2C / 2pC-channel concatenations (what makes it faster) where it streams: on
+    planes of STREAMING_MIN_PLANE pixels and more."""
     model = timm.create_model("mlan_resnet14_cifar10").eval()
     widths = []
     real_cat = torch.cat
@@ -256,10 +282,13 @@ def test_fast_path_really_skips_the_concatenation(monkeypatch):
         return out
     monkeypatch.setattr(torch, "cat", spy)
     with torch.no_grad():
-        model(torch.randn(5, 3, 32, 32))
+        model(torch.randn(5, 3, 64, 64))  # planes 64x64, 32x32, 16x16: every group streams
         assert widths == []
+        model(torch.randn(5, 3, 32, 32))  # the last group's 8x8 planes: LA's 2C = 64 (its one block: BA's input
+        assert widths == [64]             # is that block's attention, nothing to concatenate)
+        widths.clear()
         model.set_fast_paths(False)
-        model(torch.randn(5, 3, 32, 32))
+        model(torch.randn(5, 3, 64, 64))
     assert 16 in widths and 2 * 2 * 8 in widths  # LA's 2C and BA's 2pC concatenations, reference path only
 
 

@@ -37,7 +37,8 @@ from ..layers import (
 from ..layers.fast_ops import KERNEL_GRAD_WEIGHT_SIZES
 
 __all__ = [
-    "STREAMING_MIN_BATCH", "AttnFactory", "BasicBlock", "SingleLevelBlock", "MLANBlock", "MLANGroup", "PlainGroup",
+    "STREAMING_MIN_BATCH", "STREAMING_MIN_PLANE", "AttnFactory", "BasicBlock", "SingleLevelBlock", "MLANBlock",
+    "MLANGroup", "PlainGroup",
 ]
 
 #: Batch size from which :class:`MLANGroup`'s fast path streams (concatenation-free); below it, it concatenates.
@@ -45,6 +46,13 @@ __all__ = [
 #: them); docs/benchmarks.md times the fast path against the reference at batch 1 and 128; tests of both in
 #: tests/test_models.py.
 STREAMING_MIN_BATCH = 4
+
+#: Pixels per channel plane of a group's blocks (after its D block) from which its CPU fast path streams; on smaller
+#: planes the concatenated formulation is faster (fewer, larger operators). Streaming's speed-up over concatenating
+#: on 2 cores at batch 128, inference and train step of R20/R32 on both datasets: 32x32 planes 1.09-1.21, 16x16
+#: 1.00-1.11, 8x8 0.91-1.00 (``python benchmarks/mlan_group_formulations.py --train --models`` with the four
+#: models; docs/architecture.md, "Fast paths").
+STREAMING_MIN_PLANE = 256
 
 #: ``(channels, level) -> attention module``; level is "layer", "aggregate" or "classic" (layers.create_attention).
 AttnFactory = Callable[[int, str], nn.Module]
@@ -253,12 +261,14 @@ class MLANGroup(nn.Module):
     Fast path (``fast_path``, on by default; one switch per model: ``CifarResNet.set_fast_paths``), when LA and BA
     are shared-mask attentions (SMA, SMAv2); same function and gradients as the reference (tested):
 
-    * from :data:`STREAMING_MIN_BATCH` samples on, the block and group attentions are never concatenated or masked
-      at full width. A mask shared over channels commutes with the 1x1 projections, and a conv over a
-      concatenation is the sum of convs over its parts, so ``g_A = M_g * sum_i M_i * P_i(a_i)`` with ``M_g`` from
+    * from :data:`STREAMING_MIN_BATCH` samples on, on CPU planes of at least :data:`STREAMING_MIN_PLANE` pixels
+      (:meth:`streams`), the block and group attentions are never concatenated or masked at full width. A mask
+      shared over channels commutes with the 1x1 projections, and a conv over a concatenation is the sum of convs
+      over its parts, so ``g_A = M_g * sum_i M_i * P_i(a_i)`` with ``M_g`` from
       per-part partial convs (:meth:`MLANBlock.forward_streaming`): a fraction of the memory traffic;
     * below it, the concatenations stay (fewer, larger convs: at batch 1 on CPU a conv over fewer than 20,480
-      input values runs im2col, and per-op overhead dominates), with :meth:`MLANBlock.forward_small_batch`;
+      input values runs im2col, and per-op overhead dominates), with :meth:`MLANBlock.forward_small_batch`; on
+      smaller planes, with the reference blocks;
     * with the compiled CPU kernels (``cpu_kernels``; :mod:`..layers.cpu_kernels`), at every batch size: each
       block's whole attention in one kernel call (:meth:`MLANBlock.forward_fused` in inference,
       :func:`..layers.fused_block_attention` with autograd) where :meth:`fusable`, else the streaming path with
@@ -304,12 +314,20 @@ class MLANGroup(nn.Module):
                     return out
                 if x.device.type != "cpu":  # GPUs: the concatenated formulation at every batch size
                     return self.forward_concatenated(x, small_batch=x.shape[0] < STREAMING_MIN_BATCH)
-            # FX traces the streaming path; the fused kernels are the fastest formulation at every batch size
-            if isinstance(x, torch.fx.Proxy) or x.shape[0] >= STREAMING_MIN_BATCH or (
-                    self.fusable() and self.kernels(x) is not None):
+            # FX traces the streaming path; the fused kernels are the fastest formulation at every batch size, and
+            # with the kernels for its mask convs the streaming path is used from STREAMING_MIN_BATCH on, any plane
+            if isinstance(x, torch.fx.Proxy) or self.streams(x) or (self.kernels(x) is not None and (
+                    x.shape[0] >= STREAMING_MIN_BATCH or self.fusable())):
                 return self.forward_streaming(x)
-            return self.forward_concatenated(x, small_batch=True)
+            return self.forward_concatenated(x, small_batch=x.shape[0] < STREAMING_MIN_BATCH)
         return self.forward_reference(x)
+
+    def streams(self, x: torch.Tensor) -> bool:
+        """Whether the library fast path (no compiled kernels) streams over the group input ``x``: at least
+        :data:`STREAMING_MIN_BATCH` samples and :data:`STREAMING_MIN_PLANE` pixels per plane after the D block."""
+        stride = getattr(getattr(self.down_block, "conv1", None), "stride", (1, 1))
+        plane = (x.shape[2] // stride[0]) * (x.shape[3] // stride[1])
+        return x.shape[0] >= STREAMING_MIN_BATCH and plane >= STREAMING_MIN_PLANE
 
     @torch.jit.unused
     def forward_streaming(self, x: torch.Tensor) -> torch.Tensor:
