@@ -23,8 +23,8 @@ import torch
 import mlan_timm  # noqa: F401  (registers the models)
 from mlan_timm.complexity import count_macs
 from mlan_timm.layers import cpu_kernels
-from mlan_timm.tools.bench.measure import TimingConfig, make_infer_fn, make_train_fn, time_fn
-from mlan_timm.tools.common import HelpFormatter, create_model, set_threads, tune_cpu
+from mlan_timm.tools.bench.measure import ab_timing, add_ab_arguments, make_infer_fn, make_train_fn, time_fn
+from mlan_timm.tools.common import HelpFormatter, create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_IN_REPO = cpu_kernels.SOURCE.relative_to(ROOT).as_posix()
@@ -62,23 +62,16 @@ def main(argv=None) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--base", required=True, help="git revision or .cpp path of the base build")
     p.add_argument("--new", default=str(cpu_kernels.SOURCE), help="git revision or .cpp path of the new build")
-    p.add_argument("--models", default="mlan_resnet20_cifar100", help="comma list of MLAN model names")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per blocked_autorange")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
-    p.add_argument("--train", action="store_true", help="also time the train step")
+    add_ab_arguments(p, models="mlan_resnet20_cifar100", rounds=7, min_run_time=0.3)
     p.add_argument("--json-out", default=None)
     args = p.parse_args(argv)
-    set_threads(args.threads)
-    tune_cpu()
+    cfg = ab_timing(args, warmup=0)
     if torch.backends.cpu.get_cpu_capability() != "AVX512":
         raise SystemExit("cpu_kernels_ab: the CPU kernels need AVX-512; this CPU has "
                          f"{torch.backends.cpu.get_cpu_capability()}")
     with tempfile.TemporaryDirectory() as tmp:
         builds = {name: cpu_kernels.build_extension(source_file(ref, Path(tmp)))
                   for name, ref in (("base", args.base), ("new", args.new))}
-    cfg = TimingConfig(min_run_time=args.min_run_time, warmup=0, batch=args.batch, rounds=args.rounds)
     kinds = ("infer", "train") if args.train else ("infer",)
     results: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
     print(f"threads {torch.get_num_threads()}, batch {args.batch}, {args.rounds} rounds; base {args.base}, "

@@ -17,8 +17,8 @@ import torch
 
 import mlan_timm  # noqa: F401  (registers the models)
 from mlan_timm.models.blocks import MLANGroup
-from mlan_timm.tools.bench.measure import TimingConfig, time_fn
-from mlan_timm.tools.common import HelpFormatter, create_model, set_threads, tune_cpu
+from mlan_timm.tools.bench.measure import ab_timing, add_ab_arguments, time_fn
+from mlan_timm.tools.common import HelpFormatter, create_model
 
 
 def group_inputs(model: torch.nn.Module, batch: int) -> List[torch.Tensor]:
@@ -38,16 +38,9 @@ def group_inputs(model: torch.nn.Module, batch: int) -> List[torch.Tensor]:
 
 def main(argv=None) -> Dict[str, List[Dict[str, object]]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("--models", default="mlan_resnet20_cifar10", help="comma list of MLAN model names")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--min-run-time", type=float, default=0.2, help="seconds per blocked_autorange")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
-    p.add_argument("--train", action="store_true", help="also time forward + backward")
+    add_ab_arguments(p, models="mlan_resnet20_cifar10", rounds=5, min_run_time=0.2)
     args = p.parse_args(argv)
-    set_threads(args.threads)
-    tune_cpu()
-    cfg = TimingConfig(min_run_time=args.min_run_time, warmup=2, batch=args.batch, rounds=args.rounds)
+    cfg = ab_timing(args, warmup=2)
     results: Dict[str, List[Dict[str, object]]] = {}
     for name in args.models.split(","):
         torch.manual_seed(0)

@@ -62,7 +62,7 @@ from torch.utils.benchmark import Timer
 
 from ... import paper_tables, zoo
 from ...complexity import count_macs, count_params
-from ..common import create_model, parse_model_kwargs
+from ..common import create_model, parse_model_kwargs, set_threads, tune_cpu
 
 __all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SPEED_MODELS', 'TARGET1_DEPTHS',
            'COMPILE_SPEED_MODELS', 'SPEED_VARIANTS', 'CUDA_ONLY_VARIANTS', 'check_variants', 'speed_group',
@@ -411,6 +411,25 @@ class TimingConfig:
     @classmethod
     def quick(cls) -> "TimingConfig":
         return cls(min_run_time=0.02, warmup=1, batch=8, rounds=2)
+
+
+def add_ab_arguments(parser, models: str, rounds: int, min_run_time: float) -> None:
+    """The timing arguments of the A/B scripts in benchmarks/ (``cpu_kernels_ab.py``, ``mlan_group_formulations.py``):
+    ``--models``, ``--rounds``, ``--min-run-time``, ``--batch``, ``--threads``, ``--train``."""
+    parser.add_argument("--models", default=models, help="comma list of MLAN model names")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds")
+    parser.add_argument("--min-run-time", type=float, default=min_run_time, help="seconds per blocked_autorange")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    parser.add_argument("--train", action="store_true", help="also time the train step (forward + backward)")
+
+
+def ab_timing(args, warmup: int) -> TimingConfig:
+    """Threads and CPU settings (:func:`..common.tune_cpu`) as the tools set them, and the TimingConfig of the
+    arguments :func:`add_ab_arguments` added."""
+    set_threads(args.threads)
+    tune_cpu()
+    return TimingConfig(min_run_time=args.min_run_time, warmup=warmup, batch=args.batch, rounds=args.rounds)
 
 
 def _prepare(model: nn.Module, device: str, channels_last: bool, compile: bool) -> nn.Module:
