@@ -392,24 +392,42 @@ void corr_image(const float* x, int64_t Cx, const float* g, int64_t O, int64_t P
 }
 
 // db[ci, p] = sum_co pw[co, ci] dpre[co, p] + gw[co, ci] dgp[co, p] (ci < 2C): the projections' input gradient.
-void project_transpose(const float* dpre, const float* dgp, const float* pw, const float* gw, float* db, int64_t C,
-                       int64_t P) {
+// Tiles of 4 input channels x NV pixel vectors keep 4 NV accumulators in registers (independent FMA chains), each
+// load of dpre / dgp serves 4 channels and each weight broadcast NV vectors.
+template <int NV>
+void project_transpose_tiles(const float* dpre, const float* dgp, const float* pw, const float* gw, float* db,
+                             int64_t C, int64_t P) {
   const int64_t C2 = 2 * C;
-  for (int64_t j = 0; j < P; j += Vec::L) {
-    int64_t ci = 0;
-    for (; ci < C2; ci += 4) {
+  for (int64_t j = 0; j < P; j += NV * Vec::L) {
+    for (int64_t ci = 0; ci < C2; ci += 4) {
       const int nb = static_cast<int>(std::min<int64_t>(4, C2 - ci));
-      __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      __m512 a[4][NV];
+      MLAN_UNROLL for (int q = 0; q < 4; ++q)
+        MLAN_UNROLL for (int v = 0; v < NV; ++v) a[q][v] = _mm512_setzero_ps();
       for (int64_t co = 0; co < C; ++co) {
-        const __m512 dp = _mm512_loadu_ps(dpre + co * P + j), dg = _mm512_loadu_ps(dgp + co * P + j);
+        __m512 dp[NV], dg[NV];
+        MLAN_UNROLL for (int v = 0; v < NV; ++v) {
+          dp[v] = _mm512_loadu_ps(dpre + co * P + j + v * Vec::L);
+          dg[v] = _mm512_loadu_ps(dgp + co * P + j + v * Vec::L);
+        }
         MLAN_UNROLL for (int q = 0; q < 4; ++q)
-          if (q < nb)
-            a[q] = _mm512_fmadd_ps(dg, _mm512_set1_ps(gw[co * C2 + ci + q]),
-                                   _mm512_fmadd_ps(dp, _mm512_set1_ps(pw[co * C2 + ci + q]), a[q]));
+          if (q < nb) {
+            const __m512 bp = _mm512_set1_ps(pw[co * C2 + ci + q]), bg = _mm512_set1_ps(gw[co * C2 + ci + q]);
+            MLAN_UNROLL for (int v = 0; v < NV; ++v)
+              a[q][v] = _mm512_fmadd_ps(dg[v], bg, _mm512_fmadd_ps(dp[v], bp, a[q][v]));
+          }
       }
-      MLAN_UNROLL for (int q = 0; q < 4; ++q) if (q < nb) _mm512_storeu_ps(db + (ci + q) * P + j, a[q]);
+      MLAN_UNROLL for (int q = 0; q < 4; ++q)
+        if (q < nb)
+          MLAN_UNROLL for (int v = 0; v < NV; ++v) _mm512_storeu_ps(db + (ci + q) * P + j + v * Vec::L, a[q][v]);
     }
   }
+}
+
+void project_transpose(const float* dpre, const float* dgp, const float* pw, const float* gw, float* db, int64_t C,
+                       int64_t P) {
+  if ((P / Vec::L) % 4 == 0) project_transpose_tiles<4>(dpre, dgp, pw, gw, db, C, P);
+  else project_transpose_tiles<1>(dpre, dgp, pw, gw, db, C, P);
 }
 
 // dpw[co, ci] += sum_p dpre[co, p] b[ci, p], dgw[co, ci] += sum_p dgp[co, p] b[ci, p]: the projections' weight
