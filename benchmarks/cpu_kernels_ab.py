@@ -69,9 +69,14 @@ def main(argv=None) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
     if torch.backends.cpu.get_cpu_capability() != "AVX512":
         raise SystemExit("cpu_kernels_ab: the CPU kernels need AVX-512; this CPU has "
                          f"{torch.backends.cpu.get_cpu_capability()}")
+    builds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        builds = {name: cpu_kernels.build_extension(source_file(ref, Path(tmp)))
-                  for name, ref in (("base", args.base), ("new", args.new))}
+        for name, ref in (("base", args.base), ("new", args.new)):
+            try:
+                builds[name] = cpu_kernels.build_extension(source_file(ref, Path(tmp)))
+            except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+                raise SystemExit(f"cpu_kernels_ab: building the {name} source ({ref}) failed: "
+                                 f"{cpu_kernels._build_error(exc)}")
     kinds = ("infer", "train") if args.train else ("infer",)
     results: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
     print(f"threads {torch.get_num_threads()}, batch {args.batch}, {args.rounds} rounds; base {args.base}, "
@@ -105,7 +110,8 @@ def main(argv=None) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
                   f"{macs_ratio:.3f}: / MACs ratio base {rb / macs_ratio:.3f}, new {rn / macs_ratio:.3f}); "
                   f"new speed-up (base / new) {median_ratio(samples['base'], samples['new']):.3f}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"argv": sys.argv[1:], "results": results}, indent=1))
+        Path(args.json_out).write_text(json.dumps({"argv": sys.argv[1:] if argv is None else list(argv),
+                                                   "results": results}, indent=1))
     return results
 
 

@@ -725,3 +725,12 @@ def test_kernels_ab_reads_a_git_revision_of_the_source(load_script, tmp_path):
     with pytest.raises(SystemExit, match="'resnet20_cifar10' is not an MLAN model"):
         ab.backbone_name("resnet20_cifar10")
     assert ab.backbone_name("mlan_v2_resnet20_cifar100") == "resnet20_cifar100"
+
+
+def test_kernels_ab_names_a_source_that_does_not_build(kernels, load_script, tmp_path, monkeypatch):
+    ab = load_script("benchmarks/cpu_kernels_ab.py")
+    bad = tmp_path / "bad.cpp"
+    bad.write_text("this is not C++ {\n")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    with pytest.raises(SystemExit, match=r"cpu_kernels_ab: building the base source \(.*bad\.cpp\) failed: "):
+        ab.main(["--base", str(bad), "--models", "mlan_resnet14_cifar10", "--rounds", "1"])
