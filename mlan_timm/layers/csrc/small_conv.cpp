@@ -240,10 +240,9 @@ struct Prefetch {
   }
 };
 
-// Tiles of conv_image per block of output channels.
-inline int64_t conv_tiles(int64_t P) {
-  const int64_t nvec = P / Vec::L;
-  return nvec % kTileVectors == 0 ? nvec / kTileVectors : nvec;
+// Pixel vectors per conv tile on planes of P pixels: kTileVectors where they divide the plane's vectors, else 1.
+inline int64_t tile_vectors(int64_t P) {
+  return (P / Vec::L) % kTileVectors == 0 ? kTileVectors : 1;
 }
 
 // conv(x) for one image, all O outputs (blocks of up to kOutBlock channels), into or onto dst. xs: the stride of
@@ -252,12 +251,12 @@ void conv_image(const float* x, const float* wt, float* dst, int64_t C, int64_t 
                 bool accumulate, Prefetch* pf = nullptr, int64_t xs = 0) {
   if (xs == 0) xs = P;
   const int64_t chunk = channel_chunk(C, xs);
-  const int64_t nvec = P / Vec::L;
-  const bool tiled = nvec % kTileVectors == 0;
+  const int64_t nvec = P / Vec::L, step = tile_vectors(P);
+  const bool tiled = step == kTileVectors;
   for (int64_t o0 = 0; o0 < O; o0 += kOutBlock)
     with_out_block(std::min<int64_t>(kOutBlock, O - o0), [&](auto ob) {
       constexpr int OB = decltype(ob)::value;
-      for (int64_t j0 = 0; j0 < nvec; j0 += tiled ? kTileVectors : 1) {
+      for (int64_t j0 = 0; j0 < nvec; j0 += step) {
         if (pf != nullptr) pf->step();
         if (tiled) conv_tile<OB, kTileVectors>(x, wt, dst, C, O, o0, P, j0, taps, accumulate, xs, chunk);
         else conv_tile<OB, 1>(x, wt, dst, C, O, o0, P, j0, taps, accumulate, xs, chunk);
@@ -524,8 +523,7 @@ torch::Tensor conv_same(torch::Tensor x, torch::Tensor w, c10::optional<torch::T
 #if defined(__AVX512F__)
   const torch::Tensor wt = w.permute({1, 2, 3, 0}).contiguous();  // [C][ky][kx][O]
   const Taps taps(H, W, k);
-  const int64_t nvec = P / Vec::L;
-  if (nvec % kTileVectors == 0)
+  if (tile_vectors(P) == kTileVectors)
     forward_all<kTileVectors>(x.data_ptr<float>(), wt.data_ptr<float>(), result.data_ptr<float>(), N, C, O, P, taps, accumulate);
   else
     forward_all<1>(x.data_ptr<float>(), wt.data_ptr<float>(), result.data_ptr<float>(), N, C, O, P, taps, accumulate);
@@ -630,7 +628,7 @@ torch::Tensor mlan_block_forward(torch::Tensor out1, torch::Tensor out2, torch::
       if (sv != nullptr) m1 = sv, m2 = sv + P, mask = sv + 2 * P;
       // x and (after the group's first block) the group-projection sum, read by project_and_fuse, prefetched over
       // the tiles of T_1's and T_2's convs (with O <= kOutBlock, one pass of tiles each)
-      Prefetch pf(xn, first ? nullptr : gpp + n * C * P, C * P, 2 * conv_tiles(P));
+      Prefetch pf(xn, first ? nullptr : gpp + n * C * P, C * P, 2 * (P / Vec::L / tile_vectors(P)));
       conv_image(o1, t1t.data_ptr<float>(), logits, C, O, P, taps, false, &pf);
       shared_mask(logits, P, t1b.data_ptr<float>(), O, P, m1, sv != nullptr ? sv + 3 * P : nullptr);
       conv_image(o2, t2t.data_ptr<float>(), logits, C, O, P, taps, false, &pf);
