@@ -325,9 +325,11 @@ class MLANGroup(nn.Module):
     def streams(self, x: torch.Tensor) -> bool:
         """Whether the library fast path (no compiled kernels) streams over the group input ``x``: at least
         :data:`STREAMING_MIN_BATCH` samples and :data:`STREAMING_MIN_PLANE` pixels per plane after the D block."""
+        if x.shape[0] < STREAMING_MIN_BATCH:  # the batch first: at batch 1 this runs in every group's forward
+            return False
         stride = getattr(getattr(self.down_block, "conv1", None), "stride", (1, 1))
         plane = -(-x.shape[2] // stride[0]) * -(-x.shape[3] // stride[1])  # a 3x3 conv, padding 1: ceil(H / s)
-        return x.shape[0] >= STREAMING_MIN_BATCH and plane >= STREAMING_MIN_PLANE
+        return plane >= STREAMING_MIN_PLANE
 
     @torch.jit.unused
     def forward_streaming(self, x: torch.Tensor) -> torch.Tensor:
