@@ -8,7 +8,7 @@
 Everything is measured by ``mlan-bench``. Raw results live in benchmarks/results/: ``cpu.json`` (``mlan-bench
 --paper-tables`` on CPU: params and MACs of every paper grid, and the speed section of issue 10's targets, which
 also times each fast path against its reference, ``?fast_paths=False``, and, where the compiled CPU kernels load
-(AVX-512), MLAN with them, ``?cpu_kernels=True``, in the same interleaved run; where they do not load, cpu.json
+(AVX-512 or AVX2), MLAN with them, ``?cpu_kernels=True``, in the same interleaved run; where they do not load, cpu.json
 records why), ``profile_cpu.json`` (``mlan-bench --profile``), ``conv_costs_cpu.json`` (``mlan-bench --conv-costs``:
 per-call times of single convs of MLAN's and the backbone's shapes, and of the CPU kernels' convs for the mask
 convs where they load), ``cpu_compile.json`` (``--cpu-compile``, optional),

@@ -5,11 +5,13 @@
 * whole models with the kernels equal the reference path (``set_fast_paths(False)``), inference and training;
 * dispatch: which kernel runs when (a spy in place of the extension), the per-model and process-wide switches;
 * where the kernels do not apply (``kernels_for`` returns None) the library path runs, under FX and tracing too;
-* without AVX-512 or when the build fails: one warning and the library convolutions;
+* without AVX-512 or AVX2, or when the build fails: one warning and the library convolutions;
 * benchmarks/cpu_kernels_ab.py, which times two builds of the source on whole models.
 
-Tests that need the real kernels skip when they cannot be built here (no AVX-512, no compiler). The first test
-that needs them builds the extension (about 20 s, cached under ``TORCH_EXTENSIONS_DIR``).
+Tests that need the real kernels skip when they cannot be built here (neither AVX-512 nor AVX2, no compiler). The
+first test that needs them builds the extension (about 15 s, cached under ``TORCH_EXTENSIONS_DIR``). The tests of the
+kernels run with this CPU's build and, on an AVX-512 CPU, once more with the AVX2 build (which runs there too): that
+second round is marked slow (one more build).
 
 Tolerances. Float32 model outputs: ``rtol=1e-4, atol=1e-4 * max|reference|``. The library fast path
 (``cpu_kernels=False``) itself deviates from the reference by up to 2.4e-5 * max|logit| over seeds 0-2 and batches
@@ -47,19 +49,46 @@ SMALL = "mlan_resnet14_cifar10"
 @pytest.fixture(autouse=True)
 def _restore_kernel_state(monkeypatch):
     """Every test leaves the process-wide switch and the loaded module as it found them."""
-    for name in ("enabled", "module", "error"):
+    for name in ("enabled", "module", "width", "error"):
         monkeypatch.setattr(cpu_kernels._State, name, getattr(cpu_kernels._State, name))
 
 
 @pytest.fixture(scope="module")
-def kernels():
-    """The real compiled extension (built once, cached on disk), or skip saying why it is unavailable."""
+def native_kernels():
+    """The real compiled extension for this CPU (built once, cached on disk), or skip saying why it is unavailable."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         module = cpu_kernels.load_cpu_kernels()
     if module is None:
         pytest.skip(f"compiled CPU kernels unavailable here: {cpu_kernels._State.error}")
     return module
+
+
+def _isa_params():
+    """This CPU's build, and the AVX2 build where the CPU has AVX-512 (it runs there: slow, one more build)."""
+    params = [pytest.param(None, id="native")]
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+        params.append(pytest.param("AVX2", id="avx2", marks=pytest.mark.slow))
+    return params
+
+
+@pytest.fixture(scope="module", params=_isa_params())
+def kernels(request, native_kernels):
+    """The extension every model uses during the test: this CPU's build, or the AVX2 build (``use_module``)."""
+    if request.param is None:
+        yield native_kernels
+        return
+    module = cpu_kernels.build_extension(isa=request.param)
+    previous = (cpu_kernels._State.module, cpu_kernels._State.width, cpu_kernels._State.error)
+    cpu_kernels.use_module(module)
+    assert cpu_kernels.kernel_isa() == cpu_kernels.ISAS[request.param][0]
+    yield module
+    cpu_kernels._State.module, cpu_kernels._State.width, cpu_kernels._State.error = previous
+
+
+def _skip_unless_whole_vectors(kernels, plane):
+    if (plane[0] * plane[1]) % kernels.vector_width():
+        pytest.skip(f"{plane[0]}x{plane[1]} is not a whole number of {kernels.vector_width()}-float vectors")
 
 
 class Spy:
@@ -133,9 +162,10 @@ def _assert_grads_close(model, ref):
 # 1. The kernel functions against PyTorch
 # ---------------------------------------------------------------------------------------------------------------
 
-# 4x4 is one SIMD vector, 8x8 and 8x16 have vectors spanning rows, 6x8 and 12x20 a vector count that is not a
-# multiple of the 4-vector tile (the untiled path)
-PLANES = [(32, 32), (16, 16), (8, 8), (4, 4), (8, 16), (6, 8), (12, 20)]
+# AVX-512 (16 floats, tiles of 4 vectors): 4x4 is one vector, 8x8 and 8x16 have vectors spanning rows, 6x8 and 12x20
+# a vector count that is not a multiple of the tile (the untiled path). AVX2 (8 floats, tiles of 2): 2x4 is one
+# vector, 4x6 three (untiled); planes that are not whole vectors for a build are skipped for it.
+PLANES = [(32, 32), (16, 16), (8, 8), (4, 4), (8, 16), (6, 8), (12, 20), (2, 4), (4, 6)]
 OUT_CHANNELS = [1, 2, 3, 4, 5, 8]  # blocks of 4 output channels (3 for the weight gradient) and their remainders
 IN_CHANNELS = [1, 3, 8, 16, 20]  # 16 and 20 on 32x32 planes: channel chunks of 8 (small_conv.cpp, channel_chunk)
 
@@ -143,6 +173,7 @@ IN_CHANNELS = [1, 3, 8, 16, 20]  # 16 and 20 on 32x32 planes: channel chunks of 
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("plane", PLANES, ids=lambda p: f"{p[0]}x{p[1]}")
 def test_conv_same_equals_conv2d(kernels, plane, k):
+    _skip_unless_whole_vectors(kernels, plane)
     gen = torch.Generator().manual_seed(0)
     for o in OUT_CHANNELS:
         for c in IN_CHANNELS:
@@ -156,6 +187,7 @@ def test_conv_same_equals_conv2d(kernels, plane, k):
 @pytest.mark.parametrize("k", [1, 3, 5, 7])
 @pytest.mark.parametrize("plane", PLANES, ids=lambda p: f"{p[0]}x{p[1]}")
 def test_conv_same_grad_weight_equals_conv2d_weight(kernels, plane, k):
+    _skip_unless_whole_vectors(kernels, plane)
     gen = torch.Generator().manual_seed(0)
     for o in OUT_CHANNELS:
         for c in IN_CHANNELS:
@@ -197,7 +229,7 @@ def test_kernels_take_non_contiguous_inputs(kernels):
 
 @pytest.mark.parametrize("call,match", [
     (lambda k: k.conv_same(torch.randn(1, 4, 8, 8, dtype=torch.float64), torch.randn(3, 4, 3, 3)), "float32 only"),
-    (lambda k: k.conv_same(torch.randn(1, 4, 6, 6), torch.randn(3, 4, 3, 3)), r"H \* W must be a multiple of 16"),
+    (lambda k: k.conv_same(torch.randn(1, 4, 6, 6), torch.randn(3, 4, 3, 3)), r"H \* W must be a multiple of {width}"),
     (lambda k: k.conv_same(torch.randn(1, 4, 8, 8), torch.randn(3, 5, 3, 3)),
      "weight has 5 input channels, x has 4"),
     (lambda k: k.conv_same(torch.randn(1, 4, 8, 8), torch.randn(3, 4, 2, 2)), "odd square kernels only"),
@@ -211,13 +243,13 @@ def test_kernels_take_non_contiguous_inputs(kernels):
     (lambda k: k.conv_same_grad_weight(torch.randn(1, 4, 8, 8), torch.randn(2, 3, 8, 8), 3),
      r"grad must be \(N, O, H, W\) with x's N, H, W"),
     (lambda k: k.conv_same_grad_weight(torch.randn(1, 4, 6, 6), torch.randn(1, 3, 6, 6), 3),
-     r"H \* W must be a multiple of 16"),
+     r"H \* W must be a multiple of {width}"),
     (lambda k: k.conv_same_grad_weight(torch.randn(1, 4, 8, 8), torch.randn(1, 3, 8, 8), 9),
      "kernel sizes 1, 3, 5, 7 only, got 9"),
 ], ids=["float64", "hw36", "channels", "even-k", "3d", "out-shape", "grad-float64", "gw-x-float64", "grad-batch",
         "gw-hw36", "gw-k9"])
 def test_kernel_errors_name_the_problem(kernels, call, match):
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(RuntimeError, match=match.replace("{width}", str(kernels.vector_width()))):
         call(kernels)
 
 
@@ -315,17 +347,23 @@ def test_train_mode_without_autograd_runs_the_fused_path_with_batch_statistics(s
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=n)
 
 
-@pytest.mark.parametrize("size", [(16, 16), (32, 48), (12, 20)], ids=["4x4-plane", "non-square", "odd-vectors"])
-def test_model_on_other_image_sizes_equals_the_reference(spy, size):
-    """16x16 images: group 3 runs on 4x4 planes (one SIMD vector); 32x48: non-square planes; 12x20: group 1's
-    240-pixel plane is 15 vectors (the untiled, one-vector projection path), group 2's 6x10 plane does not apply."""
+@pytest.mark.parametrize("size", [(16, 16), (32, 48), (12, 20), (16, 24)],
+                         ids=["4x4-plane", "non-square", "odd-vectors", "3-vector-plane"])
+def test_model_on_other_image_sizes_equals_the_reference(spy, kernels, size):
+    """16x16 images: group 3 runs on 4x4 planes (one AVX-512 vector); 32x48: non-square planes; 12x20: group 1's
+    240-pixel plane is 15 AVX-512 vectors (the untiled, one-vector projection path), group 2's 6x10 plane is not
+    whole vectors (the library path runs there); 16x24: group 3's 4x6 plane is 3 AVX2 vectors (untiled), not whole
+    AVX-512 vectors."""
     kern, ref, _ = (m.eval() for m in _models(SMALL))
+    groups = [g for g in kern.groups if isinstance(g, MLANGroup)]
+    planes = [(-(-size[0] // 2 ** i), -(-size[1] // 2 ** i)) for i in range(len(groups))]  # stride 2 per group
+    fused = sum(len(g.blocks) for g, (h, w) in zip(groups, planes) if (h * w) % kernels.vector_width() == 0)
+    assert fused > 0
     for batch in (1, STREAMING_MIN_BATCH + 1):
         x = _x(batch, size)
         spy.calls.clear()
         with torch.inference_mode():
             _assert_logits_close(kern(x), ref(x))
-        fused = _n_blocks(kern) if size != (12, 20) else len(kern.groups[0].blocks)
         assert spy.calls["mlan_block_forward"] == fused
 
 
@@ -398,7 +436,8 @@ def test_per_model_default_follows_the_process_wide_switch(spy):
     assert not spy.calls
     assert cpu_kernels.enable_cpu_kernels(True) is True
     assert cpu_kernels.cpu_kernels_enabled()
-    assert cpu_kernels.cpu_kernels_status().startswith("on (AVX-512, small_conv.cpp ")
+    assert cpu_kernels.cpu_kernels_status().startswith(f"on ({cpu_kernels.kernel_isa()}, small_conv.cpp ")
+    assert cpu_kernels.kernel_isa() in ("AVX-512", "AVX2")
     with torch.no_grad():
         _assert_logits_close(kern(x), expected)
     assert spy.calls == Counter(mlan_block_forward=_n_blocks(kern))
@@ -434,14 +473,16 @@ def test_group_whose_own_fusion_is_not_plus_ends_with_the_library_fusion(spy):
     (lambda: torch.randn(2, 8, 4, 4), True),  # 16 pixels: one vector
     (lambda: torch.randn(2, 8, 8, 6), True),  # 48 pixels
     (lambda: torch.randn(2, 8, 6, 6), False),  # 36 pixels
+    (lambda: torch.randn(2, 8, 2, 12), None),  # 24 pixels: whole vectors of 8 floats (AVX2), not of 16
     (lambda: torch.randn(2, 8, 32, 32, dtype=torch.bfloat16), False),
     (lambda: torch.randn(2, 8, 32, 32, dtype=torch.float64), False),
     (lambda: torch.randn(2, 8, 32, 32).contiguous(memory_format=torch.channels_last), False),
     (lambda: torch.randn(2, 8, 32, 32)[:, ::2], False),
     (lambda: torch.randn(8, 32, 32), False),
-], ids=["32x32", "4x4", "8x6", "6x6", "bfloat16", "float64", "channels_last", "strided", "3d"])
+], ids=["32x32", "4x4", "8x6", "6x6", "2x12", "bfloat16", "float64", "channels_last", "strided", "3d"])
 def test_kernels_for_applies_to_float32_nchw_planes_of_whole_vectors(kernels, make, applies):
     x = make()
+    applies = kernels.vector_width() == 8 if applies is None else applies
     assert (cpu_kernels.kernels_for(x, True) is kernels) == applies
     assert cpu_kernels.kernels_for(x, False) is None
 
@@ -632,9 +673,9 @@ def fresh_state(monkeypatch):
     monkeypatch.setattr(cpu_kernels._State, "error", None)
 
 
-def test_without_avx512_the_kernels_warn_once_and_models_use_pytorch(fresh_state, monkeypatch):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    reason = "this CPU (PyTorch capability AVX2) has no AVX-512"
+def test_without_avx512_or_avx2_the_kernels_warn_once_and_models_use_pytorch(fresh_state, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    reason = "this CPU (PyTorch capability DEFAULT) has neither AVX-512 nor AVX2"
     with pytest.warns(RuntimeWarning, match=r"mlan_timm CPU kernels unavailable, using PyTorch's convolutions: "
                       + reason.replace("(", r"\(").replace(")", r"\)")) as record:
         assert cpu_kernels.load_cpu_kernels() is None
@@ -697,7 +738,7 @@ def test_environment_variable_enables_the_kernels_at_import(subprocess_env):
 # 9. benchmarks/cpu_kernels_ab.py: two builds timed on whole models
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_kernels_ab_times_both_builds_and_the_backbone_each_round(kernels, load_script, tmp_path, capsys):
+def test_kernels_ab_times_both_builds_and_the_backbone_each_round(native_kernels, load_script, tmp_path, capsys):
     ab = load_script("benchmarks/cpu_kernels_ab.py")
     out = tmp_path / "ab.json"
     res = ab.main(["--base", str(cpu_kernels.SOURCE), "--models", "mlan_resnet14_cifar10", "--rounds", "2",
@@ -727,10 +768,43 @@ def test_kernels_ab_reads_a_git_revision_of_the_source(load_script, tmp_path):
     assert ab.backbone_name("mlan_v2_resnet20_cifar100") == "resnet20_cifar100"
 
 
-def test_kernels_ab_names_a_source_that_does_not_build(kernels, load_script, tmp_path, monkeypatch):
+def test_kernels_ab_names_a_source_that_does_not_build(native_kernels, load_script, tmp_path, monkeypatch):
     ab = load_script("benchmarks/cpu_kernels_ab.py")
     bad = tmp_path / "bad.cpp"
     bad.write_text("this is not C++ {\n")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     with pytest.raises(SystemExit, match=r"cpu_kernels_ab: building the base source \(.*bad\.cpp\) failed: "):
         ab.main(["--base", str(bad), "--models", "mlan_resnet14_cifar10", "--rounds", "1"])
+
+
+def test_kernels_ab_times_mlan_without_kernels_as_base(native_kernels, load_script, capsys):
+    ab = load_script("benchmarks/cpu_kernels_ab.py")
+    res = ab.main(["--base", "library", "--models", "mlan_resnet14_cifar10", "--rounds", "1", "--min-run-time",
+                   "0.01", "--batch", "4"])
+    assert all(len(v) == 1 and v[0] > 0 for v in res["mlan_resnet14_cifar10"]["infer"].values())
+    printed = capsys.readouterr().out
+    assert f"PyTorch at {torch.backends.cpu.get_cpu_capability()}; base library, new " in printed
+
+
+def test_kernels_ab_refuses_an_instruction_set_the_cpu_lacks(load_script, monkeypatch):
+    ab = load_script("benchmarks/cpu_kernels_ab.py")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # as in the child process: held, yet not at AVX2
+    with pytest.raises(SystemExit, match="PyTorch runs at DEFAULT although held to AVX2: this CPU does not have AVX2"):
+        ab.main(["--base", "library", "--isa", "AVX2", "--models", "mlan_resnet14_cifar10"])
+
+
+@pytest.mark.slow
+def test_kernels_ab_holds_pytorch_and_onednn_to_avx2(native_kernels, load_script, tmp_path, capfd):
+    """On an AVX-512 CPU, ``--isa AVX2`` times in a child process with PyTorch and oneDNN held to AVX2."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("needs a CPU with AVX-512 (to hold it to AVX2)")
+    ab = load_script("benchmarks/cpu_kernels_ab.py")
+    out = tmp_path / "ab.json"
+    res = ab.main(["--base", "library", "--isa", "AVX2", "--models", "mlan_resnet14_cifar10", "--rounds", "1",
+                   "--min-run-time", "0.01", "--batch", "4", "--json-out", str(out)])
+    assert set(res["mlan_resnet14_cifar10"]["infer"]) == {"backbone", "base", "new"}
+    assert json.loads(out.read_text())["capability"] == "AVX2"
+    printed = capfd.readouterr().out
+    assert "held to AVX2: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2" in printed
+    assert "PyTorch at AVX2; base library" in printed

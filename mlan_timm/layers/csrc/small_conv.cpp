@@ -5,7 +5,9 @@
 // each (vector, tap) pair has a precomputed lane mask, so padding costs masked loads and no copy. Outputs are
 // computed in blocks of up to 4 channels with 4 vectors per tile, all accumulators in registers: the cost follows
 // the MACs, unlike oneDNN's kernels, which pad the output channels to the SIMD width (docs/benchmarks.md).
-// AVX-512 only: built with AVX2 (8 lanes, vmaskmovps) the same code measured no faster than oneDNN.
+// Two builds of the same code: AVX-512 (16 lanes, mask registers) and AVX2 + FMA (8 lanes, vmaskmovps), chosen by
+// the flags cpu_kernels.py compiles with for the machine; every intrinsic goes through Vec, and the tile sizes
+// that must fit the register file (32 vector registers with AVX-512, 16 with AVX2) are per build.
 // Only the headers used (not <torch/extension.h>, which pulls in the whole C++ frontend): the build takes 16.6 s
 // instead of 25 s on the 2-core development machine (README's build-time command, before and after).
 #include <ATen/Parallel.h>
@@ -28,7 +30,7 @@ int64_t vector_width();
 namespace {
 
 #if defined(__AVX512F__)
-constexpr bool kSimd = true;
+#define MLAN_SIMD 1
 struct Vec {
   using T = __m512;
   using M = __mmask16;
@@ -37,19 +39,79 @@ struct Vec {
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static T mload(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+  static void stream(float* p, T v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T fnma(T a, T b, T c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+  static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static T div(T a, T b) { return _mm512_div_ps(a, b); }
+  static T max(T a, T b) { return _mm512_max_ps(a, b); }
+  static T min(T a, T b) { return _mm512_min_ps(a, b); }
   static T bcast(float v) { return _mm512_set1_ps(v); }
   static M mask(uint32_t bits) { return static_cast<M>(bits); }
   static float hsum(T v) { return _mm512_reduce_add_ps(v); }
+  static T round(T v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static T scale2(T y, T n) { return _mm512_scalef_ps(y, n); }  // y * 2^n, n integral
+  static T where_positive(T c, T v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(c, zero(), _CMP_GT_OQ), v); }
 };
+constexpr int kTileVectors = 4;  // vectors of pixels per conv tile
+constexpr int kGradBlock = 3;    // output channels per weight-gradient pass (3 x 9 taps: 27 accumulators)
+constexpr int kWideVectors = 4;  // vectors per tile of the projections (forward and input gradient)
+#elif defined(__AVX2__) && defined(__FMA__)
+#define MLAN_SIMD 1
+struct Vec {
+  using T = __m256;
+  struct M {  // a lane is read where its 32 bits are all ones (a struct: std::vector<__m256i> drops attributes)
+    __m256i bits;
+  };
+  static constexpr int L = 8;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static T mload(M m, const float* p) { return _mm256_maskload_ps(p, m.bits); }
+  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static void stream(float* p, T v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T fnma(T a, T b, T c) { return _mm256_fnmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+  static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static T div(T a, T b) { return _mm256_div_ps(a, b); }
+  static T max(T a, T b) { return _mm256_max_ps(a, b); }
+  static T min(T a, T b) { return _mm256_min_ps(a, b); }
+  static T bcast(float v) { return _mm256_set1_ps(v); }
+  static M mask(uint32_t bits) {
+    alignas(32) int32_t lanes[L];
+    for (int l = 0; l < L; ++l) lanes[l] = (bits >> l) & 1 ? -1 : 0;
+    return M{_mm256_load_si256(reinterpret_cast<const __m256i*>(lanes))};
+  }
+  static float hsum(T v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+  static T round(T v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static T scale2(T y, T n) {  // 2^n from its exponent bits; n in [-127, 127] (exp_ps clamps), 2^-127 as 0
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  }
+  static T where_positive(T c, T v) { return _mm256_and_ps(_mm256_cmp_ps(c, zero(), _CMP_GT_OQ), v); }
+};
+constexpr int kTileVectors = 2;  // 16 registers: 4 x 2 accumulators, 2 inputs, 2 lane masks, a weight
+constexpr int kGradBlock = 1;    // 9 accumulators
+constexpr int kWideVectors = 2;
+#endif
+
+#if defined(MLAN_SIMD)
+constexpr bool kSimd = true;
 #else
 constexpr bool kSimd = false;
 #endif
 
-#if defined(__AVX512F__)
+#if defined(MLAN_SIMD)
 #define MLAN_UNROLL _Pragma("GCC unroll 16")  // full unrolling keeps per-tile arrays in registers
-constexpr int kTileVectors = 4;  // vectors of pixels per tile
 constexpr int kOutBlock = 4;     // output channels per block
+constexpr int kPlanePad = 16;    // floats between the fused kernel's scratch planes (one 64-byte line)
 
 // Per (vector, tap): the offset of the tap, whether every lane is inside the image, and the lane mask.
 struct Taps {
@@ -162,7 +224,8 @@ void forward_all(const float* x, const float* wt, float* out, int64_t N, int64_t
 }
 
 // grad_w[o, c, t] = sum_n sum_p g[n, o, p] * x[n, c, p + off(t)], in blocks of OB output channels; per input
-// channel the OB * T accumulators stay in registers (k = 3, three outputs: 27 of AVX-512's 32 registers) over the
+// channel the OB * T accumulators stay in registers (k = 3, kGradBlock outputs: 27 of AVX-512's 32 registers, 9 of
+// AVX2's 16) over the
 // whole batch: one horizontal sum each, where corr_image (per image) sums once per image, which was up to 1.4x
 // slower on 8x8 planes as conv_same_grad_weight (development timing, no project command reproduces it).
 template <int OB, int T>
@@ -195,36 +258,34 @@ void grad_weight_block(const float* x, const float* g, float* gw, int64_t N, int
 template <int T>
 void grad_weight_all(const float* x, const float* g, float* gw, int64_t N, int64_t C, int64_t O, int64_t P,
                      const Taps& taps) {
-  constexpr int block = 3;
-  for (int64_t o0 = 0; o0 < O; o0 += block) {
-    switch (std::min<int64_t>(block, O - o0)) {
-      case 3: grad_weight_block<3, T>(x, g, gw, N, C, O, o0, P, taps); break;
-      case 2: grad_weight_block<2, T>(x, g, gw, N, C, O, o0, P, taps); break;
+  for (int64_t o0 = 0; o0 < O; o0 += kGradBlock) {
+    switch (std::min<int64_t>(kGradBlock, O - o0)) {
+      case 3: grad_weight_block<(kGradBlock >= 3 ? 3 : 1), T>(x, g, gw, N, C, O, o0, P, taps); break;
+      case 2: grad_weight_block<(kGradBlock >= 2 ? 2 : 1), T>(x, g, gw, N, C, O, o0, P, taps); break;
       default: grad_weight_block<1, T>(x, g, gw, N, C, O, o0, P, taps); break;
     }
   }
 }
-// exp and sigmoid on 16 lanes: exp by range reduction to [-ln2/2, ln2/2] and Cephes' expf polynomial, 2^n by
-// scalef; inputs clamped to [-88, 88].
-inline __m512 exp_ps(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(y, n);
+// exp and sigmoid per lane: exp by range reduction to [-ln2/2, ln2/2] and Cephes' expf polynomial, times 2^n
+// (Vec::scale2); inputs clamped to [-88, 88].
+inline Vec::T exp_ps(Vec::T x) {
+  x = Vec::max(Vec::min(x, Vec::bcast(88.0f)), Vec::bcast(-88.0f));
+  const Vec::T n = Vec::round(Vec::mul(x, Vec::bcast(1.44269504088896341f)));
+  Vec::T r = Vec::fnma(n, Vec::bcast(0.693359375f), x);
+  r = Vec::fnma(n, Vec::bcast(-2.12194440e-4f), r);
+  Vec::T y = Vec::bcast(1.9875691500e-4f);
+  y = Vec::fma(y, r, Vec::bcast(1.3981999507e-3f));
+  y = Vec::fma(y, r, Vec::bcast(8.3334519073e-3f));
+  y = Vec::fma(y, r, Vec::bcast(4.1665795894e-2f));
+  y = Vec::fma(y, r, Vec::bcast(1.6666665459e-1f));
+  y = Vec::fma(y, r, Vec::bcast(5.0000001201e-1f));
+  y = Vec::fma(y, Vec::mul(r, r), Vec::add(r, Vec::bcast(1.0f)));
+  return Vec::scale2(y, n);
 }
 
-inline __m512 sigmoid_ps(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  return _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+inline Vec::T sigmoid_ps(Vec::T x) {
+  const Vec::T one = Vec::bcast(1.0f);
+  return Vec::div(one, Vec::add(one, exp_ps(Vec::sub(Vec::zero(), x))));
 }
 
 // Software prefetch (to L2) of one or two arrays of ``bytes``, spread over ``steps`` calls of step(): the kernel
@@ -273,16 +334,15 @@ void conv_image(const float* x, const float* wt, float* dst, int64_t C, int64_t 
 // mask[p] = mean_o sigmoid(logits[o, p] + bias[o]) (eq. 2), for one image; the sigmoids go to sig (O x P) if given.
 void shared_mask(const float* logits, int64_t logit_stride, const float* bias, int64_t O, int64_t P, float* mask,
                  float* sig = nullptr) {
-  const __m512 inv = _mm512_set1_ps(1.0f / static_cast<float>(O));
+  const Vec::T inv = Vec::bcast(1.0f / static_cast<float>(O));
   for (int64_t j = 0; j < P; j += Vec::L) {
-    __m512 m = _mm512_setzero_ps();
+    Vec::T m = Vec::zero();
     for (int64_t o = 0; o < O; ++o) {
-      const __m512 s = sigmoid_ps(_mm512_add_ps(_mm512_loadu_ps(logits + o * logit_stride + j),
-                                                _mm512_set1_ps(bias[o])));
-      if (sig != nullptr) _mm512_storeu_ps(sig + o * P + j, s);
-      m = _mm512_add_ps(m, s);
+      const Vec::T s = sigmoid_ps(Vec::add(Vec::load(logits + o * logit_stride + j), Vec::bcast(bias[o])));
+      if (sig != nullptr) Vec::store(sig + o * P + j, s);
+      m = Vec::add(m, s);
     }
-    _mm512_storeu_ps(mask + j, _mm512_mul_ps(m, inv));
+    Vec::store(mask + j, Vec::mul(m, inv));
   }
 }
 
@@ -294,15 +354,15 @@ void apply_mask(const float* src, const float* mask, float* dst, int64_t C, int6
   if (ds == 0) ds = P;
   for (int64_t c = 0; c < C; ++c)
     for (int64_t j = 0; j < P; j += Vec::L)
-      _mm512_storeu_ps(dst + c * ds + j, _mm512_mul_ps(_mm512_loadu_ps(src + c * ss + j), _mm512_loadu_ps(mask + j)));
+      Vec::store(dst + c * ds + j, Vec::mul(Vec::load(src + c * ss + j), Vec::load(mask + j)));
 }
 constexpr int64_t kStreamBytes = int64_t(8) << 20;
 
-// A 16-float store; ``stream``: non-temporal (the address is 64-byte aligned: PyTorch's CPU allocations are, and
+// A vector store; ``stream``: non-temporal (the address is 64-byte aligned: PyTorch's CPU allocations are, and
 // every plane offset is a multiple of 16 floats), for outputs that no code reads again while they are in cache.
-inline void store(float* p, __m512 v, bool stream) {
-  if (stream) _mm512_stream_ps(p, v);
-  else _mm512_storeu_ps(p, v);
+inline void store(float* p, Vec::T v, bool stream) {
+  if (stream) Vec::stream(p, v);
+  else Vec::store(p, v);
 }
 
 // For output channels [co0, co0 + CB) at NV pixel vectors from pixel j: the block projection P_block b and the
@@ -314,33 +374,33 @@ template <int CB, int NV>
 inline void project_and_fuse(const float* b1, const float* b2, const float* pw, const float* gw, const float* o2,
                              const float* xn, float* out, float* gp, int64_t C, int64_t P, int64_t bs, int64_t co0,
                              int64_t j, bool first, bool stream) {
-  __m512 ab[CB][NV], ag[CB][NV];
+  Vec::T ab[CB][NV], ag[CB][NV];
   MLAN_UNROLL for (int q = 0; q < CB; ++q)
     MLAN_UNROLL for (int v = 0; v < NV; ++v) {
-      ab[q][v] = _mm512_setzero_ps();
-      ag[q][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(gp + (co0 + q) * P + j + v * Vec::L);
+      ab[q][v] = Vec::zero();
+      ag[q][v] = first ? Vec::zero() : Vec::load(gp + (co0 + q) * P + j + v * Vec::L);
     }
   for (int64_t ci = 0; ci < C; ++ci) {
-    __m512 v1[NV], v2[NV];
+    Vec::T v1[NV], v2[NV];
     MLAN_UNROLL for (int v = 0; v < NV; ++v) {
-      v1[v] = _mm512_loadu_ps(b1 + ci * bs + j + v * Vec::L);
-      v2[v] = _mm512_loadu_ps(b2 + ci * bs + j + v * Vec::L);
+      v1[v] = Vec::load(b1 + ci * bs + j + v * Vec::L);
+      v2[v] = Vec::load(b2 + ci * bs + j + v * Vec::L);
     }
     MLAN_UNROLL for (int q = 0; q < CB; ++q) {
       const float *pr = pw + (co0 + q) * 2 * C, *gr = gw + (co0 + q) * 2 * C;
-      const __m512 p1 = _mm512_set1_ps(pr[ci]), p2 = _mm512_set1_ps(pr[C + ci]), g1 = _mm512_set1_ps(gr[ci]),
-                   g2 = _mm512_set1_ps(gr[C + ci]);
+      const Vec::T p1 = Vec::bcast(pr[ci]), p2 = Vec::bcast(pr[C + ci]), g1 = Vec::bcast(gr[ci]),
+                   g2 = Vec::bcast(gr[C + ci]);
       MLAN_UNROLL for (int v = 0; v < NV; ++v) {
-        ab[q][v] = _mm512_fmadd_ps(v2[v], p2, _mm512_fmadd_ps(v1[v], p1, ab[q][v]));
-        ag[q][v] = _mm512_fmadd_ps(v2[v], g2, _mm512_fmadd_ps(v1[v], g1, ag[q][v]));
+        ab[q][v] = Vec::fma(v2[v], p2, Vec::fma(v1[v], p1, ab[q][v]));
+        ag[q][v] = Vec::fma(v2[v], g2, Vec::fma(v1[v], g1, ag[q][v]));
       }
     }
   }
   MLAN_UNROLL for (int q = 0; q < CB; ++q)
     MLAN_UNROLL for (int v = 0; v < NV; ++v) {
       const int64_t at = (co0 + q) * P + j + v * Vec::L;
-      const __m512 fused = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(o2 + at), ab[q][v]), _mm512_loadu_ps(xn + at));
-      store(out + at, _mm512_max_ps(fused, _mm512_setzero_ps()), stream);
+      const Vec::T fused = Vec::add(Vec::add(Vec::load(o2 + at), ab[q][v]), Vec::load(xn + at));
+      store(out + at, Vec::max(fused, Vec::zero()), stream);
       store(gp + at, ag[q][v], stream);
     }
 }
@@ -383,7 +443,7 @@ void corr_image_block(const float* x, int64_t Cx, const float* g, int64_t o0, in
 template <int T>
 void corr_image_all(const float* x, int64_t Cx, const float* g, int64_t O, int64_t P, const Taps& taps, float* acc) {
   int64_t o0 = 0;
-  for (; o0 + 3 <= O; o0 += 3) corr_image_block<3, T>(x, Cx, g, o0, P, taps, acc);
+  for (; o0 + kGradBlock <= O; o0 += kGradBlock) corr_image_block<kGradBlock, T>(x, Cx, g, o0, P, taps, acc);
   for (; o0 < O; ++o0) corr_image_block<1, T>(x, Cx, g, o0, P, taps, acc);
 }
 
@@ -406,32 +466,31 @@ void project_transpose_tiles(const float* dpre, const float* dgp, const float* p
   for (int64_t j = 0; j < P; j += NV * Vec::L) {
     for (int64_t ci = 0; ci < C2; ci += 4) {
       const int nb = static_cast<int>(std::min<int64_t>(4, C2 - ci));
-      __m512 a[4][NV];
+      Vec::T a[4][NV];
       MLAN_UNROLL for (int q = 0; q < 4; ++q)
-        MLAN_UNROLL for (int v = 0; v < NV; ++v) a[q][v] = _mm512_setzero_ps();
+        MLAN_UNROLL for (int v = 0; v < NV; ++v) a[q][v] = Vec::zero();
       for (int64_t co = 0; co < C; ++co) {
-        __m512 dp[NV], dg[NV];
+        Vec::T dp[NV], dg[NV];
         MLAN_UNROLL for (int v = 0; v < NV; ++v) {
-          dp[v] = _mm512_loadu_ps(dpre + co * P + j + v * Vec::L);
-          dg[v] = _mm512_loadu_ps(dgp + co * P + j + v * Vec::L);
+          dp[v] = Vec::load(dpre + co * P + j + v * Vec::L);
+          dg[v] = Vec::load(dgp + co * P + j + v * Vec::L);
         }
         MLAN_UNROLL for (int q = 0; q < 4; ++q)
           if (q < nb) {
-            const __m512 bp = _mm512_set1_ps(pw[co * C2 + ci + q]), bg = _mm512_set1_ps(gw[co * C2 + ci + q]);
-            MLAN_UNROLL for (int v = 0; v < NV; ++v)
-              a[q][v] = _mm512_fmadd_ps(dg[v], bg, _mm512_fmadd_ps(dp[v], bp, a[q][v]));
+            const Vec::T bp = Vec::bcast(pw[co * C2 + ci + q]), bg = Vec::bcast(gw[co * C2 + ci + q]);
+            MLAN_UNROLL for (int v = 0; v < NV; ++v) a[q][v] = Vec::fma(dg[v], bg, Vec::fma(dp[v], bp, a[q][v]));
           }
       }
       MLAN_UNROLL for (int q = 0; q < 4; ++q)
         if (q < nb)
-          MLAN_UNROLL for (int v = 0; v < NV; ++v) _mm512_storeu_ps(db + (ci + q) * P + j + v * Vec::L, a[q][v]);
+          MLAN_UNROLL for (int v = 0; v < NV; ++v) Vec::store(db + (ci + q) * P + j + v * Vec::L, a[q][v]);
     }
   }
 }
 
 void project_transpose(const float* dpre, const float* dgp, const float* pw, const float* gw, float* db, int64_t C,
                        int64_t P) {
-  if ((P / Vec::L) % 4 == 0) project_transpose_tiles<4>(dpre, dgp, pw, gw, db, C, P);
+  if ((P / Vec::L) % kWideVectors == 0) project_transpose_tiles<kWideVectors>(dpre, dgp, pw, gw, db, C, P);
   else project_transpose_tiles<1>(dpre, dgp, pw, gw, db, C, P);
 }
 
@@ -443,21 +502,21 @@ void project_weight_grad(const float* dpre, const float* dgp, const float* b, fl
   for (int64_t co = 0; co < C; ++co)
     for (int64_t ci = 0; ci < C2; ci += 4) {
       const int nb = static_cast<int>(std::min<int64_t>(4, C2 - ci));
-      __m512 ap[4], ag[4];
-      MLAN_UNROLL for (int q = 0; q < 4; ++q) ap[q] = ag[q] = _mm512_setzero_ps();
+      Vec::T ap[4], ag[4];
+      MLAN_UNROLL for (int q = 0; q < 4; ++q) ap[q] = ag[q] = Vec::zero();
       for (int64_t j = 0; j < P; j += Vec::L) {
-        const __m512 dp = _mm512_loadu_ps(dpre + co * P + j), dg = _mm512_loadu_ps(dgp + co * P + j);
+        const Vec::T dp = Vec::load(dpre + co * P + j), dg = Vec::load(dgp + co * P + j);
         MLAN_UNROLL for (int q = 0; q < 4; ++q)
           if (q < nb) {
-            const __m512 bv = _mm512_loadu_ps(b + (ci + q) * P + j);
-            ap[q] = _mm512_fmadd_ps(dp, bv, ap[q]);
-            ag[q] = _mm512_fmadd_ps(dg, bv, ag[q]);
+            const Vec::T bv = Vec::load(b + (ci + q) * P + j);
+            ap[q] = Vec::fma(dp, bv, ap[q]);
+            ag[q] = Vec::fma(dg, bv, ag[q]);
           }
       }
       MLAN_UNROLL for (int q = 0; q < 4; ++q)
         if (q < nb) {
-          dpw[co * C2 + ci + q] += _mm512_reduce_add_ps(ap[q]);
-          dgw[co * C2 + ci + q] += _mm512_reduce_add_ps(ag[q]);
+          dpw[co * C2 + ci + q] += Vec::hsum(ap[q]);
+          dgw[co * C2 + ci + q] += Vec::hsum(ag[q]);
         }
     }
 }
@@ -466,35 +525,35 @@ void project_weight_grad(const float* dpre, const float* dgp, const float* b, fl
 // dx = dy * M (into dx, or added when accumulate), dz[o, p] = (sum_c dy[c, p] x[c, p]) / O * s_o (1 - s_o).
 void sma_backward(const float* x, const float* dy, const float* mask, const float* sig, int64_t C, int64_t O,
                   int64_t P, float* dx, bool accumulate, float* dz) {
-  const __m512 inv = _mm512_set1_ps(1.0f / static_cast<float>(O)), one = _mm512_set1_ps(1.0f);
+  const Vec::T inv = Vec::bcast(1.0f / static_cast<float>(O)), one = Vec::bcast(1.0f);
   for (int64_t j = 0; j < P; j += Vec::L) {
-    const __m512 m = _mm512_loadu_ps(mask + j);
-    __m512 dm = _mm512_setzero_ps();
+    const Vec::T m = Vec::load(mask + j);
+    Vec::T dm = Vec::zero();
     for (int64_t c = 0; c < C; ++c) {
-      const __m512 d = _mm512_loadu_ps(dy + c * P + j);
-      dm = _mm512_fmadd_ps(d, _mm512_loadu_ps(x + c * P + j), dm);
-      const __m512 v = _mm512_mul_ps(d, m);
-      _mm512_storeu_ps(dx + c * P + j, accumulate ? _mm512_add_ps(_mm512_loadu_ps(dx + c * P + j), v) : v);
+      const Vec::T d = Vec::load(dy + c * P + j);
+      dm = Vec::fma(d, Vec::load(x + c * P + j), dm);
+      const Vec::T v = Vec::mul(d, m);
+      Vec::store(dx + c * P + j, accumulate ? Vec::add(Vec::load(dx + c * P + j), v) : v);
     }
-    dm = _mm512_mul_ps(dm, inv);
+    dm = Vec::mul(dm, inv);
     for (int64_t o = 0; o < O; ++o) {
-      const __m512 sg = _mm512_loadu_ps(sig + o * P + j);
-      _mm512_storeu_ps(dz + o * P + j, _mm512_mul_ps(dm, _mm512_mul_ps(sg, _mm512_sub_ps(one, sg))));
+      const Vec::T sg = Vec::load(sig + o * P + j);
+      Vec::store(dz + o * P + j, Vec::mul(dm, Vec::mul(sg, Vec::sub(one, sg))));
     }
   }
 }
 
 void add_sums(const float* dz, int64_t O, int64_t P, float* db) {
   for (int64_t o = 0; o < O; ++o) {
-    __m512 s = _mm512_setzero_ps();
-    for (int64_t j = 0; j < P; j += Vec::L) s = _mm512_add_ps(s, _mm512_loadu_ps(dz + o * P + j));
-    db[o] += _mm512_reduce_add_ps(s);
+    Vec::T s = Vec::zero();
+    for (int64_t j = 0; j < P; j += Vec::L) s = Vec::add(s, Vec::load(dz + o * P + j));
+    db[o] += Vec::hsum(s);
   }
 }
 #endif
 
 void check_args(const at::Tensor& x, const at::Tensor& w) {
-  TORCH_CHECK(kSimd, "mlan_timm small_conv: built without AVX-512");
+  TORCH_CHECK(kSimd, "mlan_timm small_conv: built without AVX-512 or AVX2");
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "small_conv: CPU tensors only");
   TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat, "small_conv: float32 only");
   TORCH_CHECK(x.dim() == 4 && w.dim() == 4, "small_conv: x (N, C, H, W) and w (O, C, k, k)");
@@ -507,7 +566,7 @@ void check_args(const at::Tensor& x, const at::Tensor& w) {
 }  // namespace
 
 int64_t vector_width() {
-#if defined(__AVX512F__)
+#if defined(MLAN_SIMD)
   return Vec::L;
 #else
   return 0;
@@ -526,7 +585,7 @@ at::Tensor conv_same(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> out) 
     TORCH_CHECK(result.is_contiguous() && result.scalar_type() == at::kFloat &&
                 result.sizes() == at::IntArrayRef({N, O, H, W}), "small_conv: out must be a contiguous float32 (N, O, H, W)");
   }
-#if defined(__AVX512F__)
+#if defined(MLAN_SIMD)
   const at::Tensor wt = w.permute({1, 2, 3, 0}).contiguous();  // [C][ky][kx][O]
   const Taps taps(H, W, k);
   if (tile_vectors(P) == kTileVectors)
@@ -547,7 +606,7 @@ at::Tensor conv_same_grad_weight(at::Tensor x, at::Tensor grad, int64_t k) {
   grad = grad.contiguous();
   const int64_t N = x.size(0), C = x.size(1), O = grad.size(1), P = x.size(2) * x.size(3);
   at::Tensor gw = at::empty({O, C, k, k}, x.options());
-#if defined(__AVX512F__)
+#if defined(MLAN_SIMD)
   const Taps taps(x.size(2), x.size(3), static_cast<int>(k));
   const float *xp = x.data_ptr<float>(), *gp = grad.data_ptr<float>();
   float* out = gw.data_ptr<float>();
@@ -602,7 +661,7 @@ at::Tensor mlan_block_forward(at::Tensor out1, at::Tensor out2, at::Tensor x, at
                 saved->size(1) == 3 + 3 * O && saved->size(2) == H && saved->size(3) == W,
                 "mlan_block_forward: saved must be a contiguous float32 (N, 3 + 3 O, H, W)");
   at::Tensor out = at::empty_like(out1);
-#if defined(__AVX512F__)
+#if defined(MLAN_SIMD)
   auto tr = [](const at::Tensor& w) { return w.permute({1, 2, 3, 0}).contiguous(); };  // [C][ky][kx][O]
   float* savedp = saved.has_value() ? saved->data_ptr<float>() : nullptr;
   const at::Tensor t1t = tr(t1_w), t2t = tr(t2_w), la1 = tr(la_w.narrow(1, 0, C)), la2 = tr(la_w.narrow(1, C, C)),
@@ -620,7 +679,7 @@ at::Tensor mlan_block_forward(at::Tensor out1, at::Tensor out2, at::Tensor x, at
   // batch 128 (8 MB), 2-5% slower at 4 MB and below).
   const bool aligned = reinterpret_cast<uintptr_t>(outp) % 64 == 0 && reinterpret_cast<uintptr_t>(gpp) % 64 == 0 &&
                        N * C * P * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
-  const int64_t S = P + Vec::L;  // the scratch planes' stride: padded, so that no two share L1 sets (channel_chunk)
+  const int64_t S = P + kPlanePad;  // the scratch planes' stride: padded, so that no two share L1 sets (channel_chunk)
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(2 * C * S + O * P + 3 * P);
     float *a1 = scratch.data(), *a2 = a1 + C * S, *logits = a2 + C * S, *m1 = logits + O * P, *m2 = m1 + P,
@@ -652,7 +711,8 @@ at::Tensor mlan_block_forward(at::Tensor out1, at::Tensor out2, at::Tensor x, at
       float *on = outp + n * C * P, *gp = gpp + n * C * P;
       // outputs read back only by later calls go around the cache (non-temporal stores: no read for ownership)
       const bool stream = !last && aligned;
-      if ((P / Vec::L) % 4 == 0) project_and_fuse_all<4>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, S, first, stream);
+      if ((P / Vec::L) % kWideVectors == 0)
+        project_and_fuse_all<kWideVectors>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, S, first, stream);
       else if ((P / Vec::L) % 2 == 0) project_and_fuse_all<2>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, S, first, stream);
       else project_and_fuse_all<1>(a1, a2, pwp, gwp, o2, xn, on, gp, C, P, S, first, stream);
       if (last) {  // the group's fusion for this image while it is in cache: ReLU(y + M_g gp + group_input)
@@ -661,9 +721,9 @@ at::Tensor mlan_block_forward(at::Tensor out1, at::Tensor out2, at::Tensor x, at
         for (int64_t co = 0; co < C; ++co)
           for (int64_t j = 0; j < P; j += Vec::L) {
             const int64_t at = co * P + j;
-            const __m512 g = _mm512_fmadd_ps(_mm512_loadu_ps(mask + j), _mm512_loadu_ps(gp + at),
-                                             _mm512_add_ps(_mm512_loadu_ps(on + at), _mm512_loadu_ps(gin + at)));
-            store(on + at, _mm512_max_ps(g, _mm512_setzero_ps()), true);
+            const Vec::T g = Vec::fma(Vec::load(mask + j), Vec::load(gp + at),
+                                      Vec::add(Vec::load(on + at), Vec::load(gin + at)));
+            store(on + at, Vec::max(g, Vec::zero()), true);
           }
       }
     }
@@ -696,7 +756,7 @@ std::vector<at::Tensor> mlan_block_backward(at::Tensor out1, at::Tensor out2, at
                 g_law = at::zeros({O, 2 * C, k, k}, opts), g_lab = at::zeros({O}, opts),
                 g_baw = at::zeros({O, 2 * C, k, k}, opts), g_pw = at::zeros({C, 2 * C}, opts),
                 g_gw = at::zeros({C, 2 * C}, opts);
-#if defined(__AVX512F__)
+#if defined(MLAN_SIMD)
   // transposed convs (input gradients) as convs of the O-channel gradient with the flipped kernel: [O][ky][kx][Cin]
   auto trT = [](const at::Tensor& w) { return w.flip({2, 3}).permute({0, 2, 3, 1}).contiguous(); };
   const at::Tensor t1T = trT(t1_w), t2T = trT(t2_w), laT = trT(la_w), baT = trT(ba_w);
@@ -722,11 +782,10 @@ std::vector<at::Tensor> mlan_block_backward(at::Tensor out1, at::Tensor out2, at
       apply_mask(a, M, b, 2 * C, P);
       // out = ReLU(out2 + P_block b + x): the pre-activation gradient goes to out2, x and P_block
       for (int64_t i = 0; i < C * P; i += Vec::L) {
-        const __m512 d = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(on + i), _mm512_setzero_ps(), _CMP_GT_OQ),
-                                             _mm512_loadu_ps(dout + i));
-        _mm512_storeu_ps(dpre + i, d);
-        _mm512_storeu_ps(dx + i, d);
-        _mm512_storeu_ps(do2 + i, d);
+        const Vec::T d = Vec::where_positive(Vec::load(on + i), Vec::load(dout + i));
+        Vec::store(dpre + i, d);
+        Vec::store(dx + i, d);
+        Vec::store(do2 + i, d);
       }
       project_transpose(dpre, dgp, pw.data_ptr<float>(), gw.data_ptr<float>(), db, C, P);
       project_weight_grad(dpre, dgp, b, local[7].data(), local[8].data(), C, P);
@@ -758,7 +817,7 @@ std::vector<at::Tensor> mlan_block_backward(at::Tensor out1, at::Tensor out2, at
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("vector_width", &vector_width, "SIMD lanes: 16 with AVX-512, 0 without (unsupported)");
+  m.def("vector_width", &vector_width, "SIMD lanes: 16 with AVX-512, 8 with AVX2, 0 without (unsupported)");
   m.def("conv_same", &conv_same, "'same' conv, stride 1, optional in-place accumulation",
         py::arg("x"), py::arg("w"), py::arg("out") = py::none());
   m.def("conv_same_grad_weight", &conv_same_grad_weight, "weight gradient of conv_same");

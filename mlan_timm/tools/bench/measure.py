@@ -259,7 +259,7 @@ def cpu_kernels_info(load: bool = True) -> Dict[str, Any]:
     load was tried yet), ``reason`` (why not: the loader's own message), ``source`` (``small_conv.cpp <hash>``),
     ``process_wide`` (switched on for the whole process by ``enable_cpu_kernels`` or the environment variable: MLAN
     models without ``cpu_kernels=False`` use them too; the bench never does this) and ``status`` (the machine
-    line's words). ``load``: build / load them now (about 20 s the first time, then cached); the loader's warning is
+    line's words). ``load``: build / load them now (about 15 s the first time, then cached); the loader's warning is
     not repeated (the reason is recorded instead)."""
     import warnings
 
@@ -275,7 +275,7 @@ def cpu_kernels_info(load: bool = True) -> Dict[str, Any]:
     source = ck.source_id()
     process_wide = ck.cpu_kernels_enabled()
     if available:
-        status = f"available (AVX-512, {source})"
+        status = f"available ({ck.kernel_isa()}, {source})"
         status += (f", ON process-wide ({ck.ENV_VAR} or enable_cpu_kernels): every MLAN model without "
                    "cpu_kernels=False uses them" if process_wide else
                    ", used only by the models built with cpu_kernels=True")
