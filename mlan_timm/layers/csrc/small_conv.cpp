@@ -767,8 +767,8 @@ std::vector<at::Tensor> mlan_block_backward(at::Tensor out1, at::Tensor out2, at
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<std::vector<float>> local;  // this thread's partial weight gradients
     for (const auto& g : grads) local.emplace_back(g.numel(), 0.0f);
-    std::vector<float> scratch(7 * C * P + O * P);
-    float *a = scratch.data(), *b = a + 2 * C * P, *db = b + 2 * C * P, *dpre = db + 2 * C * P, *dz = dpre + C * P;
+    std::vector<float> scratch(6 * C * P + O * P);
+    float *a = scratch.data(), *b = a + 2 * C * P, *db = b + 2 * C * P, *dz = db + 2 * C * P;
     for (int64_t n = begin; n < end; ++n) {
       const float *o1 = out1.data_ptr<float>() + n * C * P, *o2 = out2.data_ptr<float>() + n * C * P,
                   *on = out.data_ptr<float>() + n * C * P, *sv = saved.data_ptr<float>() + n * (3 + 3 * O) * P,
@@ -780,13 +780,14 @@ std::vector<at::Tensor> mlan_block_backward(at::Tensor out1, at::Tensor out2, at
       apply_mask(o1, m1, a, C, P);
       apply_mask(o2, m2, a + C * P, C, P);
       apply_mask(a, M, b, 2 * C, P);
-      // out = ReLU(out2 + P_block b + x): the pre-activation gradient goes to out2, x and P_block
+      // out = ReLU(out2 + P_block b + x): the pre-activation gradient goes to out2, x and P_block; x's gradient is
+      // final, so the projections read it there (dpre)
       for (int64_t i = 0; i < C * P; i += Vec::L) {
         const Vec::T d = Vec::where_positive(Vec::load(on + i), Vec::load(dout + i));
-        Vec::store(dpre + i, d);
         Vec::store(dx + i, d);
         Vec::store(do2 + i, d);
       }
+      const float* dpre = dx;
       project_transpose(dpre, dgp, pw.data_ptr<float>(), gw.data_ptr<float>(), db, C, P);
       project_weight_grad(dpre, dgp, b, local[7].data(), local[8].data(), C, P);
       conv_image(dgl, baT.data_ptr<float>(), db, O, 2 * C, P, taps, true);  // + BA's input gradient
