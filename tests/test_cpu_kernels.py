@@ -628,6 +628,34 @@ def test_variants_with_kernels_equal_the_reference(spy, name, kwargs, fused):
     assert spy.calls["mlan_block_forward"] == spy.calls["mlan_block_backward"] == (blocks if fused else 0)
 
 
+@pytest.mark.parametrize("bias", [95.0, -95.0, 30.0])
+def test_saturated_masks_with_kernels_equal_the_reference(spy, bias):
+    """Mask logits far outside the kernels' exp range ([-88, 88], clamped; with AVX2, 2^-127 is built as 0): every
+    mask conv's bias shifted by ``bias``, so the sigmoids saturate at 1 or 0 (or sit in exp's upper range: 30)."""
+    kern, ref, _ = _models(SMALL)
+    with torch.no_grad():
+        for model in (kern, ref):
+            biases = [p for name, p in model.named_parameters() if name.endswith("conv.bias")]
+            assert len(biases) == 3 * _n_blocks(model) + 3  # T_1, T_2, LA per block, BA per group: the mask convs
+            for p in biases:
+                p.add_(bias)
+    x = _x(STREAMING_MIN_BATCH + 1)
+    with torch.inference_mode():
+        out, expected = kern.eval()(x), ref.eval()(x)
+    assert torch.isfinite(out).all()
+    _assert_logits_close(out, expected)
+    assert spy.calls["mlan_block_forward"] == _n_blocks(kern)
+    spy.calls.clear()
+    _assert_logits_close(_train_step(kern, x), _train_step(ref, x))
+    # saturated sigmoids have (near) zero derivatives: a mask conv's gradient may be 0 in both, or ~1e-39 against
+    # ~1e-42 (the kernels clamp exp's input), so gradients are compared relative to the largest one beside their own
+    scale = max(q.grad.norm().item() for q in ref.parameters())
+    for (n, p), q in zip(kern.named_parameters(), ref.parameters()):
+        err = ((p.grad - q.grad).norm() / max(q.grad.norm().item(), 1e-3 * scale)).item()
+        assert err < 1e-3, f"{n}: gradient error {err:.2e}"
+    assert spy.calls["mlan_block_backward"] == _n_blocks(kern)
+
+
 def test_mask_kernel_size_9_inference_with_kernels_equals_the_reference(spy):
     kern, ref, _ = (m.eval() for m in _models(SMALL, mask_kernel_size=9))
     x = _x(2)
