@@ -129,7 +129,7 @@ def load_cpu_kernels() -> Optional[ModuleType]:
             if module.vector_width() != width:
                 reason = f"the extension was built without {name}"
             else:
-                _State.module, _State.width = module, width
+                use_module(module)
         except Exception as exc:  # no compiler, no ninja, read-only cache...: fall back, say why
             reason = f"building {SOURCE.name} failed ({type(exc).__name__}: {_build_error(exc)})"
     if reason is not None:
