@@ -249,6 +249,51 @@ def test_small_batch_forward_checks_no_kernel_structure_without_the_kernels(monk
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
+def test_structural_checks_follow_submodule_swaps():
+    """The fast paths' structural checks are cached (models/structure.py), and any submodule registration in the
+    process invalidates them: swapping an attention by attribute or by ModuleList item changes the formulation the
+    next forward picks, and the outputs still equal the reference's."""
+    torch.manual_seed(0)
+    model = timm.create_model("mlan_resnet14_cifar10").eval()
+    ref = timm.create_model("mlan_resnet14_cifar10").eval()
+    ref.load_state_dict(model.state_dict())
+    ref.set_fast_paths(False)
+    group, block = model.groups[0], model.groups[0].blocks[0]
+    assert group.has_fast_path() and block.can_merge_first_mask() and group.fusable() and group.gpu_kernels_fit()
+    assert group.has_fast_path.__wrapped__(group)  # the undecorated check agrees
+    for swap in (lambda m: setattr(m.groups[0].group_attn, "attn", create_attention("se", 32, "aggregate")),
+                 lambda m: m.groups[0].blocks[0].layer_attn.__setitem__(0, create_attention("cbam", 8, "layer"))):
+        torch.manual_seed(1)
+        swap(model)
+        torch.manual_seed(1)
+        swap(ref)
+        x = torch.randn(2, 3, 32, 32)
+        with torch.inference_mode():
+            torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-5)
+    assert not group.has_fast_path() and not group.fusable() and not group.gpu_kernels_fit()
+    assert not block.can_merge_first_mask() and not block.can_fuse()
+    assert model.groups[1].has_fast_path()  # untouched groups keep theirs
+
+
+def test_structural_check_cache_is_not_carried_by_copies():
+    """A cached answer is tied to this process's current structure token: a deep copy or an unpickled model
+    recomputes it (an entry left stale by a swap must not become valid again elsewhere)."""
+    import copy
+    import pickle
+
+    from mlan_timm.models.structure import structure_token
+    model = timm.create_model("mlan_resnet14_cifar10")
+    group = model.groups[0]
+    assert group.has_fast_path()
+    assert group.__dict__["_structure_cache_has_fast_path"][0] is structure_token()
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        entry = other.groups[0].__dict__.get("_structure_cache_has_fast_path")
+        assert entry is None or entry[0] is not structure_token()
+        assert other.groups[0].has_fast_path()
+    torch.nn.Sequential(torch.nn.ReLU())  # registers a submodule: every cached answer is recomputed
+    assert group.__dict__["_structure_cache_has_fast_path"][0] is not structure_token()
+
+
 def test_inference_runs_conv2_and_the_first_mask_as_one_conv(monkeypatch):
     """Without autograd conv2 and T_1's mask convs read out1 once (C + N outputs); with autograd they stay apart."""
     model = timm.create_model("mlan_resnet14_cifar10")

@@ -35,6 +35,7 @@ from ..layers import (
     pointwise_conv,
 )
 from ..layers.fast_ops import KERNEL_GRAD_WEIGHT_SIZES
+from .structure import structure_cached
 
 __all__ = [
     "STREAMING_MIN_BATCH", "STREAMING_MIN_PLANE", "AttnFactory", "BasicBlock", "SingleLevelBlock", "MLANBlock",
@@ -150,6 +151,7 @@ class MLANBlock(BasicBlock):
         block_attn = self.block_attn([out1 * mask1, self.layer_attn[1](out2)])
         return self.act2(self.fusion(out2, self.attn_proj(block_attn), x)), block_attn
 
+    @structure_cached
     def can_merge_first_mask(self) -> bool:
         """Whether conv2 and T_1's mask convs can run as one conv: T_1 is a plain SMA with conv2's kernel."""
         sma = self.layer_attn[0]
@@ -173,6 +175,7 @@ class MLANBlock(BasicBlock):
             return self.bn2(both[:, :c]), sma.mask_from_partials(both[:, c:])
         return self.bn2(self.conv2(out1)), sma.mask_from_partials(sma.mask_partial(out1, 0, kernels))
 
+    @structure_cached
     def can_fuse(self) -> bool:
         """Whether :meth:`forward_fused` applies: plain SMAs of one mask shape everywhere, plus fusion."""
         t1, t2, la = self.layer_attn[0], self.layer_attn[1], self.block_attn.attn
@@ -301,6 +304,7 @@ class MLANGroup(nn.Module):
         self.cpu_kernels: Optional[bool] = None  # None: the process-wide setting (layers.cpu_kernels)
         self.gpu_kernels: Optional[bool] = None  # None: the process-wide setting (layers.gpu_kernels)
 
+    @structure_cached
     def has_fast_path(self) -> bool:
         """Whether the concatenation-free path applies: LA and BA are shared-mask attentions."""
         return isinstance(self.group_attn.attn, SharedMaskAttention) and all(
@@ -399,6 +403,7 @@ class MLANGroup(nn.Module):
         ba = self.group_attn.attn.conv
         return gpu_kernels.attend_project_fuse(group_cat, ba.weight, ba.bias, self.attn_proj.weight, x, group_input)
 
+    @structure_cached
     def gpu_kernels_fit(self) -> bool:
         """Whether :meth:`forward_gpu_kernels` applies: T_1, T_2, LA and BA plain SMAs (any mask count and odd
         kernel size; T_1 and T_2 of one shape, they share a launch), plus fusion in the group and its blocks."""
@@ -418,6 +423,7 @@ class MLANGroup(nn.Module):
         frozen model too) requires grad."""
         return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
+    @structure_cached
     def fusable(self) -> bool:
         """Whether the kernels may run each block's whole attention (:meth:`MLANBlock.forward_fused` in inference,
         :func:`..layers.fused_block_attention` with autograd, mask kernel sizes 1 to 7): every block
