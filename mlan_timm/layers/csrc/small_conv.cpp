@@ -3,12 +3,13 @@
 // out[n, o, p] (+)= sum_c sum_t w[o, c, t] * x[n, c, p + off(t)], stride 1, odd k x k kernel, zero padding k // 2,
 // fp32, NCHW contiguous. The image plane is walked in SIMD vectors of consecutive pixels (a vector may span rows);
 // each (vector, tap) pair has a precomputed lane mask, so padding costs masked loads and no copy. Outputs are
-// computed in blocks of up to 4 channels with 4 vectors per tile, all accumulators in registers: the cost follows
-// the MACs, unlike oneDNN's kernels, which pad the output channels to the SIMD width (docs/benchmarks.md).
+// computed in blocks of up to 4 channels with kTileVectors vectors per tile (4 with AVX-512, 2 with AVX2), all
+// accumulators in registers: the cost follows the MACs, unlike oneDNN's kernels, which pad the output channels to
+// the SIMD width (docs/benchmarks.md).
 // Two builds of the same code: AVX-512 (16 lanes, mask registers) and AVX2 + FMA (8 lanes, vmaskmovps), chosen by
 // the flags cpu_kernels.py compiles with for the machine; every intrinsic goes through Vec, and the tile sizes
 // that must fit the register file (32 vector registers with AVX-512, 16 with AVX2) are per build.
-// Only the headers used (not <torch/extension.h>, which pulls in the whole C++ frontend): the build takes 16.6 s
+// Only the headers used (not <torch/extension.h>, which pulls in the whole C++ frontend): the build takes about 16 s
 // instead of 25 s on the 2-core development machine (README's build-time command, before and after).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
