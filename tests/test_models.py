@@ -294,6 +294,20 @@ def test_structural_check_cache_is_not_carried_by_copies():
     assert group.__dict__["_structure_cache_has_fast_path"][0] is not structure_token()
 
 
+def test_compiled_forward_neither_reads_nor_writes_the_structure_cache():
+    """Under torch.compile the checks are computed in the trace (dynamo guards the module structure itself): the
+    graph holds no guard on the structure token and the trace writes no cache entry."""
+    torch._dynamo.reset()
+    model = timm.create_model("mlan_resnet14_cifar10").eval()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        out = compiled(x)
+        assert not any(k.startswith("_structure_cache_") for m in model.modules() for k in m.__dict__)
+        torch.testing.assert_close(out, model(x))  # eager: the same formulation, now cached
+    assert any(k.startswith("_structure_cache_") for k in model.groups[0].__dict__)
+
+
 def test_inference_runs_conv2_and_the_first_mask_as_one_conv(monkeypatch):
     """Without autograd conv2 and T_1's mask convs read out1 once (C + N outputs); with autograd they stay apart."""
     model = timm.create_model("mlan_resnet14_cifar10")

@@ -40,11 +40,14 @@ def structure_token() -> object:
 def structure_cached(method: Callable[[nn.Module], _T]) -> Callable[[nn.Module], _T]:
     """Decorate a no-argument method whose result depends only on the types and hyper-parameters of the module's
     submodules: computed once, then returned until any submodule is registered anywhere in the process. Not for
-    checks that read tensors, devices or grad mode."""
+    checks that read tensors, devices or grad mode. Under ``torch.compile`` it computes the answer directly, so
+    the compiled graph neither guards on the structure token nor writes the cache."""
     key = f"_structure_cache_{method.__name__}"
 
     @functools.wraps(method)
     def cached(self: nn.Module) -> _T:
+        if torch.compiler.is_compiling():  # dynamo guards the module structure itself; no cache writes in a trace
+            return method(self)
         entry = self.__dict__.get(key)
         if entry is not None and entry[0] is _Token.current:
             return entry[1]
