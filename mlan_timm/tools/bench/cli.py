@@ -45,6 +45,7 @@ from .measure import (
     profile_ops,
     run_paper_tables,
     speed_plan,
+    timing_environment,
 )
 from .report import (
     README_END,
@@ -161,7 +162,7 @@ def _write(path: str, text: str):
 
 
 def run(args, argv_list) -> int:
-    command = "mlan-bench " + " ".join(argv_list)
+    command = timing_environment() + "mlan-bench " + " ".join(argv_list)
     set_threads(args.threads)
     devices = args.device.split(",") if args.device else (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     if "cpu" in devices:

@@ -72,7 +72,8 @@ __all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SP
            'count_speed_cells', 'TimingConfig', 'make_infer_fn',
            'make_graph_infer_fn', 'make_train_fn', 'time_fn', 'time_model', 'time_interleaved', 'run_speed',
            'profile_ops', 'CONV_COST_SHAPES', 'CONV_COST_COLUMNS', 'measure_conv_costs', 'code_version',
-           'machine_line', 'measure', 'run_paper_tables', 'merge_reports', 'NOT_REGISTERED', 'ROUNDS_SUFFIX',
+           'TIMING_ENV', 'timing_environment', 'machine_line', 'measure', 'run_paper_tables', 'merge_reports',
+           'NOT_REGISTERED', 'ROUNDS_SUFFIX',
            'count_macs', 'count_params']
 
 NOT_REGISTERED = "model not registered"
@@ -760,6 +761,20 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head + ("+changes" if dirty else "")) if head else "unknown"
+
+
+#: Environment variables that change timings without changing results: OpenMP's idle-thread policy (with 2 torch
+#: threads on the 2-core development machine, batch-1 CPU timings flip between two modes seconds apart unless
+#: OpenMP's threads spin: benchmarks/run_benchmarks.py sets ``OMP_WAIT_POLICY=ACTIVE`` for its CPU runs), thread
+#: counts and the instruction sets PyTorch and oneDNN may use. Those set are written in front of a report's command.
+TIMING_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+              "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def timing_environment() -> str:
+    """``"NAME=value NAME=value "`` for the :data:`TIMING_ENV` variables set in this process ('' if none), to
+    prefix the recorded command so that it reproduces the run."""
+    return "".join(f"{k}={os.environ[k]} " for k in TIMING_ENV if os.environ.get(k))
 
 
 def machine_line(devices: Sequence[str] = ("cpu",)) -> str:
