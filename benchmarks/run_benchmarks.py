@@ -77,27 +77,13 @@ EST_COMPILE_S = next((s - EST_RUN_START_S - c * CALIBRATION_ROUNDS * CALIBRATION
 EST_COMPILE_MAX_S = 2 * EST_COMPILE_S
 
 
-#: The environment of the CPU runs: OpenMP's threads spin while waiting for work instead of going to sleep. With
-#: the default policy, batch-1 timings with 2 threads on the 2-core development machine flip between two modes that
-#: last seconds: benchmarks/results/cpu.json of commit 265642f has per-round batch-1 samples such as 2.34, 2.35,
-#: 2.35, 1.46, 1.49 ms (resnet20_cifar100), and its README gives MLAN's batch-1 fast-path speed-up over the
-#: reference as 0.66x to 1.06x across the groups: batch-1 ratios of two models were a coin flip. A value already in the
-#: environment wins; mlan-bench writes these variables in front of each recorded command (measure.TIMING_ENV).
-CPU_ENV = {"OMP_WAIT_POLICY": "ACTIVE"}
+def sh(*cmd):
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(list(cmd), check=True, cwd=ROOT)
 
 
-def sh(*cmd, env=None):
-    print("+", " ".join(f"{k}={v}" for k, v in (env or {}).items()), *cmd, flush=True)
-    subprocess.run(list(cmd), check=True, cwd=ROOT, env=dict(os.environ, **env) if env else None)
-
-
-def bench(*args, env=None):
-    sh(sys.executable, "-m", "mlan_timm.tools.bench", *args, env=env)
-
-
-def cpu_env():
-    """:data:`CPU_ENV` less the variables the caller's environment already sets."""
-    return {k: v for k, v in CPU_ENV.items() if k not in os.environ}
+def bench(*args):
+    sh(sys.executable, "-m", "mlan_timm.tools.bench", *args)
 
 
 def render_args(report, md_out, root=".", results_dir=RESULTS, readme_out=None):
@@ -202,13 +188,13 @@ def main(argv=None):
         report = os.path.join(out, "cpu.json")
         md = args.md_out or os.path.join(out, "benchmarks.md")
         bench("--paper-tables", "--quick", "--device", "cpu", "--depths", "14", "--datasets", "cifar10",
-              "--json-out", report, "--md-out", md, env=cpu_env())
+              "--json-out", report, "--md-out", md)
         bench("--profile", "--quick", "--device", "cpu", "resnet14_cifar10",
-              "--json-out", os.path.join(out, "profile_cpu.json"), env=cpu_env())
+              "--json-out", os.path.join(out, "profile_cpu.json"))
         # one round of 1 ms blocks: --quick's own 2 rounds of 20 ms blocks take ~15 s over the 51 conv-cost cells
         # (59 with the CPU kernels' columns)
         bench("--conv-costs", "--quick", "--device", "cpu", "--min-run-time", "0.001", "--rounds", "1",
-              "--json-out", os.path.join(out, "conv_costs_cpu.json"), env=cpu_env())
+              "--json-out", os.path.join(out, "conv_costs_cpu.json"))
         render(report, md, root=out, results_dir=out)
         return
 
@@ -248,15 +234,14 @@ def main(argv=None):
         mrt, rounds = args.min_run_time or CPU_MIN_RUN_TIME, args.rounds or CPU_ROUNDS
         # --readme-out here too: a README.md without its markers fails before the minutes of measuring
         bench("--paper-tables", "--device", "cpu", "--min-run-time", mrt, "--rounds", rounds,
-              "--json-out", cpu_json, "--md-out", md, *readme, env=cpu_env())
-        bench("--profile", "--device", "cpu", "--json-out", os.path.join(RESULTS, "profile_cpu.json"), env=cpu_env())
-        bench("--conv-costs", "--device", "cpu", "--json-out", os.path.join(RESULTS, "conv_costs_cpu.json"),
-              env=cpu_env())
+              "--json-out", cpu_json, "--md-out", md, *readme)
+        bench("--profile", "--device", "cpu", "--json-out", os.path.join(RESULTS, "profile_cpu.json"))
+        bench("--conv-costs", "--device", "cpu", "--json-out", os.path.join(RESULTS, "conv_costs_cpu.json"))
         if args.cpu_compile:
             bench("--paper-tables", "--speed-only", "--device", "cpu", "--cpu-variants", "compile", "--depths", "20",
                   "--datasets", "cifar10", "--rounds", "3", "--min-run-time", mrt,
                   "--json-out", os.path.join(RESULTS, "cpu_compile.json"),
-                  "--md-out", os.path.join(RESULTS, "cpu_compile.md"), env=cpu_env())
+                  "--md-out", os.path.join(RESULTS, "cpu_compile.md"))
     render(cpu_json, md, readme_out=readme[1] if readme else None)
 
 

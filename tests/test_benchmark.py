@@ -883,7 +883,7 @@ def test_readme_summary_markers(tmp_path, capsys):
 def test_run_benchmarks_passes_readme_out_only_for_the_docs_render(repo_root, load_script, tmp_path, monkeypatch):
     rb = load_script("benchmarks/run_benchmarks.py")
     calls = []
-    monkeypatch.setattr(rb, "bench", lambda *a, **kw: calls.append(a))
+    monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
 
     def readme_outs(*argv):
         calls.clear()
@@ -897,34 +897,6 @@ def test_run_benchmarks_passes_readme_out_only_for_the_docs_render(repo_root, lo
     assert set(readme_outs("--quick", "--out-dir", str(tmp_path))) == {None}
     assert set(readme_outs("--cuda", "--out-dir", str(tmp_path))) == {None}
     assert set(readme_outs("--render-only", "--md-out", str(tmp_path / "x.md"))) == {None}
-
-
-def test_run_benchmarks_cpu_runs_spin_openmp_threads(load_script, tmp_path, monkeypatch):
-    """The CPU runs (measuring and --quick) get OMP_WAIT_POLICY=ACTIVE unless the caller sets it; the GPU runs and
-    the render get no extra environment; sh() passes it to the child on top of os.environ."""
-    rb = load_script("benchmarks/run_benchmarks.py")
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    calls = []
-    monkeypatch.setattr(rb, "bench", lambda *a, env=None: calls.append((a, env)))
-
-    def envs(*argv):
-        calls.clear()
-        rb.main(list(argv))
-        return [(a[0], env) for a, env in calls]
-
-    active = {"OMP_WAIT_POLICY": "ACTIVE"}
-    measured = envs()
-    assert [e for _, e in measured[:-1]] == [active] * 3 and measured[-1] == ("--render-only", None)
-    assert all(e == active for a, e in envs("--quick", "--out-dir", str(tmp_path)) if a != "--render-only")
-    assert {e for _, e in envs("--cuda", "--out-dir", str(tmp_path))} == {None}
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the caller's choice wins
-    assert {str(e) for _, e in envs()} == {"{}", "None"}
-    seen = {}
-    monkeypatch.setattr(rb.subprocess, "run", lambda cmd, **kw: seen.update(kw))
-    rb.sh("true", env={"OMP_WAIT_POLICY": "ACTIVE"})
-    assert seen["env"]["OMP_WAIT_POLICY"] == "ACTIVE" and seen["env"]["PATH"] == os.environ["PATH"]
-    rb.sh("true")
-    assert seen["env"] is None
 
 
 def test_recorded_command_names_the_timing_environment(tmp_path, monkeypatch):
@@ -946,7 +918,7 @@ def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_scrip
                                                                       fake_gpu_kernels):
     rb = load_script("benchmarks/run_benchmarks.py")
     calls = []
-    monkeypatch.setattr(rb, "bench", lambda *a, **kw: calls.append(a))
+    monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
     fake_gpu_kernels(True)  # as where Triton imports: the plan counts the GPU kernels' cells
 
     def arg(call, flag):
@@ -994,7 +966,7 @@ def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_scrip
             rb.main(bad)
     calls.clear()
 
-    def first_fails(*a, **kw):
+    def first_fails(*a):
         calls.append(a)
         if len(calls) == 1:
             raise subprocess.CalledProcessError(1, "mlan-bench")
@@ -1003,7 +975,7 @@ def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_scrip
     with pytest.raises(SystemExit, match="cuda_graphs failed"):  # the other runs still ran
         rb.main(["--cuda", "--out-dir", str(tmp_path)])
     assert [arg(c, "--cuda-variants") for c in calls] == ["cuda_graphs", "eager", "compile"]
-    monkeypatch.setattr(rb, "bench", lambda *a, **kw: calls.append(a))
+    monkeypatch.setattr(rb, "bench", lambda *a: calls.append(a))
     calls.clear()
     rb.main([])  # the CPU run never asks for the CUDA-only variant (it may merge saved CUDA results)
     assert calls and not any("cuda" in (arg(c, "--cuda-variants") or "") + (arg(c, "--device") or "") for c in calls)

@@ -763,10 +763,9 @@ def code_version() -> str:
     return (head + ("+changes" if dirty else "")) if head else "unknown"
 
 
-#: Environment variables that change timings without changing results: OpenMP's idle-thread policy (with 2 torch
-#: threads on the 2-core development machine, batch-1 CPU timings flip between two modes seconds apart unless
-#: OpenMP's threads spin: benchmarks/run_benchmarks.py sets ``OMP_WAIT_POLICY=ACTIVE`` for its CPU runs), thread
-#: counts and the instruction sets PyTorch and oneDNN may use. Those set are written in front of a report's command.
+#: Environment variables that change timings without changing results: OpenMP's idle-thread policy, thread counts
+#: and the instruction sets PyTorch and oneDNN may use (``cpu_kernels_ab.py --isa AVX2`` sets the last two). Those set
+#: in the environment are written in front of a report's command, so that the command reproduces the run.
 TIMING_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
               "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
