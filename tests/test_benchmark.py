@@ -496,6 +496,44 @@ def test_time_interleaved_quick():
     assert len(res["backbone"]["latency_b1_ms_rounds"]) == cfg.rounds
 
 
+def test_time_interleaved_times_each_measure_of_all_models_back_to_back(monkeypatch):
+    """A round times every model's batch-1 cell, then every batch-128 cell, then every train step (the compared
+    cells are adjacent in time), in the models' order; the report records and says so."""
+    def tagged(name):
+        def build():
+            model = _tiny_conv_model()
+            model.tag = name
+            return model
+        return build
+    specs = {name: B.Spec(name, factory=tagged(name)) for name in "abc"}
+    cfg = B.TimingConfig(min_run_time=0.001, warmup=0, batch=2, rounds=2)
+    timed = []
+    real = {}  # timed function -> (measure, model)
+
+    def spy(fn, cfg, label=""):
+        timed.append(real[fn])
+        return 1e-3
+    monkeypatch.setattr(B, "time_fn", spy)
+    real_infer, real_train = B._make_infer, B.make_train_fn
+
+    def infer(model, batch, *a, **kw):
+        fn = real_infer(model, batch, *a, **kw)
+        real[fn] = ("b1" if batch == 1 else "b128", model.tag)
+        return fn
+
+    def train(model, *a, **kw):
+        fn = real_train(model, *a, **kw)
+        real[fn] = ("train", model.tag)
+        return fn
+    monkeypatch.setattr(B, "_make_infer", infer)
+    monkeypatch.setattr(B, "make_train_fn", train)
+    B.time_interleaved(specs, "cpu", cfg, kinds=("train", "b128", "b1"))
+    one_round = [(kind, name) for kind in B.MEASURE_ORDER for name in "abc"]
+    assert timed == one_round * cfg.rounds
+    assert R._interleave_phrase({"interleave": B.INTERLEAVE}).startswith(", measure by measure")
+    assert R._interleave_phrase({}).startswith(", model by model")  # reports measured before the change
+
+
 def test_cuda_graphs_variant_times_graph_replays_and_no_train_step(monkeypatch):
     """The wiring on CPU: the cuda_graphs variant times make_graph_infer_fn's function (a stand-in here: capture
     needs CUDA; tests/test_cuda.py checks the real one) at batch 1 and the large batch, and records no train step."""

@@ -73,10 +73,16 @@ __all__ = ['Spec', 'parse_spec', 'SPEC_OPTIONS', 'PaperTable', 'paper_grid', 'SP
            'make_graph_infer_fn', 'make_train_fn', 'time_fn', 'time_model', 'time_interleaved', 'run_speed',
            'profile_ops', 'CONV_COST_SHAPES', 'CONV_COST_COLUMNS', 'measure_conv_costs', 'code_version',
            'TIMING_ENV', 'timing_environment', 'machine_line', 'measure', 'run_paper_tables', 'merge_reports',
-           'NOT_REGISTERED', 'ROUNDS_SUFFIX',
+           'NOT_REGISTERED', 'ROUNDS_SUFFIX', 'MEASURE_ORDER', 'INTERLEAVE',
            'count_macs', 'count_params']
 
 NOT_REGISTERED = "model not registered"
+#: The measures (kinds) of :func:`time_interleaved`, in the order each round times them: all models' cells of one
+#: measure back to back. Recorded in a speed report's config as ``interleave``.
+MEASURE_ORDER = ("b1", "b128", "train")
+#: How :func:`time_interleaved` orders a round (``config["interleave"]``; reports without it timed model-major:
+#: each model's measures back to back, then the next model).
+INTERLEAVE = "measure-major"
 #: Suffix of the per-round samples :func:`time_interleaved` stores beside each median (``latency_b1_ms_rounds``).
 ROUNDS_SUFFIX = "_rounds"
 
@@ -559,8 +565,9 @@ def time_model(spec: Spec, device: str, cfg: TimingConfig, what: Iterable[str] =
 def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig,
                      kinds: Union[Sequence[str], Dict[str, Sequence[str]]] = ("b128", "train"),
                      channels_last=False, compile=False, cuda_graphs=False) -> Dict[str, Dict[str, Any]]:
-    """Median over ``cfg.rounds`` interleaved rounds (each round times every model once per kind), and the
-    per-round samples under ``<column>_rounds`` (ms, in round order: the report's paired ratios read them).
+    """Median over ``cfg.rounds`` interleaved rounds (each round times every model once per kind, measure-major:
+    all models' ``b1`` cells back to back, then ``b128``, then ``train``; :data:`MEASURE_ORDER`), and the per-round
+    samples under ``<column>_rounds`` (ms, in round order: the report's paired ratios read them).
 
     ``kinds``: one tuple for every model, or label -> tuple of ``b1`` / ``b128`` / ``train``. With ``cuda_graphs``
     the inference kinds are graph replays (:func:`make_graph_infer_fn`) and ``train`` is skipped (no entry)."""
@@ -579,9 +586,12 @@ def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig,
             for _ in range(cfg.warmup):
                 fns[name, kind]()
     samples: Dict[Tuple[str, str], List[float]] = {k: [] for k in fns}
+    # measure-major: every model's batch-1 cell back to back, then batch 128, then the train step, so that the
+    # cells a ratio compares are timed seconds apart (the 2-core machine has slow periods lasting seconds)
+    order = sorted(fns, key=lambda k: MEASURE_ORDER.index(k[1]))
     for _ in range(cfg.rounds):
-        for k, fn in fns.items():
-            samples[k].append(time_fn(fn, TimingConfig(cfg.min_run_time, 0, cfg.batch, cfg.rounds)))
+        for k in order:
+            samples[k].append(time_fn(fns[k], TimingConfig(cfg.min_run_time, 0, cfg.batch, cfg.rounds)))
     res: Dict[str, Dict[str, Any]] = {name: {} for name in specs}
     col = {"b1": "latency_b1_ms", "b128": "infer_b128_ms", "train": "train_step_b128_ms"}
     for (name, kind), ts in samples.items():
@@ -917,7 +927,8 @@ def run_paper_tables(devices=("cpu",), cfg: Optional[TimingConfig] = None, depth
                   for g, m in speed_specs.items()}
     t1 = [d for d in target1_depths if d in speed_depths]
     config = dict(min_run_time=cfg.min_run_time, warmup=cfg.warmup, batch=cfg.batch, rounds=cfg.rounds,
-                  b1_depths=list(speed_depths if b1_depths is None else b1_depths), target1_depths=t1)
+                  b1_depths=list(speed_depths if b1_depths is None else b1_depths), target1_depths=t1,
+                  interleave=INTERLEAVE)
     config.update(kernels)  # whether the kernel paths were timed, and why not
     if "cuda" in devices:  # cuDNN convolutions may run in TF32 by default: record what the fp32 timings used
         config["cuda_tf32"] = dict(cudnn=bool(torch.backends.cudnn.allow_tf32),
