@@ -94,9 +94,9 @@ PAIRED_METHOD = ("Ratios (time ratios, MLAN / rival, speed-ups) are medians of p
 def _interleave_phrase(cfg: dict) -> str:
     """How a speed run ordered its rounds (``config["interleave"]``; older reports: model by model)."""
     if cfg.get("interleave") == "measure-major":
-        return (", measure by measure (all models' batch-1 cells back to back, then batch 128, then the train "
-                "step, so that compared cells are seconds apart)")
-    return ", model by model (each model's measures back to back)"
+        return (", measure by measure: all models' batch-1 cells back to back, then batch 128, then the train "
+                "step, so that compared cells are seconds apart")
+    return ", model by model: each model's measures back to back, then the next model"
 #: How the cuda_graphs variant times (said in its speed section).
 GRAPHS_METHOD = ("Each timed call replays a CUDA graph of one eval forward captured at that batch "
                  "(`torch.cuda.CUDAGraph` under `torch.no_grad`, static input, warm-up on a side stream); the "
@@ -641,9 +641,9 @@ def render_speed(report: Dict[str, Any]) -> str:
         out += [f"## Speed targets (issue 10): {label}", "", f"Command: `{src.get('command')}`", "",
                 f"Machine: {src.get('machine')}", "",
                 f"Each (dataset, depth) group's models are timed interleaved: {cfg.get('rounds')} rounds, each "
-                f"timing every model once per measure{_interleave_phrase(cfg)} (blocked_autorange, min_run_time "
-                f"{cfg.get('min_run_time')} s, after {cfg.get('warmup')} warm-up call(s)); tables show the median "
-                f"over rounds. Batch "
+                f"timing every model once per measure (blocked_autorange, min_run_time {cfg.get('min_run_time')} s, "
+                f"after {cfg.get('warmup')} warm-up call(s)){_interleave_phrase(cfg)}; tables show the median over "
+                f"rounds. Batch "
                 f"{cfg.get('batch')} for 'batch 128' / 'b128' and the train step; fp32; random weights."
                 + (f" Batch-1 timings at depths {', '.join(map(str, b1))} only." if b1 is not None
                    and sorted(b1) != sorted({_split_group(g)[1] for g in groups}) else "")
