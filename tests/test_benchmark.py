@@ -27,14 +27,14 @@ def _tiny_conv_model():
 
 
 #: The loader's reason on a machine without AVX-512 or AVX2 (what the fake_kernels fixture reports).
-NO_AVX512 = "this CPU (PyTorch capability DEFAULT) has neither AVX-512 nor AVX2"
+NO_KERNEL_ISA = "this CPU (PyTorch capability DEFAULT) has neither AVX-512 nor AVX2"
 
 
 def _kernels_info(available):
     source = "small_conv.cpp 0123456789ab"
-    return dict(available=available, reason=None if available else NO_AVX512, source=source, process_wide=False,
+    return dict(available=available, reason=None if available else NO_KERNEL_ISA, source=source, process_wide=False,
                 status=(f"available (AVX-512, {source}), used only by the models built with cpu_kernels=True"
-                        if available else f"unavailable: {NO_AVX512}"))
+                        if available else f"unavailable: {NO_KERNEL_ISA}"))
 
 
 #: What gpu_kernels_info records without Triton.
@@ -681,7 +681,7 @@ def test_cli_conv_costs_quick_json_renders_into_the_report(tmp_path, capsys, fak
         < text.index("## Paper grids")
     assert f"Command: `{cc['command']}`" in text and "| [2, 8, 32, 32] -> 3, 3x3 |" in text
     assert cc["config"]["cpu_kernels"]["available"] is False and "CPU kernels: unavailable: " in cc["machine"]
-    assert f"CPU kernels unavailable: {NO_AVX512}: the compiled kernels' convs are not timed." in text
+    assert f"CPU kernels unavailable: {NO_KERNEL_ISA}: the compiled kernels' convs are not timed." in text
     assert "CPU kernels forward ms" not in text and not any("kernels_forward_ms" in r for r in cc["conv_costs"])
 
 
@@ -1090,16 +1090,16 @@ def test_unavailable_cpu_kernels_are_left_out_and_said(monkeypatch, fake_kernels
     timed = []
     report = _run_speed_only(monkeypatch, timed)
     info = report["config"]["cpu_kernels"]
-    assert info["available"] is False and info["reason"] == NO_AVX512 and info["left_out"] == [R.KERNELS]
+    assert info["available"] is False and info["reason"] == NO_KERNEL_ISA and info["left_out"] == [R.KERNELS]
     assert timed and all(R.KERNELS not in t for t in timed)  # not timed as the library path under its name
     assert all(R.GPU_KERNELS not in t for t in timed) and "gpu_kernels" not in report["config"]  # a CPU run
     assert R.KERNELS not in report["speed"]["cpu"]["cifar10/14"]
     assert R.KERNELS not in report["speed_specs"]["cifar10/14"]
     json.dumps(report)  # the record is plain JSON
-    assert f"CPU kernels: unavailable: {NO_AVX512}" in B.machine_line(["cpu"])
+    assert f"CPU kernels: unavailable: {NO_KERNEL_ISA}" in B.machine_line(["cpu"])
     assert "CPU kernels" not in B.machine_line(["cuda"])
     report.update(command="mlan-bench --paper-tables", machine=B.machine_line(["cpu"]))
-    said = (f"CPU kernels unavailable: {NO_AVX512}; `mlan (cpu kernels)` (MLAN with `?cpu_kernels=True`) not "
+    said = (f"CPU kernels unavailable: {NO_KERNEL_ISA}; `mlan (cpu kernels)` (MLAN with `?cpu_kernels=True`) not "
             "timed in this run.")
     text = R.render_speed(report)
     assert said in text and "### CPU kernels (cpu)" not in text and R.KERNELS_METHOD not in text
@@ -1118,12 +1118,12 @@ def test_measure_does_not_time_kernels_models_without_the_kernels(fake_kernels):
     fake_kernels(False)
     spec = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=True")
     rec = B.measure([spec], ("cpu",), B.TimingConfig.quick())[spec.key]
-    assert rec["not_timed"] == {"cpu": f"CPU kernels unavailable: {NO_AVX512}"} and "cpu" not in rec
+    assert rec["not_timed"] == {"cpu": f"CPU kernels unavailable: {NO_KERNEL_ISA}"} and "cpu" not in rec
     off = B.parse_spec("mlan_resnet14_cifar10?cpu_kernels=False")
     assert rec["macs"] == B.count_macs(off.build())  # the same function's MACs
     table = R.render_results_table({spec.key: rec}, ["cpu"])
     assert f"| `{spec.key}` | {rec['params'] / 1e6:.3f}M ({rec['params']:,}) | {rec['macs'] / 1e6:.2f}M | CPU " \
-           f"kernels unavailable: {NO_AVX512} | — | — | — |" in table
+           f"kernels unavailable: {NO_KERNEL_ISA} | — | — | — |" in table
 
 
 def test_targets_read_the_cpu_kernels_beside_the_library_fast_path():

@@ -295,8 +295,8 @@ def test_structural_check_cache_is_not_carried_by_copies():
 
 
 def test_compiled_forward_neither_reads_nor_writes_the_structure_cache():
-    """Under torch.compile the checks are computed in the trace (dynamo guards the module structure itself): the
-    graph holds no guard on the structure token and the trace writes no cache entry."""
+    """Under torch.compile the checks are computed in the trace (dynamo guards the module structure itself), so the
+    trace writes no cache entry; the eager forward afterwards does."""
     torch._dynamo.reset()
     model = timm.create_model("mlan_resnet14_cifar10").eval()
     compiled = torch.compile(model, backend="eager", fullgraph=True)

@@ -589,9 +589,10 @@ def time_interleaved(specs: Dict[str, Spec], device: str, cfg: TimingConfig,
     # measure-major: every model's batch-1 cell back to back, then batch 128, then the train step, so that the
     # cells a ratio compares are timed seconds apart (the 2-core machine has slow periods lasting seconds)
     order = sorted(fns, key=lambda k: MEASURE_ORDER.index(k[1]))
+    no_warmup = TimingConfig(cfg.min_run_time, 0, cfg.batch, cfg.rounds)  # warmed up above
     for _ in range(cfg.rounds):
         for k in order:
-            samples[k].append(time_fn(fns[k], TimingConfig(cfg.min_run_time, 0, cfg.batch, cfg.rounds)))
+            samples[k].append(time_fn(fns[k], no_warmup))
     res: Dict[str, Dict[str, Any]] = {name: {} for name in specs}
     col = {"b1": "latency_b1_ms", "b128": "infer_b128_ms", "train": "train_step_b128_ms"}
     for (name, kind), ts in samples.items():

@@ -16,6 +16,7 @@ from ... import paper_tables, zoo
 from .measure import (
     CPU_KERNEL_PATH,
     GPU_KERNEL_PATH,
+    INTERLEAVE,
     KERNEL_PATHS,
     ROUNDS_SUFFIX,
     KernelPath,
@@ -89,18 +90,19 @@ TARGET3_GRAPHS = "cuda cuda_graphs"
 #: conventions; reports without per-round samples use the ratio of medians and do not say this).
 PAIRED_METHOD = ("Ratios (time ratios, MLAN / rival, speed-ups) are medians of per-round ratios (each round times "
                  "the compared models back to back).")
-
-
-def _interleave_phrase(cfg: dict) -> str:
-    """How a speed run ordered its rounds (``config["interleave"]``; older reports: model by model)."""
-    if cfg.get("interleave") == "measure-major":
-        return (", measure by measure: all models' batch-1 cells back to back, then batch 128, then the train "
-                "step, so that compared cells are seconds apart")
-    return ", model by model: each model's measures back to back, then the next model"
 #: How the cuda_graphs variant times (said in its speed section).
 GRAPHS_METHOD = ("Each timed call replays a CUDA graph of one eval forward captured at that batch "
                  "(`torch.cuda.CUDAGraph` under `torch.no_grad`, static input, warm-up on a side stream); the "
                  "train step is not captured, so its cells are '—'.")
+
+
+def _interleave_phrase(cfg: dict) -> str:
+    """How a speed run ordered its rounds (``config["interleave"]``, :data:`.measure.INTERLEAVE`; reports without
+    it: model by model)."""
+    if cfg.get("interleave") == INTERLEAVE:
+        return (", measure by measure: all models' batch-1 cells back to back, then batch 128, then the train "
+                "step, so that compared cells are seconds apart")
+    return ", model by model: each model's measures back to back, then the next model"
 
 
 # ----------------------------------------------------------------------------------------------------------------
