@@ -35,30 +35,51 @@ def _args(data_dir, *extra):
             '--batch-size', '7', '--cache-dir', str(data_dir / '.cache'), *extra]
 
 
-def test_eval_json_matches_direct_computation(data_dir, weights, capsys):
-    model, path = weights
-    assert meval.main(_args(data_dir, '--weights', str(path), '--json')) == 0
-    res = json.loads(capsys.readouterr().out)
+def _direct_metrics(model, data_dir):
+    """(top1, top5, loss) of ``model`` on the test split, computed here without mlan-eval."""
     ds = mdata.build_dataset('cifar10', data_dir, 'test')
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])
     with torch.no_grad():
-        logits = model(x)
+        logits = model.eval()(x)
     top1 = (logits.argmax(1) == y).float().mean().item() * 100
     top5 = (logits.topk(5, 1).indices == y[:, None]).any(1).float().mean().item() * 100
+    return top1, top5, torch.nn.functional.cross_entropy(logits, y).item()
+
+
+def test_eval_json_matches_direct_computation(data_dir, weights, capsys):
+    model, path = weights
+    assert meval.main(_args(data_dir, '--weights', str(path), '--json')) == 0
+    res = json.loads(capsys.readouterr().out)
+    top1, top5, loss = _direct_metrics(model, data_dir)
     assert res['images'] == 30
     assert res['top1'] == pytest.approx(top1, abs=1e-4) and res['top5'] == pytest.approx(top5, abs=1e-4)
-    assert res['loss'] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-4)
+    assert res['loss'] == pytest.approx(loss, rel=1e-4)
     assert res['img_per_s'] > 0 and res['params'] == sum(p.numel() for p in model.parameters())
     assert res['weights'] == 'w.safetensors' and 'training' not in res  # no local paths; no training record
 
 
-def test_eval_table_from_training_checkpoint(data_dir, weights, tmp_path, capsys):
+def test_eval_of_a_training_checkpoint_uses_its_model_or_its_ema_weights(data_dir, weights, tmp_path, capsys):
+    """``--checkpoint last.pth`` evaluates the checkpoint's 'model' weights, ``--ema`` its 'ema' ones (ModelEmaV3's
+    keys carry a ``module.`` prefix); both give the metrics of those weights computed directly."""
     model, _ = weights
-    torch.save({'model': model.state_dict(), 'args': {'model': TINY_MODEL}, 'epoch': 1}, tmp_path / 'last.pth')
+    torch.manual_seed(2)
+    ema_model = timm.create_model(TINY_MODEL).eval()
+    ema_state = {f'module.{k}': v for k, v in ema_model.state_dict().items()}
+    torch.save({'model': model.state_dict(), 'ema': ema_state, 'args': {'model': TINY_MODEL}, 'epoch': 1},
+               tmp_path / 'last.pth')
+    for extra, expected in (([], model), (['--ema'], ema_model)):
+        assert meval.main(_args(data_dir, '--checkpoint', str(tmp_path / 'last.pth'), '--json', *extra)) == 0
+        res = json.loads(capsys.readouterr().out)
+        top1, _, loss = _direct_metrics(expected, data_dir)
+        assert res['loss'] == pytest.approx(loss, rel=1e-4) and res['top1'] == pytest.approx(top1, abs=1e-4)
+    assert _direct_metrics(model, data_dir)[2] != pytest.approx(_direct_metrics(ema_model, data_dir)[2], rel=1e-3)
     assert meval.main(_args(data_dir, '--checkpoint', str(tmp_path / 'last.pth'))) == 0
     out = capsys.readouterr().out
     assert 'top-1 (%)' in out and 'images/s' in out and 'cifar10 test (30 images)' in out
+    torch.save({'model': model.state_dict(), 'ema': None, 'args': {'model': TINY_MODEL}}, tmp_path / 'no_ema.pth')
+    assert meval.main(_args(data_dir, '--checkpoint', str(tmp_path / 'no_ema.pth'), '--ema')) == 2
+    assert 'has no EMA weights (trained without --model-ema)' in capsys.readouterr().err
 
 
 def test_mismatched_weights_name_model_and_file(data_dir, tmp_path, capsys):

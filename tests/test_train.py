@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mlan_timm import zoo
+from mlan_timm.pretrained import read_state_dict
 from mlan_timm.tools import train as mtrain
 from mlan_timm.tools.common import TRAINING_METADATA_KEY, UsageError, summarize_history
 
@@ -135,7 +136,15 @@ def test_train_logs_final_and_best_and_is_deterministic(cifar_folder, tmp_path, 
     assert {'model', 'optimizer', 'scheduler', 'ema', 'rng', 'history'} <= set(ckpt)
     a, b = load_file(outs[0] / 'model.safetensors'), load_file(outs[1] / 'model.safetensors')
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (outs[0] / 'model_ema.safetensors').is_file()
+    # The EMA weights: the final file and the checkpoint's 'ema' entry hold the same tensors, which are not the
+    # model's (decay 0.9 over a few steps).
+    ema_file = load_file(outs[0] / 'model_ema.safetensors')
+    ema_ckpt = read_state_dict(outs[0] / 'last.pth', use_ema=True)
+    assert ema_file.keys() == ema_ckpt.keys() == a.keys()
+    assert all(torch.equal(ema_file[k], ema_ckpt[k]) for k in a)
+    assert any(not torch.equal(ema_file[k], a[k]) for k in a if a[k].is_floating_point())
+    plain = read_state_dict(outs[0] / 'last.pth')
+    assert plain.keys() == a.keys() and all(torch.equal(plain[k], a[k]) for k in a)
     out = capsys.readouterr().out
     assert 'done: 2 epochs; test top-1 / top-5: final epoch 1' in out and 'best epoch' in out
 
