@@ -998,10 +998,13 @@ def test_run_benchmarks_cuda_run_has_cuda_graphs_and_counts_its_cells(load_scrip
     rb.main(["--cuda", "--out-dir", str(tmp_path)])
     assert "CUDA run: 3 mlan-bench runs, 306 timed cells x 3 rounds (min_run_time 0.01 s) [cuda_graphs.json: " \
            "cuda_graphs 144; cuda.json: eager 156; cuda_compile.json: compile 6]" in capsys.readouterr().out
-    for bad in (["--depths", "20"], ["--cuda", "--out-dir", str(tmp_path), "--depths", "21"],
-                ["--cuda", "--out-dir", str(tmp_path), "--depths", "x"]):
-        with pytest.raises(SystemExit):
+    capsys.readouterr()
+    for bad, msg in ((["--depths", "20"], "limit the --cuda run only"),
+                     (["--cuda", "--out-dir", str(tmp_path), "--depths", "21"], "unknown depth/dataset [21]"),
+                     (["--cuda", "--out-dir", str(tmp_path), "--depths", "x"], "invalid literal for int()")):
+        with pytest.raises(SystemExit) as e:
             rb.main(bad)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
     calls.clear()
 
     def first_fails(*a):

@@ -225,6 +225,24 @@ def test_weighted_fusion_uses_sigmoid_weights_per_sample():
     assert sum(p.numel() for p in fusion.parameters()) == 9 * c + 3
 
 
+def test_weighted_fusion_weights_come_from_each_samples_pooled_features():
+    """Eq. 11 by hand: each sample's weights from the global averages of its own three inputs."""
+    c = 3
+    torch.manual_seed(0)
+    fusion = WeightedFusion(c)
+    with torch.no_grad():
+        fusion.fc.weight.copy_(torch.randn(3, 3 * c))
+    a, b, r = torch.randn(3, 2, c, 4, 4)
+    b[1] += 2.0  # the second sample's x_A has another mean: its weights differ from the first's
+    out = fusion(a, b, r)
+    for i in range(2):
+        pooled = torch.cat([a[i].mean((1, 2)), b[i].mean((1, 2)), r[i].mean((1, 2))])
+        w = torch.sigmoid(fusion.fc.weight @ pooled + fusion.fc.bias)
+        torch.testing.assert_close(out[i], w[0] * a[i] + w[1] * b[i] + w[2] * r[i])
+    w0 = torch.sigmoid(fusion.fc(torch.cat([a.mean((2, 3)), b.mean((2, 3)), r.mean((2, 3))], 1)))
+    assert not torch.allclose(w0[0], w0[1], atol=1e-3)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(num_masks=0), "num_masks"),
     (dict(num_masks=2.5), "num_masks"),

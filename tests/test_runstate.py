@@ -80,7 +80,10 @@ def test_too_many_parts_and_bad_sizes(tmp_path, capsys):
     assert not (tmp_path / 'out' / 'state.manifest.json').exists()
     assert runstate.parse_size('16M') == runstate.parse_size('16MiB') == 16 * 1024 * 1024
     assert runstate.parse_size('512k') == 512 * 1024 and runstate.parse_size('1000') == 1000
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
         runstate.main(['pack', 'a', 'b', '--max-part-size', '16 MB please'])
+    assert e.value.code == 2 and "expected a size such as 16M, 512K or 1000000, got '16 MB please'" in \
+        capsys.readouterr().err
     assert runstate.main(['pack', str(tmp_path / 'nowhere'), str(tmp_path / 'out')]) == 2
     assert 'run folder not found' in capsys.readouterr().err

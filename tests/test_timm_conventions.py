@@ -241,6 +241,10 @@ def test_eval_transform_gives_cifar_tensor():
     img = Image.new("RGB", (32, 32), (128, 64, 200))
     t = transform(img)
     assert t.shape == INPUT
+    # the paper's normalisation (zoo.PAPER_MEAN / PAPER_STD), no resize or crop at 32x32: every pixel is the same
+    from mlan_timm.zoo import PAPER_MEAN, PAPER_STD
+    expected = torch.tensor([(v / 255 - m) / s for v, m, s in zip((128, 64, 200), PAPER_MEAN, PAPER_STD)])
+    torch.testing.assert_close(t, expected[:, None, None].expand(INPUT))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -557,7 +561,11 @@ def test_drop_path_rate_plain_and_classic(name):
     ref.load_state_dict(model.state_dict())
     x = _x(4)
     with torch.no_grad():
-        assert torch.allclose(model.eval()(x), ref.eval()(x))
+        assert torch.allclose(model.eval()(x), ref.eval()(x))  # stochastic depth is off in eval
+        torch.manual_seed(1)
+        a = model.train()(x)
+        b = ref.train()(x)
+    assert not torch.allclose(a, b), "drop_path_rate=0.2 had no effect in train mode"
     _fwd_bwd(model, x, 10)
 
 
@@ -572,8 +580,11 @@ def test_drop_path_rate_mlan_is_a_clear_error(name):
 def test_global_pool_kwarg(pool):
     model = _create(MLAN_BASE, global_pool=pool).eval()
     with torch.no_grad():
-        assert model(_x(2)).shape == (2, 10)
-        assert model.forward_head(model.forward_features(_x(2)), pre_logits=True).shape == (2, model.num_features)
+        feats = model.forward_features(_x(2))
+        pooled = model.forward_head(feats, pre_logits=True)
+        expected = feats.amax((2, 3)) if pool == "max" else 0.5 * (feats.amax((2, 3)) + feats.mean((2, 3)))
+        torch.testing.assert_close(pooled, expected)
+        torch.testing.assert_close(model(_x(2)), model.get_classifier()(expected))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -62,18 +62,17 @@ def test_one_kwargs_syntax_for_all_tools():
         common.parse_model_kwargs(['cbam'])
 
 
-def test_common_errors_name_the_problem(tmp_path, tiny_model):
+def test_common_errors_name_the_problem(tmp_path, tiny_model, monkeypatch):
     with pytest.raises(common.UsageError, match="Cannot tell the dataset from model name 'resnet18'"):
         common.resolve_dataset('resnet18')
     with pytest.raises(common.UsageError, match="Unknown model 'mlan_resnet21_cifar10'.*mlan_resnet20_cifar10"):
         common.resolve_dataset('mlan_resnet21_cifar10')
     assert common.resolve_dataset('hf-hub:mlan-timm/se_resnet14_cifar100') == 'cifar100'
     assert common.resolve_dataset('resnet18', 'cifar10') == 'cifar10'
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)  # the same message on a GPU machine
     with pytest.raises(common.UsageError, match='CUDA is not available'):
-        if not __import__('torch').cuda.is_available():
-            common.resolve_device('cuda')
-        else:
-            raise common.UsageError('CUDA is not available (skipped: a GPU is present)')
+        common.resolve_device('cuda')
+    monkeypatch.undo()
     with pytest.raises(common.UsageError, match='not a device'):
         common.resolve_device('gpu0')
     assert common.read_training_record(tmp_path / 'missing.safetensors') is None
