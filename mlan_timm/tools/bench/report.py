@@ -63,9 +63,10 @@ GPU_PATH_METHOD = ("On CUDA the fast path keeps the concatenations at every batc
 KERNEL_PAIRS = tuple((p.label, "mlan", "MLAN") for p in KERNEL_PATHS)
 #: What the CPU-kernel rows time (said in the speed section's conventions when they were timed).
 KERNELS_METHOD = ("'CPU kernels' is MLAN built with `?cpu_kernels=True` (`set_fast_paths(True, cpu_kernels=True)`): "
-                  "in inference each MLAN block's attention runs in one fused compiled kernel, in the train step the "
-                  "mask convs' forward and weight gradient run in the compiled kernels (`mlan_timm.layers."
-                  "cpu_kernels`); 'library fast path' is the default MLAN, on PyTorch's operators.")
+                  "each MLAN block's attention runs in one fused compiled kernel, in inference and in the train "
+                  "step (forward, and a compiled backward for every input and weight gradient of the block's "
+                  "attention; `mlan_timm.layers.cpu_kernels`); 'library fast path' is the default MLAN, on "
+                  "PyTorch's operators.")
 #: What the GPU-kernel rows time (said in the speed section's conventions when they were timed).
 GPU_KERNELS_METHOD = ("'GPU kernels' is MLAN built with `?gpu_kernels=True` (`set_fast_paths(True, gpu_kernels=True)`):"
                       " in CUDA inference MLAN's attention (each block's and each group's shared masks, 1x1 "
