@@ -132,6 +132,49 @@ def test_card_takes_final_and_best_from_the_weights_training_record(tmp_path, ci
     assert cfg['pretrained_cfg']['std'] == pytest.approx(list(zoo.PAPER_STD))
 
 
+def test_card_commands_reproduce_the_cards_numbers(tmp_path, cifar_folder, capsys):
+    """The card's "How the numbers were measured" commands, run as written, print the card's params, MACs and
+    mlan-eval row (model kwargs, split and subset passed through)."""
+    import contextlib
+    import io
+    import re
+    import shlex
+
+    from mlan_timm.tools import eval as meval
+    kwargs = {'drop_rate': 0.25}
+    torch.manual_seed(3)
+    model = timm.create_model(TINY_MODEL, **kwargs).eval()
+    path = tmp_path / 'w.safetensors'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    eval_args = ['--model', TINY_MODEL, '--model-kwargs', 'drop_rate=0.25', '--weights', str(path), '--data-dir',
+                 str(cifar_folder), '--split', 'train', '--subset', '12', '--workers', '0', '--json']
+    assert meval.main(eval_args) == 0
+    (tmp_path / 'eval.json').write_text(capsys.readouterr().out)
+    ev = json.loads((tmp_path / 'eval.json').read_text())
+    out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path), model_kwargs=kwargs,
+                               eval_results=ev)
+    card = (out / 'README.md').read_text()
+    section = card[card.index('## How the numbers were measured'):card.index('## Usage')]
+    code = re.search(r'`python -c "(.+?)"`', section).group(1)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(code, {})
+    params, macs = map(int, printed.getvalue().split())
+    assert f"{params:,}" in card and f"{macs / 1e6:.2f}" in card
+    command = re.search(r'`(mlan-eval [^`]+)`', section).group(1)
+    assert '--model-kwargs drop_rate=0.25' in command and '--split train --subset 12' in command
+    argv = [str(cifar_folder) if a == '<CIFAR data>' else a
+            for a in shlex.split(command.replace('<CIFAR data>', "'<CIFAR data>'"))[1:]]
+    os.chdir(out)  # "in this repository's folder": --weights .
+    try:
+        assert meval.main(argv + ['--workers', '0']) == 0
+    finally:
+        os.chdir(tmp_path)
+    again = json.loads(capsys.readouterr().out)
+    assert (again['top1'], again['top5'], again['images']) == (ev['top1'], ev['top5'], 12)
+    assert f"| these weights, `mlan-eval` (12 train images) | - | {ev['top1']:.2f} | {ev['top5']:.2f} |" in card
+
+
 def test_failed_export_keeps_previous_export(weights, tmp_path, monkeypatch):
     model, path = weights
     out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))

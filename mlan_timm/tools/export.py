@@ -33,6 +33,7 @@ from .common import (
     UsageError,
     check_writable_dir,
     create_model,
+    format_model_kwargs,
     load_weights_into,
     model_kwargs_for_dataset,
     parse_model_kwargs,
@@ -102,6 +103,30 @@ def _table_name(table_id: str) -> str:
     return f"Table {table_id[1:]}" if table_id.startswith('T') else table_id
 
 
+def _measurement_lines(info: Dict[str, Any]) -> List[str]:
+    """The card's "How the numbers were measured" section: the command behind each figure above it."""
+    name, args = info['model_name'].split('.')[0], info.get('model_args') or {}  # no tag: kwargs say it
+    ev, training, paper = info.get('eval') or {}, info.get('training') or {}, info.get('paper')
+    create = f"timm.create_model('{name}'{''.join(f', {k}={v!r}' for k, v in sorted(args.items()))})"
+    lines = ['## How the numbers were measured', '',
+             '- **Params and MACs:** `python -c "import timm, mlan_timm; from mlan_timm.complexity import '
+             f'count_params, count_macs; m = {create}; print(count_params(m), count_macs(m))"`']
+    if ev:
+        kwargs = format_model_kwargs(args)
+        flags = ([f"--model-kwargs {' '.join(kwargs)}"] if kwargs else []) + \
+            ([f"--split {ev['split']}"] if ev.get('split') not in (None, 'test') else []) + \
+            ([f"--subset {ev['subset']}"] if ev.get('subset') else [])
+        lines.append(f"- **`mlan-eval` row**, in this repository's folder: `mlan-eval --model {name} "
+                     f"{' '.join(flags + [''])}--weights . --data-dir <CIFAR data> --json`")
+    if training.get('final_epoch') is not None:
+        lines.append('- **Training rows:** the run\'s `summary.json` (and `log.jsonl`), written by `mlan-train` with '
+                     'the recipe under Training; the test split is evaluated after every epoch.')
+    if paper is not None:
+        lines.append(f"- **Paper row:** {_table_name(paper[1])} of the paper, as transcribed in "
+                     "`mlan_timm.paper_tables`.")
+    return lines + ['']
+
+
 def render_model_card(info: Dict[str, Any]) -> str:
     """Markdown model card; every number comes from ``info`` (eval results, training record, measurements, paper)."""
     name, ds = info['model_name'], info['dataset']
@@ -166,6 +191,7 @@ def render_model_card(info: Dict[str, Any]) -> str:
         lines += ['']
     else:
         lines += ['## Training', '', 'No training log was supplied to the export.', '']
+    lines += _measurement_lines(info)
     lines += [
         '## Usage', '', '```python', 'import timm, mlan_timm  # noqa: F401  (registers the architectures)',
         f"model = timm.create_model('hf-hub:{info['repo_id']}', pretrained=True).eval()",
