@@ -194,3 +194,20 @@ def test_device_loader_shards_reproduce_the_single_process_batches():
     for step, (xb, yb) in enumerate(one):
         assert torch.equal(torch.cat([ranks[0][step][0], ranks[1][step][0]]), xb)  # same images, same crops
         assert torch.equal(torch.cat([ranks[0][step][1], ranks[1][step][1]]), yb)
+
+
+def test_subset_is_fixed_and_the_same_images_on_both_loading_paths(folder, tmp_path):
+    """``--subset`` / ``--test-subset``: a fixed subset (its own seed, not the run's), the same images whether the
+    loader decodes per item or holds the split as one uint8 tensor (``--data-on-device``)."""
+    a = mdata.subset_indices(30, 7)
+    assert a == mdata.subset_indices(30, 7) and a == sorted(set(a)) and len(a) == 7 and max(a) < 30
+    assert mdata.subset_indices(30, 7, seed=1) != a
+    assert mdata.subset_indices(30, None) is None and mdata.subset_indices(30, 30) is None
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert mdata.subset_indices(30, 7) == a
+    plain = mdata.build_transforms('cifar10', train=False, mean=(0, 0, 0), std=(1, 1, 1))
+    ds = mdata.build_dataset('cifar10', folder, 'train', transform=plain, subset=7, cache_dir=tmp_path)
+    x, y = mdata.load_uint8('cifar10', folder, 'train', subset=7, cache_dir=tmp_path)
+    assert len(ds) == len(y) == 7
+    assert [ds[i][1] for i in range(7)] == y.tolist()
+    torch.testing.assert_close(torch.stack([ds[i][0] for i in range(7)]), x.float() / 255)

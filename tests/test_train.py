@@ -44,6 +44,43 @@ def test_paper_recipe_lr_per_epoch_equals_torch_multisteplr():
     assert ours[49] == pytest.approx(0.1) and ours[50] == pytest.approx(0.01) and ours[150] == pytest.approx(1e-4)
 
 
+def test_step_schedule_decays_every_decay_epochs():
+    """``--sched step --decay-epochs 3``: lr x decay_rate every 3 epochs, from epoch 3 on."""
+    lrs = _lrs(['--sched', 'step', '--decay-epochs', '3', '--decay-rate', '0.5'], epochs=8)
+    assert lrs == pytest.approx([0.1] * 3 + [0.05] * 3 + [0.025] * 2)
+
+
+def test_no_wd_norm_bias_exempts_biases_and_norm_weights_from_weight_decay():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    decayed = lambda opt: {id(p) for g in opt.param_groups if g['weight_decay'] > 0 for p in g['params']}  # noqa
+    everything = mtrain.build_optimizer(model, mtrain.parse_args([]))
+    assert decayed(everything) == {id(p) for p in model.parameters()}
+    filtered = mtrain.build_optimizer(model, mtrain.parse_args(['--no-wd-norm-bias']))
+    assert decayed(filtered) == {id(model[0].weight), id(model[3].weight)}  # conv and linear weights only
+    assert sum(len(g['params']) for g in filtered.param_groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize('clip', [None, 1e-3])
+def test_clip_grad_bounds_the_step_by_the_gradient_norm(clip):
+    """With plain SGD (lr 1, no momentum, no decay) the step is the gradient: its norm is min(norm, clip)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+    args = mtrain.parse_args(['--opt', 'sgd', '--lr', '1', '--momentum', '0', '--weight-decay', '0', '--amp', 'none']
+                             + ([] if clip is None else ['--clip-grad', str(clip)]))
+    ref = torch.nn.Linear(5, 3)
+    ref.load_state_dict(model.state_dict())
+    torch.nn.functional.cross_entropy(ref(x), y).backward()
+    full = torch.cat([ref.weight.grad.flatten(), ref.bias.grad.flatten()])
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    mtrain.train_step(model, model, x, y, opt, torch.nn.CrossEntropyLoss(), torch.device('cpu'), args)
+    step = torch.cat([(ref.weight - model.weight).flatten(), (ref.bias - model.bias).flatten()]).detach()
+    assert full.norm() > 1e-2  # the clip below binds
+    expected = full if clip is None else full * (clip / full.norm())
+    torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-7)
+
+
 def test_timm_multistep_raw_convention_is_one_epoch_early():
     """The finding behind the +1 in build_scheduler: timm applies milestone m at index m - 1."""
     from timm.scheduler import create_scheduler_v2
