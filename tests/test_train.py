@@ -186,6 +186,26 @@ def test_train_logs_final_and_best_and_is_deterministic(cifar_folder, tmp_path, 
     assert 'done: 2 epochs; test top-1 / top-5: final epoch 1' in out and 'best epoch' in out
 
 
+def test_a_new_run_into_a_trained_folder_is_refused_and_the_run_kept(cifar_folder, tmp_path, train_args, capsys):
+    """Without --resume, -o pointing at a folder that holds a run is an error, and the run's files stay byte for
+    byte (a rerun used to replace them, and a failing one to leave an empty log beside the old checkpoint); a
+    folder a run only started in (args.json, empty log) is reused."""
+    out = tmp_path / 'run'
+    assert mtrain.main(train_args(cifar_folder, out, epochs=1, extra=['--max-steps', '1'])) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert mtrain.main(train_args(cifar_folder, out, epochs=2, extra=['--max-steps', '1'])) == 2
+    err = capsys.readouterr().err
+    assert f"-o/--output {out} already holds a run (last.pth, model.safetensors, summary.json, log.jsonl)" in err
+    assert 'pass --resume to continue it' in err and 'Traceback' not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    started = tmp_path / 'started'
+    started.mkdir()
+    (started / 'args.json').write_text('{}')
+    (started / 'log.jsonl').write_text('')
+    assert mtrain.main(train_args(cifar_folder, started, epochs=1, extra=['--max-steps', '1'])) == 0
+
+
 KILLER = r'''
 import os, signal, sys
 from mlan_timm.tools import train

@@ -170,3 +170,22 @@ def test_graph_setup_without_the_capture_leaves_training_unchanged(cifar_folder,
     ckpt = torch.load(tmp_path / 'a' / 'last.pth', map_location='cpu', weights_only=False)
     assert all(type(g['lr']) is float and g['fused'] is None for g in ckpt['optimizer']['param_groups'])
     assert all(g['fused'] is True and isinstance(g['lr'], torch.Tensor) for g in runs[0].s.optimizer.param_groups)
+
+
+def test_a_trained_folder_is_refused_without_resume_before_any_folder_is_written(singles, cifar_folder, tmp_path,
+                                                                                 capsys):
+    """Without --resume, a model folder that holds a run stops mlan-train-many before it writes anything: the
+    run's files stay byte for byte, and the other models' folders are not created."""
+    _, extra, tmp = singles
+    out = tmp_path / 'many'
+    (out / MODELS[1]).mkdir(parents=True)
+    for name in ('last.pth', 'model.safetensors', 'log.jsonl', 'summary.json', 'args.json'):
+        (out / MODELS[1] / name).write_bytes((tmp / MODELS[1] / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in (out / MODELS[1]).iterdir()}
+    rc = mmany.main(['--models', *MODELS, '-o', str(out), *_common(cifar_folder, tmp, extra)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{out / MODELS[1]} already holds a run (last.pth, model.safetensors, summary.json, log.jsonl)" in err
+    assert '--resume' in err and 'Traceback' not in err
+    assert {p.name: p.read_bytes() for p in (out / MODELS[1]).iterdir()} == before
+    assert not (out / MODELS[0]).exists()

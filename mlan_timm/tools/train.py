@@ -617,6 +617,19 @@ def _nothing_to_do(ckpt: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
     return dict(ckpt.get('summary') or {}, output=str(out_dir), nothing_to_do=True, completed_epochs=ckpt['epoch'])
 
 
+#: What a run folder holds once a run has trained (args.json alone, or an empty log, is a run that never did).
+RUN_FILES = ('last.pth', 'model.safetensors', 'summary.json', 'log.jsonl')
+
+
+def refuse_to_overwrite_a_run(out_dir: Path):
+    """UsageError if ``out_dir`` holds a run's checkpoint, weights or log: without --resume a new run would
+    replace them."""
+    found = [n for n in RUN_FILES if (out_dir / n).is_file() and (out_dir / n).stat().st_size > 0]
+    if found:
+        raise UsageError(f"-o/--output {out_dir} already holds a run ({', '.join(found)}): pass --resume to continue "
+                         "it, or choose another folder (or remove this one) to start a new run")
+
+
 def check_run(args) -> RunStart:
     """mlan-train's checks before anything is built: flags, torchrun world, a writable run folder, and the
     checkpoint to resume (whose flags must match, see :data:`RESUME_REFUSED_FLAGS`)."""
@@ -640,6 +653,8 @@ def check_run(args) -> RunStart:
     else:
         out_dir = Path(f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_writable_dir(out_dir, '-o/--output')  # before any model or data is loaded
+    if resume_from is None:
+        refuse_to_overwrite_a_run(out_dir)
     if args.initial_weights and not Path(args.initial_weights).is_file():
         raise UsageError(f"--initial-weights: file not found: {args.initial_weights}")
 

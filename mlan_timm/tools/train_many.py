@@ -339,6 +339,9 @@ def train_many(many, base, hooks: Optional[ManyHooks] = None, t_start: Optional[
     out = Path(many.output)
     runs: List[ModelRun] = []
     seen: List[Any] = []
+    for name in many.models:  # every folder checked before any run starts writing
+        if not (many.resume and (out / name / 'last.pth').is_file()):
+            mtrain.refuse_to_overwrite_a_run(out / name)
     for name in many.models:
         resume = many.resume and (out / name / 'last.pth').is_file()
         if many.resume and not resume:
