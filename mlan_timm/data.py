@@ -191,6 +191,48 @@ def _check_classes(classes: Sequence[str], name: str, where: Path):
             f"Pass the matching --dataset or --data-dir.")
 
 
+def _read_image(path: str):
+    """The loader of the ImageFolder datasets (both loading paths): ``path`` as a 32x32 RGB PIL image.
+
+    Grayscale, RGBA and palette images are converted to RGB. DatasetNotFoundError naming the file for an unreadable
+    image or another size; the size check is free (PIL reads the header at open, the pixels only when needed)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            if size == (32, 32):
+                return img.convert('RGB')
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        if isinstance(e, UnidentifiedImageError):
+            reason = 'cannot identify image file'  # PIL's message repeats the path
+        else:
+            reason = (e.strerror if isinstance(e, OSError) else None) or str(e) or type(e).__name__
+        raise DatasetNotFoundError(f"{path}: not a readable image ({reason})") from e
+    raise DatasetNotFoundError(f"{path}: expected a 32x32 RGB image, got {size[0]}x{size[1]}")
+
+
+def _image_folder(name: str, root: Path, transform=None):
+    """``root`` as an ImageFolder read by :func:`_read_image`; DatasetNotFoundError for a wrong number of class
+    folders or a class folder without images."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    try:
+        ds = ImageFolder(str(root), transform=transform, loader=_read_image, allow_empty=True)
+    except FileNotFoundError as e:  # torchvision: "Couldn't find any class folder in ..."
+        if e.errno is not None:
+            raise
+        _check_classes([], name, root)
+        raise
+    _check_classes(ds.classes, name, root)
+    counts = np.bincount(np.asarray(ds.targets, dtype=np.int64), minlength=len(ds.classes))
+    empty = [c for c, n in zip(ds.classes, counts) if n == 0]
+    if empty:
+        also = f"; also empty: {', '.join(empty[1:])}" if len(empty) > 1 else ''
+        raise DatasetNotFoundError(f"{root / empty[0]}: class folder holds no images (looked for "
+                                   f"{', '.join(IMG_EXTENSIONS)}){also}")
+    return ds
+
+
 def _resolve(name: str, data_dir: Optional[PathLike], split: str, download: bool, cache_dir: Optional[PathLike]):
     """Returns ('torchvision', root) or ('folder', split_root)."""
     name = _check_name(name)
@@ -252,9 +294,7 @@ def build_dataset(name: str, data_dir: Optional[PathLike], split: str = 'train',
         except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
             raise DatasetNotFoundError(f"{name} in torchvision layout under '{root}': {e}") from e
     else:
-        from torchvision.datasets import ImageFolder
-        ds = ImageFolder(str(root), transform=transform)
-        _check_classes(ds.classes, name, root)
+        ds = _image_folder(name, root, transform)
     idx = subset_indices(len(ds), subset, subset_seed)
     if idx is not None:
         ds = Subset(ds, idx)
@@ -287,10 +327,7 @@ def load_uint8(name: str, data_dir: Optional[PathLike], split: str = 'train', do
 
 
 def _load_folder_uint8(name: str, root: Path, cache_dir: Optional[PathLike]):
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
-    folder = ImageFolder(str(root))
-    _check_classes(folder.classes, name, root)
+    folder = _image_folder(name, root)
     # the key covers each file's path, class, size and mtime: replacing or editing an image rebuilds the cache
     stats = []
     for p, c in folder.samples:
@@ -307,11 +344,7 @@ def _load_folder_uint8(name: str, root: Path, cache_dir: Optional[PathLike]):
             pass  # unreadable cache: rebuild it
     xs = np.empty((len(folder.samples), 32, 32, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(folder.samples):
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert('RGB'))
-        if arr.shape != (32, 32, 3):
-            raise DatasetNotFoundError(f"{path}: expected a 32x32 RGB image, got shape {arr.shape}")
-        xs[i] = arr
+        xs[i] = np.asarray(_read_image(path))
     x = torch.from_numpy(xs).permute(0, 3, 1, 2).contiguous()
     y = torch.as_tensor([c for _, c in folder.samples], dtype=torch.int64)
     try:
@@ -482,7 +515,19 @@ class _EpochSeededLoader:
         if self.loader.num_workers == 0 and self.train:
             # augmentation then draws from the global RNG in this process: seed it for this epoch too
             torch.manual_seed(self.seed * 1_000_003 + self._epoch + 7919 + self._rank_offset())
-        return iter(self.loader)
+        return _unwrap_worker_errors(iter(self.loader))
+
+
+def _unwrap_worker_errors(it: Iterator) -> Iterator:
+    """Iterates ``it``; a DatasetNotFoundError of a DataLoader worker, which torch re-raises with the worker's whole
+    traceback as its message, is raised again with the worker's one-line message."""
+    try:
+        yield from it
+    except DatasetNotFoundError as e:
+        msg, tag = str(e), 'DatasetNotFoundError: '
+        if msg.startswith('Caught DatasetNotFoundError') and tag in msg:
+            raise DatasetNotFoundError(msg.rsplit(tag, 1)[1].strip()) from None
+        raise
 
 
 def build_loader(name: str, data_dir: Optional[PathLike], split: str, batch_size: int, *,

@@ -1,6 +1,7 @@
 """mlan_timm.data: layouts (ImageFolder, tarballs, torchvision), clear errors, the paper's augmentation (reflect
 padding) on both loading paths."""
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -211,3 +212,85 @@ def test_subset_is_fixed_and_the_same_images_on_both_loading_paths(folder, tmp_p
     assert len(ds) == len(y) == 7
     assert [ds[i][1] for i in range(7)] == y.tolist()
     torch.testing.assert_close(torch.stack([ds[i][0] for i in range(7)]), x.float() / 255)
+
+
+def _small_folder(root, make_image_folder):
+    """A 10-class ImageFolder of one train and one test 32x32 image per class; ``root/test/airplane/0000.png``
+    is the first test image."""
+    return make_image_folder(root, train_per_class=1, test_per_class=1)
+
+
+def _first_test_image(root):
+    return root / 'test' / 'airplane' / '0000.png'
+
+
+def _both_paths_raise(root, split, match, tmp_path, workers=0):
+    """Iterating the per-item loader and loading the split as one uint8 tensor both raise DatasetNotFoundError."""
+    with pytest.raises(mdata.DatasetNotFoundError, match=match):
+        list(mdata.build_loader('cifar10', root, split, 4, workers=workers, cache_dir=tmp_path / 'cache'))
+    with pytest.raises(mdata.DatasetNotFoundError, match=match):
+        mdata.load_uint8('cifar10', root, split, cache_dir=tmp_path / 'cache')
+
+
+@pytest.mark.parametrize('content', [b'not an image at all', 'truncated'])
+def test_unreadable_image_is_reported_with_its_path(tmp_path, make_image_folder, content):
+    root = _small_folder(tmp_path / 'f', make_image_folder)
+    bad = _first_test_image(root)
+    if content == 'truncated':
+        content = bad.read_bytes()[:len(bad.read_bytes()) // 2]
+        reason = 'image file is truncated'
+    else:
+        reason = 'cannot identify image file'
+    bad.write_bytes(content)
+    _both_paths_raise(root, 'test', rf'^{re.escape(str(bad))}: not a readable image \({reason}\)$', tmp_path)
+
+
+def test_class_folder_without_images_is_reported(tmp_path, make_image_folder):
+    root = _small_folder(tmp_path / 'f', make_image_folder)
+    for f in (root / 'test' / 'cat').iterdir():
+        f.unlink()
+    (root / 'test' / 'cat' / 'notes.txt').write_text('not an image')
+    match = rf"^{re.escape(str(root / 'test' / 'cat'))}: class folder holds no images \(looked for .*\.png"
+    with pytest.raises(mdata.DatasetNotFoundError, match=match):
+        mdata.build_dataset('cifar10', root, 'test')
+    _both_paths_raise(root, 'test', match, tmp_path)
+    assert len(mdata.build_dataset('cifar10', root, 'train')) == 10  # the other split is not affected
+
+
+@pytest.mark.parametrize('size, which, split', [(40, 'one', 'test'), (30, 'all', 'test'), (30, 'all', 'train'),
+                                                (64, 'all', 'train'), (64, 'all', 'test')])
+def test_image_of_another_size_is_reported_with_its_path(tmp_path, make_image_folder, size, which, split):
+    """Not only where batching would fail: the train augmentation's crop would hide 30x30 or 64x64 images (64x64
+    ones would even evaluate, at 64x64), so both loading paths check the size of every image."""
+    from PIL import Image
+    root = _small_folder(tmp_path / 'f', make_image_folder)
+    images = sorted((root / split).rglob('*.png'))
+    for p in images[:1] if which == 'one' else images:
+        Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(p)
+    bad = '|'.join(re.escape(str(p)) for p in images)  # the loader may meet any of them first
+    _both_paths_raise(root, split, rf'^({bad}): expected a 32x32 RGB image, got {size}x{size}$', tmp_path)
+
+
+def test_worker_errors_keep_their_one_line_message(tmp_path, make_image_folder):
+    """An error in a DataLoader worker (torch re-raises it with the worker's traceback as message) is one line."""
+    root = _small_folder(tmp_path / 'f', make_image_folder)
+    _first_test_image(root).write_bytes(b'garbage')
+    with pytest.raises(mdata.DatasetNotFoundError) as e:
+        list(mdata.build_loader('cifar10', root, 'test', 4, workers=1))
+    assert str(e.value) == f'{_first_test_image(root)}: not a readable image (cannot identify image file)'
+
+
+@pytest.mark.parametrize('mode', ['L', 'LA', 'RGBA', 'P'])
+def test_grayscale_alpha_and_palette_images_are_read_as_rgb(tmp_path, make_image_folder, mode):
+    from PIL import Image
+    root = _small_folder(tmp_path / 'f', make_image_folder)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).convert(mode)
+    img.save(_first_test_image(root))
+    expected = torch.from_numpy(np.array(img.convert('RGB'))).permute(2, 0, 1)
+    x, _ = mdata.load_uint8('cifar10', root, 'test', cache_dir=tmp_path / 'cache')
+    assert torch.equal(x[0], expected)
+    plain = mdata.build_transforms('cifar10', train=False, mean=(0, 0, 0), std=(1, 1, 1))
+    xb, _ = next(iter(mdata.build_loader('cifar10', root, 'test', 4, workers=0)))
+    assert xb.shape == (4, 3, 32, 32)
+    torch.testing.assert_close(mdata.build_dataset('cifar10', root, 'test', transform=plain)[0][0],
+                               expected.float() / 255)
