@@ -380,3 +380,191 @@ def test_missing_train_log_is_reported_before_any_work(weights, tmp_path, capsys
     assert mexport.main(['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(tmp_path / 'hub'),
                          '--train-log', 'nope/log.jsonl']) == 2
     assert capsys.readouterr().err == 'mlan-export: error: Training log file not found: nope/log.jsonl\n'
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results of another model or other weights, and malformed inputs, are refused with a clear error
+# ----------------------------------------------------------------------------------------------------------------
+def _export_argv(path, tmp_path, *extra):
+    return ['--model', TINY_MODEL, '--weights', str(path), '--hub-dir', str(tmp_path / 'hub'), *extra]
+
+
+def _refused(capsys, tmp_path, *texts):
+    """The export failed with one ``mlan-export: error:`` line holding ``texts``, and wrote nothing."""
+    err = capsys.readouterr().err
+    assert err.startswith('mlan-export: error: ') and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert all(t in err for t in texts), err
+    assert not (tmp_path / 'hub' / TINY_MODEL).exists()
+    return err
+
+
+def _eval_json(tmp_path, **fields):
+    ev = dict(model=TINY_MODEL, weights='w.safetensors', dataset='cifar10', split='test', images=30, top1=42.5,
+              top5=88.75, loss=1.6, model_kwargs={}, subset=None)
+    path = tmp_path / 'eval.json'
+    path.write_text(json.dumps(dict(ev, **fields)))
+    return path
+
+
+@pytest.mark.parametrize('fields, texts', [
+    (dict(model='se_resnet14_cifar10'), ['is for model se_resnet14_cifar10, not resnet14_cifar10']),
+    (dict(model='hf-hub:mlan-timm/se_resnet14_cifar10'), ['is for model hf-hub:mlan-timm/se_resnet14_cifar10, not']),
+    (dict(model_kwargs={'widths': [4, 8, 16]}), ["with model_kwargs {'widths': [4, 8, 16]}, not {}"]),
+    (dict(dataset='cifar100'), ['holds cifar100 results, not cifar10']),
+    (dict(weights='model.safetensors'), ['results of weights model.safetensors, not of the exported file '
+                                         'w.safetensors']),
+    (dict(weights='pretrained'), ['published weights of resnet14_cifar10 (--pretrained), not of the exported file']),
+    (dict(weights='w.safetensors (ema)'), ['the EMA weights of w.safetensors, but this export is of its non-EMA']),
+])
+def test_eval_json_of_another_model_or_other_weights_is_refused(weights, tmp_path, capsys, fields, texts):
+    _, path = weights
+    ev = _eval_json(tmp_path, **fields)
+    assert mexport.main(_export_argv(path, tmp_path, '--eval-json', str(ev))) == 2
+    err = _refused(capsys, tmp_path, f'--eval-json {ev} ', *texts)
+    assert f'mlan-eval --model {TINY_MODEL} --weights FILE --json' in err
+
+
+def test_eval_results_are_checked_in_the_python_api(weights, tmp_path):
+    _, path = weights
+    with pytest.raises(mexport.UsageError, match=r'^eval_results is for model se_resnet14_cifar10, not '
+                                                 r'resnet14_cifar10 \(the model exported\)'):
+        mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path),
+                             eval_results=dict(model='se_resnet14_cifar10', top1=1.0))
+    with pytest.raises(mexport.UsageError, match=r'^eval_results is a JSON list, not an object'):
+        mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path), eval_results=[])
+    assert not (tmp_path / 'hub').exists()
+
+
+@pytest.mark.parametrize('ev', [
+    dict(model='resnet14_cifar10.narrow'),  # a pretrained tag: same architecture
+    dict(model='hf-hub:mlan-timm/resnet14_cifar10.narrow@main'),
+    dict(model=TINY_MODEL, model_kwargs={'num_classes': 10}),  # set by the dataset anyway
+    dict(weights='/somewhere/else/w.safetensors'),  # older files: a path; only its file name is compared
+    dict(top1=42.5, top5=88.75),  # older files without model, model_kwargs, weights
+])
+def test_eval_results_of_these_weights_are_accepted(ev, tmp_path):
+    assert mexport.check_eval_results(ev, TINY_MODEL, {}, 'cifar10', str(tmp_path / 'w.safetensors')) is ev
+
+
+def test_eval_of_a_weights_folder_matches_an_export_of_its_file_and_back(tmp_path, cifar_folder, capsys):
+    """mlan-eval of ``--weights FOLDER`` records the file it resolves (model.safetensors): an export of
+    ``FOLDER/model.safetensors`` takes it, and the other way round; another file of that name cannot be told apart,
+    a file of another name is refused."""
+    from mlan_timm.tools import eval as meval
+    torch.manual_seed(5)
+    run = tmp_path / 'run'
+    run.mkdir()
+    save_file({k: v.contiguous() for k, v in timm.create_model(TINY_MODEL).state_dict().items()},
+              str(run / 'model.safetensors'))
+    common = ['--model', TINY_MODEL, '--data-dir', str(cifar_folder), '--subset', '6', '--workers', '0', '--json']
+    for eval_weights, export_weights in ((run, run / 'model.safetensors'), (run / 'model.safetensors', run)):
+        assert meval.main(common + ['--weights', str(eval_weights)]) == 0
+        ev = json.loads(capsys.readouterr().out)
+        assert ev['weights'] == 'model.safetensors'
+        out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(export_weights), eval_results=ev)
+        card = (out / 'README.md').read_text()
+        assert f"| these weights, `mlan-eval` (6 test images) | - | {ev['top1']:.2f} |" in card
+    (tmp_path / 'eval.json').write_text(json.dumps(ev))
+    renamed = tmp_path / 'w.safetensors'
+    renamed.write_bytes((run / 'model.safetensors').read_bytes())
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(renamed), '--hub-dir', str(tmp_path / 'hub2'),
+                         '--eval-json', str(tmp_path / 'eval.json')]) == 2
+    assert 'results of weights model.safetensors, not of the exported file w.safetensors' in capsys.readouterr().err
+
+
+def test_eval_of_an_export_folder_through_local_dir_is_accepted(variant_weights, tmp_path):
+    """``mlan-eval --model local-dir:FOLDER --pretrained`` evaluates FOLDER/model.safetensors with the folder's
+    model_args: re-exporting that file takes the results; another variant's export is refused."""
+    _, vpath = variant_weights
+    kwargs = {'widths': [4, 8, 16]}
+    folder = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(vpath), model_kwargs=kwargs)
+    ev = dict(model=f'local-dir:{folder}', weights='pretrained', model_kwargs={}, dataset='cifar10', top1=10.0)
+    out = mexport.export_model(TINY_MODEL, tmp_path / 'again', weights=str(folder), model_kwargs=kwargs,
+                               eval_results=ev)
+    assert '| these weights, `mlan-eval` (not available test images) | - | 10.00 |' in (out / 'README.md').read_text()
+    with pytest.raises(mexport.UsageError, match=r"with model_kwargs \{'widths': \[4, 8, 16\]\}, not \{\} "
+                                                 r"\(this export's --model-kwargs\)"):
+        mexport.export_model(TINY_MODEL, tmp_path / 'other', weights=str(folder), eval_results=ev)
+
+
+def test_checkpoint_ema_must_match_the_evaluated_weights():
+    ev = dict(model=TINY_MODEL, weights='last.pth (ema)')
+    assert mexport.check_eval_results(ev, TINY_MODEL, {}, 'cifar10', 'run/last.pth', use_ema=True) is ev
+    with pytest.raises(mexport.UsageError, match=r'the EMA weights of last\.pth, but this export is of its non-EMA'):
+        mexport.check_eval_results(ev, TINY_MODEL, {}, 'cifar10', 'run/last.pth', use_ema=False)
+    with pytest.raises(mexport.UsageError, match=r'the non-EMA weights of last\.pth, but this export is of its EMA'):
+        mexport.check_eval_results(dict(ev, weights='last.pth'), TINY_MODEL, {}, 'cifar10', 'run/last.pth',
+                                   use_ema=True)
+
+
+@pytest.mark.parametrize('content, text', [
+    ('[1, 2]', 'is a JSON list, not an object'),
+    ('null', 'is a JSON null, not an object'),
+    ('"results"', 'is a JSON string, not an object'),
+    (json.dumps(dict(model=TINY_MODEL, top1='42.5')), "top1 is '42.5', not a number"),
+    (json.dumps(dict(model=['resnet14_cifar10'])), "model is ['resnet14_cifar10'], not a string"),
+    (json.dumps(dict(model=TINY_MODEL, model_kwargs=['widths=[4,8,16]'])), 'model_kwargs is '),
+    ('{"top1": 1', 'is not valid JSON'),
+])
+def test_malformed_eval_json_is_a_clear_error(weights, tmp_path, capsys, content, text):
+    _, path = weights
+    ev = tmp_path / 'eval.json'
+    ev.write_text(content)
+    assert mexport.main(_export_argv(path, tmp_path, '--eval-json', str(ev))) == 2
+    _refused(capsys, tmp_path, str(ev), text)
+
+
+def test_binary_eval_json_is_a_clear_error(weights, tmp_path, capsys):
+    _, path = weights
+    (tmp_path / 'eval.json').write_bytes(b'\xff\xfe\x00garbage')
+    assert mexport.main(_export_argv(path, tmp_path, '--eval-json', str(tmp_path / 'eval.json'))) == 2
+    _refused(capsys, tmp_path, f"--eval-json file {tmp_path / 'eval.json'} is not valid JSON")
+
+
+@pytest.mark.parametrize('args, texts', [
+    (dict(model='se_resnet14_cifar10', model_kwargs=[]), ['is for model se_resnet14_cifar10, not resnet14_cifar10']),
+    (dict(model=TINY_MODEL, model_kwargs=['widths=[4,8,16]']), ["with model_kwargs {'widths': [4, 8, 16]}, not {}"]),
+])
+def test_train_log_of_another_models_run_is_refused(weights, tmp_path, capsys, args, texts):
+    _, path = weights
+    log = _log(tmp_path)
+    recorded = json.loads((log.parent / 'args.json').read_text())
+    (log.parent / 'args.json').write_text(json.dumps(dict(recorded, **args)))
+    assert mexport.main(_export_argv(path, tmp_path, '--train-log', str(log))) == 2
+    _refused(capsys, tmp_path, f'--train-log {log} ', *texts, f"args.json: {log.parent / 'args.json'}")
+
+
+def test_train_log_of_a_real_run_is_checked_against_its_args_json(tmp_path, cifar_folder, train_args, capsys):
+    """mlan-train's args.json records --model-kwargs as KEY=VALUE strings: its run is taken for the same variant
+    only."""
+    from mlan_timm.tools import train as mtrain
+    run = tmp_path / 'run'
+    assert mtrain.main(train_args(cifar_folder, run, epochs=1,
+                                  extra=['--max-steps', '1', '--model-kwargs', 'drop_rate=0.5'])) == 0
+    capsys.readouterr()
+    hub = tmp_path / 'hub'
+    out = mexport.export_model(TINY_MODEL, hub, weights=str(run), model_kwargs={'drop_rate': 0.5},
+                               train_log=run / 'log.jsonl')
+    assert '- **Epochs run:** 1 ' in (out / 'README.md').read_text()
+    with pytest.raises(mexport.UsageError, match=r"is for resnet14_cifar10 with model_kwargs \{'drop_rate': 0\.5\}, "
+                                                 r"not \{\} \(this export's --model-kwargs\)"):
+        mexport.export_model(TINY_MODEL, hub, weights=str(run), train_log=run / 'log.jsonl')
+
+
+@pytest.mark.parametrize('args_json, log_lines, texts', [
+    ('{"epochs": 3', None, ["args.json (the run's arguments beside --train-log", 'is not valid JSON']),
+    ('["resnet14_cifar10"]', None, ['args.json', 'is a JSON list, not an object']),
+    (json.dumps(dict(mean='0.5')), None, ["mean is '0.5', not a list of numbers"]),
+    (json.dumps(dict(model_kwargs='widths=[4,8,16]')), None, ['model_kwargs is ', 'not a list of KEY=VALUE strings']),
+    (None, ['{"epoch": 0, "test_top1": 1.0}', '', '[0, 1.0]'], ['line 3 is a JSON list, not an object']),
+    (None, ['{"epoch": 0, "test_top1": "45.0"}'], ["line 1: test_top1 is '45.0', not a number"]),
+])
+def test_malformed_train_log_or_args_json_is_a_clear_error(weights, tmp_path, capsys, args_json, log_lines, texts):
+    _, path = weights
+    log = _log(tmp_path)
+    if args_json is not None:
+        (log.parent / 'args.json').write_text(args_json)
+    if log_lines is not None:
+        log.write_text('\n'.join(log_lines) + '\n')
+    assert mexport.main(_export_argv(path, tmp_path, '--train-log', str(log))) == 2
+    _refused(capsys, tmp_path, str(log), *texts)

@@ -46,7 +46,7 @@ from .common import (
 )
 
 __all__ = ['count_macs', 'count_params', 'paper_variant_of', 'paper_result', 'export_name', 'export_model',
-           'render_model_card', 'push_folder', 'main', 'push_main']
+           'check_eval_results', 'render_model_card', 'push_folder', 'main', 'push_main']
 
 NOT_AVAILABLE = 'not available'
 NOT_IN_PAPER = 'not in the paper'
@@ -213,8 +213,165 @@ def _load_json_arg(path: Optional[str], what: str):
         raise UsageError(f"{what} file not found: {p}")
     try:
         return json.loads(p.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for a binary file
         raise UsageError(f"{what} file {p} is not valid JSON: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks of the results a card prints: same model, same weights, well-formed files
+# ----------------------------------------------------------------------------------------------------------------
+def _json_type(value: Any) -> str:
+    return {dict: 'object', list: 'list', str: 'string', bool: 'boolean', type(None): 'null'}.get(
+        type(value), 'number')
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _plain_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``kwargs`` less ``num_classes`` (the dataset sets it), JSON-normalised (tuples -> lists) for comparisons."""
+    return json.loads(json.dumps({k: v for k, v in kwargs.items() if k != 'num_classes'}, default=str))
+
+
+def _read_config(folder: Path) -> Optional[Dict[str, Any]]:
+    """``folder/config.json`` as a dict, None when missing, unreadable or not a JSON object."""
+    try:
+        cfg = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _model_identity(name: str, kwargs: Optional[Dict[str, Any]]) -> Tuple[str, Optional[Dict[str, Any]]]:
+    """``(architecture, model kwargs)`` that model ``name`` with create_model ``kwargs`` builds; kwargs None if unknown.
+
+    ``<model>.<tag>`` -> ``<model>``; ``local-dir:FOLDER`` -> the architecture and model_args of the folder's
+    config.json (without one: the folder name's base, kwargs unknown); ``hf-hub:org/<model>[.<tag>][@rev]`` -> the
+    repo name's base (mlan-export's naming), kwargs unknown (the Hub config is not read)."""
+    kwargs = None if kwargs is None else _plain_kwargs(kwargs)
+    if name.startswith('local-dir:'):
+        folder = Path(name[len('local-dir:'):]).expanduser()
+        cfg = _read_config(folder)
+        if cfg is None or not isinstance(cfg.get('architecture'), str):
+            return folder.name.split('.')[0], None
+        folder_kwargs = _plain_kwargs(_config_model_args(folder) or {})  # create_model's kwargs come on top
+        return cfg['architecture'], None if kwargs is None else dict(folder_kwargs, **kwargs)
+    if name.startswith(('hf-hub:', 'hf_hub:')):
+        return name.split(':', 1)[1].split('@')[0].rstrip('/').split('/')[-1].split('.')[0], None
+    return name.split('.')[0], kwargs
+
+
+def _check_same_model(what: str, other: str, other_kwargs: Optional[Dict[str, Any]], model_name: str,
+                      model_kwargs: Dict[str, Any], advice: str):
+    """UsageError naming both when ``other`` (+ kwargs, None: not recorded) is not the model exported."""
+    arch, kwargs = _model_identity(other, other_kwargs)
+    if arch != model_name.split('.')[0]:
+        raise UsageError(f"{what} is for model {other}, not {model_name} (the model exported): {advice}")
+    if kwargs is not None and kwargs != _plain_kwargs(model_kwargs):
+        raise UsageError(f"{what} is for {other} with model_kwargs {kwargs}, not {_plain_kwargs(model_kwargs)} "
+                         f"(this export's --model-kwargs): {advice}")
+
+
+def check_eval_results(ev: Any, model_name: str, model_kwargs: Optional[Dict[str, Any]], dataset: str,
+                       weights_file: Optional[str] = None, use_ema: bool = False,
+                       source: str = 'eval_results') -> Dict[str, Any]:
+    """``ev`` (``mlan-eval --json`` output) if it holds results of the exported model and weights, else a
+    UsageError naming ``source`` and the mismatch.
+
+    Compared where ``ev`` records them (older files lack some keys): ``model`` (base name, tag dropped) and
+    ``model_kwargs``, ``dataset``, and ``weights``: its file name against ``weights_file``'s (the resolved file,
+    so ``--weights FOLDER`` and ``FOLDER/model.safetensors`` agree) and its ``(ema)`` mark against ``use_ema``.
+    Results of ``--pretrained`` weights are refused (except a ``local-dir:`` folder's, its model.safetensors)."""
+    model_kwargs = model_kwargs or {}
+    flags = format_model_kwargs(_plain_kwargs(model_kwargs))
+    advice = (f"give the mlan-eval --json output for these weights (mlan-eval --model {model_name.split('.')[0]} "
+              f"{' '.join(['--model-kwargs'] + flags + ['']) if flags else ''}--weights FILE --json)")
+    if not isinstance(ev, dict):
+        raise UsageError(f"{source} is a JSON {_json_type(ev)}, not an object: {advice}")
+    bad = [k for k in ('top1', 'top5', 'images') if ev.get(k) is not None and not _is_number(ev[k])]
+    if bad:
+        raise UsageError(f"{source}: {bad[0]} is {ev[bad[0]]!r}, not a number: {advice}")
+    for key, types, kind in (('model', str, 'a string'), ('model_kwargs', dict, 'an object'),
+                             ('weights', str, 'a string'), ('dataset', str, 'a string'), ('split', str, 'a string')):
+        if ev.get(key) is not None and not isinstance(ev[key], types):
+            raise UsageError(f"{source}: {key} is {ev[key]!r}, not {kind}: {advice}")
+    if ev.get('model') is not None or ev.get('model_kwargs') is not None:
+        _check_same_model(source, ev.get('model') or model_name, ev.get('model_kwargs'), model_name, model_kwargs,
+                          advice)
+    if ev.get('dataset') is not None and ev['dataset'] != dataset:
+        raise UsageError(f"{source} holds {ev['dataset']} results, not {dataset} (the exported model's dataset): "
+                         f"{advice}")
+    recorded = ev.get('weights')
+    if recorded is not None and weights_file is not None:
+        ema = recorded.endswith(' (ema)')
+        file = Path(recorded[:-len(' (ema)')] if ema else recorded).name
+        if file == 'pretrained':
+            if not str(ev.get('model', '')).startswith('local-dir:'):
+                raise UsageError(f"{source} holds results of the published weights of {ev.get('model', model_name)} "
+                                 f"(--pretrained), not of the exported file {Path(weights_file).name}: {advice}")
+            file = 'model.safetensors'  # what timm loads from a local-dir: folder
+        if file != Path(weights_file).name:
+            raise UsageError(f"{source} holds results of weights {file}, not of the exported file "
+                             f"{Path(weights_file).name}: {advice}")
+        if ema != use_ema:
+            which = ('the EMA weights', 'its non-EMA weights (add --ema to export the EMA ones)') if ema else \
+                ('the non-EMA weights', 'its EMA weights (--ema)')
+            raise UsageError(f"{source} holds results of {which[0]} of {file}, but this export is of {which[1]}: "
+                             f"{advice}")
+    return ev
+
+
+_LOG_NUMBERS = ('epoch', 'train_loss', 'test_top1', 'test_top5', 'time')
+
+
+def _read_train_log(path: os.PathLike) -> List[Dict[str, Any]]:
+    """The epoch records of a run's log.jsonl; UsageError naming the file and line for one that is not an object
+    (as mlan-train writes) or has a non-number where the card reads a number."""
+    try:
+        rows = read_jsonl(path)
+    except UnicodeDecodeError as e:
+        raise UsageError(f"Training log {path} is not a text (JSON lines) file: {e}") from e
+    lines = [i + 1 for i, line in enumerate(Path(path).read_text(encoding='utf-8').splitlines()) if line.strip()]
+    for n, row in zip(lines, rows):
+        if not isinstance(row, dict):
+            raise UsageError(f"Training log {path} line {n} is a JSON {_json_type(row)}, not an object (one epoch "
+                             "record per line, as mlan-train writes)")
+        bad = [k for k in _LOG_NUMBERS if row.get(k) is not None and not _is_number(row[k])]
+        if bad:
+            raise UsageError(f"Training log {path} line {n}: {bad[0]} is {row[bad[0]]!r}, not a number")
+    return rows
+
+
+def _run_args(train_log: os.PathLike, model_name: str, model_kwargs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The ``args.json`` mlan-train writes beside ``train_log`` (None without one), checked: a JSON object, of the
+    model exported (``model`` and ``model_kwargs`` where recorded), with numeric ``mean``/``std``."""
+    path = Path(train_log).parent / 'args.json'
+    if not path.is_file():
+        return None
+    what = f"{path} (the run's arguments beside --train-log {train_log})"
+    try:
+        args = json.loads(path.read_text(encoding='utf-8'))
+    except ValueError as e:
+        raise UsageError(f"{what} is not valid JSON: {e}") from e
+    if not isinstance(args, dict):
+        raise UsageError(f"{what} is a JSON {_json_type(args)}, not an object")
+    if args.get('model') is not None and not isinstance(args['model'], str):
+        raise UsageError(f"{what}: model is {args['model']!r}, not a string")
+    kwargs = args.get('model_kwargs')
+    if isinstance(kwargs, list) and all(isinstance(k, str) for k in kwargs):
+        kwargs = parse_model_kwargs(kwargs, flag=f"{path}: model_kwargs")
+    elif kwargs is not None and not isinstance(kwargs, dict):
+        raise UsageError(f"{what}: model_kwargs is {kwargs!r}, not a list of KEY=VALUE strings")
+    for key in ('mean', 'std'):
+        value = args.get(key)
+        if value is not None and not (isinstance(value, list) and value and all(_is_number(v) for v in value)):
+            raise UsageError(f"{what}: {key} is {value!r}, not a list of numbers")
+    if args.get('model') is not None or kwargs is not None:
+        _check_same_model(f"--train-log {train_log}", args.get('model') or model_name, kwargs, model_name,
+                          model_kwargs, f"give the log of the run that trained these weights (this run's "
+                          f"args.json: {path})")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -265,9 +422,8 @@ def _config_model_args(folder: Path) -> Optional[Dict[str, Any]]:
 
     From the ``mlan_timm`` record mlan-export writes, else (older exports) timm's ``model_args`` less the
     arguments timm's ``save_for_hf`` records for every model."""
-    try:
-        cfg = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
-    except (OSError, ValueError):
+    cfg = _read_config(folder)
+    if cfg is None:
         return None
     if isinstance(cfg.get(CONFIG_KEY), dict):
         return dict(cfg[CONFIG_KEY].get('model_kwargs') or {})
@@ -283,9 +439,9 @@ def _check_default_repo(repo_id: str, architecture: str, model_args: Dict[str, A
             f"(the default for this variant)")
 
 
-def _recipe_of(train_log: Optional[os.PathLike], checkpoint: Optional[str]) -> Dict[str, Any]:
-    if train_log and (Path(train_log).parent / 'args.json').is_file():
-        return json.loads((Path(train_log).parent / 'args.json').read_text(encoding='utf-8'))
+def _recipe_of(run_args: Optional[Dict[str, Any]], checkpoint: Optional[str]) -> Dict[str, Any]:
+    if run_args is not None:
+        return run_args
     if checkpoint:
         try:
             return torch.load(checkpoint, map_location='cpu', weights_only=False).get('args', {}) or {}
@@ -298,13 +454,14 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
                  checkpoint: Optional[str] = None, use_ema: bool = False, model_kwargs: Optional[dict] = None,
                  eval_results: Optional[Dict[str, Any]] = None, train_log: Optional[os.PathLike] = None,
                  repo_id: Optional[str] = None, model: Optional[torch.nn.Module] = None,
-                 tag: Optional[str] = None) -> Path:
+                 tag: Optional[str] = None, eval_source: str = 'eval_results') -> Path:
     """Write ``<hub_dir>/<name>/`` (config.json, model.safetensors, README.md); returns that path.
 
     ``<name>`` is :func:`export_name` (``<model>`` or, for a variant, ``<model>.<tag>``); the Hub repo defaults to
     ``mlan-timm/<name>``. An existing folder holding another variant is not replaced. The card's training rows
     come from ``train_log`` (a run's log.jsonl) or else from the training record mlan-train stores in its weights;
-    the paper row from :func:`paper_result`."""
+    the paper row from :func:`paper_result`. ``eval_results`` and the run of ``train_log`` (its args.json) must be
+    of this model and these weights (:func:`check_eval_results`, named ``eval_source`` in errors)."""
     from timm.models import save_for_hf
     base = model_name.split('.')[0]
     model_kwargs = {k: v for k, v in (model_kwargs or {}).items() if k != 'num_classes'}
@@ -331,14 +488,20 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
             weights = str(resolve_weights_path(weights, '--weights', 'model.safetensors'))
         else:
             checkpoint = str(resolve_weights_path(checkpoint, '--checkpoint', 'last.pth'))
-        model = create_model(base, **model_kwargs_for_dataset(model_kwargs, dataset))
-        load_weights_into(model, weights or checkpoint, base, use_ema=use_ema)
+        exported_file = weights or checkpoint
     else:
         dataset = zoo.dataset_of(base) or ('cifar100' if model.num_classes == 100 else 'cifar10')
+        exported_file = None  # a module: which file it came from is not known
+    if eval_results is not None:
+        check_eval_results(eval_results, model_name, model_kwargs, dataset, exported_file, use_ema, eval_source)
+    log_rows = _read_train_log(train_log) if train_log else []
+    run_args = _run_args(train_log, model_name, model_kwargs) if train_log else None
+    if exported_file is not None:
+        model = create_model(base, **model_kwargs_for_dataset(model_kwargs, dataset))
+        load_weights_into(model, exported_file, base, use_ema=use_ema)
     model = model.cpu().eval()
 
-    log_rows = read_jsonl(train_log) if train_log else []
-    recipe = _recipe_of(train_log, checkpoint)
+    recipe = _recipe_of(run_args, checkpoint)
     record = read_training_record(weights or checkpoint) or {}
     training = dict(record, **summarize_history(log_rows)) if log_rows else record
     if not recipe.get('mean') and record.get('mean'):
@@ -435,9 +598,13 @@ def main(argv=None) -> int:
             print("mlan-export: warning: --paper-results is ignored; the paper's numbers come from "
                   "mlan_timm.paper_tables", file=sys.stderr)
         ev = _load_json_arg(args.eval_json, '--eval-json')
+        if args.eval_json and ev is None:
+            raise UsageError(f"--eval-json {args.eval_json} is a JSON null, not an object: give the mlan-eval --json "
+                             "output for these weights")
         out = export_model(args.model, args.hub_dir, weights=args.weights, checkpoint=args.checkpoint,
                            use_ema=args.ema, model_kwargs=parse_model_kwargs(args.model_kwargs), eval_results=ev,
-                           train_log=args.train_log, repo_id=args.repo_id, tag=args.tag)
+                           train_log=args.train_log, repo_id=args.repo_id, tag=args.tag,
+                           eval_source=f'--eval-json {args.eval_json}')
         print(f"exported {out.name} -> {out} (push with: mlan-push --model {out.name}"
               f"{'' if out.parent == Path('hub') else f' --hub-dir {out.parent}'})")
         return 0
