@@ -215,8 +215,6 @@ def test_status_and_environment_switch():
     assert not gpu_kernels.gpu_kernels_enabled()
     assert gpu_kernels.gpu_kernels_status() == (f"available (Triton {version}), used only by the models built with "
                                                 "gpu_kernels=True")
-    assert [gpu_kernels._switched_on(v) for v in ("1", " TRUE", "yes", "on", "", None, "0", "off", "no")] == \
-        [True] * 4 + [False] * 5
     code = "from mlan_timm.layers import gpu_kernels as g; print(g.gpu_kernels_enabled())"  # read at import
     env = {"MLAN_TIMM_GPU_KERNELS": "1", "PATH": "", "PYTHONPATH": ":".join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

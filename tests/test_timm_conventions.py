@@ -605,6 +605,11 @@ def test_global_pool_kwarg(pool):
     ("cbam_resnet14_cifar10", dict(levels="single"), r"levels.*MLAN"),
     ("resnet14_cifar10", dict(fusion="weighted"), r"fusion.*MLAN"),
     (MLAN_BASE, dict(drop_path_rate=0.1), r"drop_path_rate"),
+    (MLAN_BASE, dict(widths=16), r"widths must be a list or tuple with one entry per group, got 16"),
+    (MLAN_BASE, dict(layers=3), r"layers must be a list or tuple"),
+    (MLAN_BASE, dict(drop_rate="0.1"), r"drop_rate must be a number in \[0, 1\), got '0.1'"),
+    (MLAN_BASE, dict(num_classes=True), r"num_classes must be an integer >= 0"),
+    (MLAN_BASE, dict(features_only=True, out_indices=(5,)), r"4 feature levels .* must be in \[-4, 3\]"),
 ])
 def test_bad_kwargs_raise_clear_value_error(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -634,14 +639,40 @@ def test_even_mask_kernel_size_rejected_for_every_structure(name):
 ])
 def test_bad_input_raises_clear_value_error(name, shape, match):
     model = _create(name).eval()
+    features = _create(name, features_only=True).eval()  # timm's wrapper runs the children, not forward_features
     x = torch.randn(*shape)
     with torch.no_grad():
+        with pytest.raises(ValueError, match=match):
+            features(x)
         with pytest.raises(ValueError, match=match):
             model(x)
         with pytest.raises(ValueError, match=match):
             model.forward_features(x)
         with pytest.raises(ValueError, match=match):
             model.forward_intermediates(x)
+
+
+def test_reset_classifier_checks_num_classes_like_the_constructor():
+    model = _create(MLAN_BASE)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 0, got -1"):
+        model.reset_classifier(-1)
+    assert model.get_classifier().out_features == 10  # unchanged
+    model.reset_classifier(0)
+    assert model(_x(1)).shape == (1, 8 * 4)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(enable="off"), r"set_fast_paths\(enable\) must be True or False, got 'off'"),
+    (dict(cpu_kernels="false"), r"set_fast_paths\(cpu_kernels\) must be True or False or None, got 'false'"),
+    (dict(gpu_kernels=1), r"set_fast_paths\(gpu_kernels\) must be True or False or None, got 1"),
+])
+def test_set_fast_paths_refuses_what_is_not_a_switch(kwargs, match):
+    """A string such as 'false' is truthy: it would have switched the kernels on."""
+    model = _create(MLAN_BASE)
+    with pytest.raises(TypeError, match=match):
+        model.set_fast_paths(**kwargs)
+    assert all(g.fast_path is True and g.cpu_kernels is None and g.gpu_kernels is None
+               for g in model.modules() if hasattr(g, "gpu_kernels"))
 
 
 def test_other_multiple_of_4_sizes_work():

@@ -16,7 +16,6 @@ source's hash and the instruction set). Without AVX-512 or AVX2, or if the build
 operators are used.
 """
 import hashlib
-import os
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +23,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from .switches import check_switch, env_switch
 
 __all__ = [
     "ENV_VAR", "ISAS", "SOURCE", "build_extension", "cpu_kernels_enabled", "cpu_kernels_status", "enable_cpu_kernels",
@@ -45,7 +46,7 @@ _MIN_WIDTH = min(width for _, _, width in ISAS.values())
 
 
 class _State:
-    enabled = os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    enabled = env_switch(ENV_VAR)
     module: Optional[ModuleType] = None
     width = 0  # the loaded module's lanes per vector
     error: Optional[str] = None  # why the kernels are unavailable, once a load was tried
@@ -144,7 +145,7 @@ def enable_cpu_kernels(enabled: bool = True) -> bool:
 
     Returns whether they are in use (False when disabled, or enabled but unavailable on this machine).
     """
-    _State.enabled = bool(enabled)
+    _State.enabled = check_switch(enabled, "enable_cpu_kernels(enabled)")
     return cpu_kernels_enabled() and load_cpu_kernels() is not None
 
 

@@ -24,12 +24,13 @@ Enable with :func:`enable_gpu_kernels` or ``MLAN_TIMM_GPU_KERNELS=1`` for the pr
 compiling a kernel fails, it warns once and PyTorch's operators run.
 """
 import functools
-import os
 import warnings
 from typing import Optional
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from .switches import check_switch, env_switch
 
 __all__ = [
     "ENV_VAR", "GpuKernelsFailed", "enable_gpu_kernels", "gpu_kernels_apply", "gpu_kernels_enabled",
@@ -41,13 +42,8 @@ __all__ = [
 ENV_VAR = "MLAN_TIMM_GPU_KERNELS"
 
 
-def _switched_on(value: Optional[str]) -> bool:
-    """Whether an environment value switches the kernels on ("1", "true", "yes", "on", any case)."""
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 class _State:
-    enabled = _switched_on(os.environ.get(ENV_VAR))
+    enabled = env_switch(ENV_VAR)
     error: Optional[str] = None  # why the kernels are unavailable (Triton missing, a kernel failed to compile)
     on_cpu = False  # tests only: also apply to CPU tensors (Triton imported with TRITON_INTERPRET=1 runs them)
 
@@ -164,7 +160,7 @@ def attend_project_fuse(src: torch.Tensor, mask_weight: torch.Tensor, mask_bias:
 
 def enable_gpu_kernels(enabled: bool = True) -> None:
     """Switch the kernels on or off (the default) for this process; a model's own setting overrides it."""
-    _State.enabled = bool(enabled)
+    _State.enabled = check_switch(enabled, "enable_gpu_kernels(enabled)")
 
 
 def gpu_kernels_enabled() -> bool:

@@ -14,6 +14,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..layers import FUSION_TYPES, check_attn_type, check_mask_args, create_attention
+from ..layers.switches import check_switch
 from .blocks import BasicBlock, MLANGroup, PlainGroup, SingleLevelBlock
 
 __all__ = ["CifarResNet", "STRUCTURES", "LEVELS", "check_input"]
@@ -41,6 +42,29 @@ def check_input(x: torch.Tensor, in_chans: int, multiple: int) -> None:
 
 torch.fx.wrap("check_input")
 
+
+class InputCheck(nn.Module):
+    """Identity that raises :func:`check_input`'s errors. The model's first child, so that timm's ``features_only``
+    wrapper, which runs the children in order instead of ``forward_features``, checks its input too."""
+
+    def __init__(self, in_chans: int, multiple: int) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.multiple = multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_chans, self.multiple)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"in_chans={self.in_chans}, multiple={self.multiple}"
+
+
+
+def _check_num_classes(num_classes) -> None:
+    """ValueError unless ``num_classes`` is an integer >= 0 (0: no classifier)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
 
 class CifarResNet(nn.Module):
     """CIFAR ResNet with no attention (``plain``), attention in every block (``classic``) or MLAN (``mlan``).
@@ -78,7 +102,7 @@ class CifarResNet(nn.Module):
             global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        layers, widths = tuple(layers), tuple(widths)
+        layers, widths = (tuple(v) if isinstance(v, (list, tuple)) else v for v in (layers, widths))  # checked below
         self._check_args(layers, widths, num_classes, in_chans, structure, attn, fusion, levels, num_masks,
                          mask_kernel_size, drop_rate, drop_path_rate)
         self.num_classes = num_classes
@@ -92,6 +116,7 @@ class CifarResNet(nn.Module):
         if structure != "plain":
             attn_layer = partial(create_attention, attn, num_masks=num_masks, mask_kernel_size=mask_kernel_size)
 
+        self.input_check = InputCheck(in_chans, self.reduction)
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act1 = nn.ReLU(inplace=True)
@@ -128,6 +153,9 @@ class CifarResNet(nn.Module):
                     mask_kernel_size, drop_rate, drop_path_rate) -> None:
         if structure not in STRUCTURES:
             raise ValueError(f"unknown structure {structure!r}; choose one of {', '.join(STRUCTURES)}")
+        for name, value in (("layers", layers), ("widths", widths)):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{name} must be a list or tuple with one entry per group, got {value!r}")
         if not layers or len(layers) != len(widths):
             raise ValueError(f"layers {layers} and widths {widths} must be non-empty and equally long "
                              "(one entry per group)")
@@ -135,8 +163,7 @@ class CifarResNet(nn.Module):
             raise ValueError(f"layers must be integers >= 1 (basic blocks per group), got {layers}")
         if any(not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be integers >= 1 (channels per group), got {widths}")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        _check_num_classes(num_classes)
         if not isinstance(in_chans, int) or in_chans < 1:
             raise ValueError(f"in_chans must be an integer >= 1, got {in_chans!r}")
         if structure == "plain":
@@ -154,10 +181,9 @@ class CifarResNet(nn.Module):
         if structure != "mlan" and (fusion != "plus" or levels != "multi"):
             raise ValueError("fusion and levels apply to MLAN models (mlan_*) only")
         check_mask_args(num_masks, mask_kernel_size)
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+        for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}")
         if structure == "mlan" and drop_path_rate:
             raise ValueError("drop_path_rate (stochastic depth) is not defined for MLAN's fused blocks; use 0")
 
@@ -203,6 +229,9 @@ class CifarResNet(nn.Module):
         (:mod:`mlan_timm.layers.gpu_kernels`) where they apply; None follows the process-wide setting
         (``enable_gpu_kernels`` or ``MLAN_TIMM_GPU_KERNELS=1``, off by default).
         """
+        enable = check_switch(enable, "set_fast_paths(enable)")
+        cpu_kernels = check_switch(cpu_kernels, "set_fast_paths(cpu_kernels)", allow_none=True)
+        gpu_kernels = check_switch(gpu_kernels, "set_fast_paths(gpu_kernels)", allow_none=True)
         for m in self.modules():
             if isinstance(m, MLANGroup):
                 m.fast_path = enable
@@ -214,6 +243,7 @@ class CifarResNet(nn.Module):
         return "fc" if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        _check_num_classes(num_classes)
         self.num_classes = num_classes
         if global_pool is None:
             global_pool = self.global_pool.pool_type
@@ -231,7 +261,7 @@ class CifarResNet(nn.Module):
         """Features of the stem (index 0) and each group (1..G), timm's ``forward_intermediates`` contract."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        check_input(x, self.in_chans, self.reduction)
+        x = self.input_check(x)
         take_indices, max_index = feature_take_indices(len(self.groups) + 1, indices)
         intermediates = []
         x = self.act1(self.bn1(self.conv1(x)))
@@ -260,7 +290,7 @@ class CifarResNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_chans, self.reduction)
+        x = self.input_check(x)
         x = self.act1(self.bn1(self.conv1(x)))
         return self.groups(x)
 

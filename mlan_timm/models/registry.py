@@ -55,6 +55,24 @@ def _cfgs() -> Dict[str, Dict[str, Any]]:
 default_cfgs = generate_default_cfgs(_cfgs())
 
 
+def _num_levels(layers: Any) -> int:
+    """Feature levels (stem + one per group); 1 for a malformed ``layers``, which the model's own check refuses."""
+    return len(layers) + 1 if isinstance(layers, (list, tuple)) else 1
+
+
+def _check_out_indices(model_args: Dict[str, Any]) -> None:
+    """ValueError naming the valid range when ``features_only`` asks for a feature the model does not have (timm
+    would fail with an IndexError inside its feature wrapper)."""
+    out_indices = model_args.get("out_indices")
+    if not model_args.get("features_only") or out_indices is None:
+        return
+    n = _num_levels(model_args["layers"])
+    wanted = [out_indices] if isinstance(out_indices, int) else out_indices
+    if n > 1 and any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in wanted):
+        raise ValueError(f"out_indices {out_indices!r}: this model has {n} feature levels (0: stem, 1-{n - 1}: "
+                         f"groups), so indices must be in [{-n}, {n - 1}]")
+
+
 def create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """Build ``variant`` (a zoo name) with timm's ``build_model_with_cfg``; ``kwargs`` override its defaults."""
     model_id = zoo.parse_model_name(variant)
@@ -66,6 +84,7 @@ def create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -
         attn=family.attn,
     )
     model_args.update(kwargs)
+    _check_out_indices(model_args)
     if pretrained:
         overlay = dict(pretrained_cfg_overlay(variant))
         overlay.update(model_args.pop("pretrained_cfg_overlay", None) or {})
@@ -75,7 +94,7 @@ def create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -
             CifarResNet,
             variant,
             pretrained,
-            feature_cfg=dict(out_indices=tuple(range(len(model_args["layers"]) + 1)), flatten_sequential=True),
+            feature_cfg=dict(out_indices=tuple(range(_num_levels(model_args["layers"]))), flatten_sequential=True),
             **model_args,
         )
 
