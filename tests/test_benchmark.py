@@ -707,6 +707,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown depth/dataset [21]" in capsys.readouterr().err
     assert cli.main(["--profile", "--conv-costs"]) == 2
     assert "--profile and --conv-costs are separate runs" in capsys.readouterr().err
+    out = tmp_path / "b.json"
+    for argv, needle in ((["nope_model"], "Unknown model 'nope_model'"),
+                         (["resnet14_cifar10", "--device", "tpu"], "--device 'tpu' is not a device"),
+                         (["resnet14_cifar10", "--device", "cuda"], "CUDA is not available")):
+        if argv[-1] == "cuda" and torch.cuda.is_available():
+            continue
+        assert cli.main([*argv, "--no-time", "--json-out", str(out), "--md-out", str(tmp_path / "b.md")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mlan-bench: error: ") and needle in err and err.count("\n") == 1, err
+        assert not out.exists()  # refused before anything is measured or written
 
 
 @pytest.mark.slow  # ~11 s: runs in CI's slow step

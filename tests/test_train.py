@@ -299,12 +299,16 @@ def test_non_finite_loss_is_a_clear_error_naming_the_epoch(cifar_folder, tmp_pat
     (['--initial-weights', 'nowhere.safetensors'], '--initial-weights: file not found: nowhere.safetensors'),
     (['--model-kwargs', 'num_classes=100'], 'num_classes=100 clashes with dataset cifar10 (10 classes)'),
     (['--model-kwargs', 'cbam'], '--model-kwargs expects key=value pairs'),
+    (['--opt', 'foo'], 'optimizer --opt foo (--lr 0.1, --momentum 0.9, --weight-decay 0.0005): Optimizer foo not'),
+    (['--lr', '-1'], 'optimizer --opt momentum (--lr -1.0, --momentum 0.9, --weight-decay 0.0005): Invalid learn'),
+    (['--sched', 'foo'], "schedule --sched foo: Unknown scheduler 'foo'"),
 ])
 def test_bad_model_arguments_exit_2_with_one_line(cifar_folder, tmp_path, train_args, capsys, extra, needle):
     rc = mtrain.main(train_args(cifar_folder, tmp_path / 'x', epochs=1, extra=extra))
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith('mlan-train: error: ') and needle in err and err.count('\n') == 1, err
+    assert not (tmp_path / 'x' / 'log.jsonl').exists()  # refused before the run starts
 
 
 def test_bad_weights_file_and_offline_pretrained_exit_2(cifar_folder, tmp_path, train_args, capsys, monkeypatch):
@@ -328,6 +332,16 @@ def test_counts_must_be_positive(flag, value, capsys):
         mtrain.parse_args([flag, value])
     assert e.value.code == 2
     assert f'expected an integer >= 1, got {value}' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('flag, value, low', [('--threads', '0', 1), ('--workers', '-1', 0)])
+def test_threads_and_workers_are_checked_by_the_parser(flag, value, low, capsys):
+    from mlan_timm.tools import eval as meval
+    for parse in (mtrain.parse_args, meval.build_parser().parse_args):
+        with pytest.raises(SystemExit) as e:
+            parse([flag, value] + ([] if parse is mtrain.parse_args else ['--model', 'resnet14_cifar10']))
+        assert e.value.code == 2
+        assert f'argument {flag}: expected an integer >= {low}, got {value}' in capsys.readouterr().err
 
 
 def test_plain_resume_needs_output_dir(cifar_folder, tmp_path, train_args, capsys):

@@ -25,6 +25,7 @@ from .common import (
     evaluate,
     load_weights_into,
     model_kwargs_for_dataset,
+    non_negative_int,
     norm_stats,
     parse_model_kwargs,
     positive_int,
@@ -61,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--split', default='test', choices=['test', 'train'])
     p.add_argument('--subset', type=positive_int, default=None, help='evaluate on a fixed random subset of N images')
     p.add_argument('--batch-size', '-b', type=positive_int, default=256)
-    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--workers', type=non_negative_int, default=2)
     p.add_argument('--data-on-device', action='store_true')
     p.add_argument('--device', default='auto')
     p.add_argument('--amp', default='none', choices=['none', 'bf16', 'fp16'])
     p.add_argument('--channels-last', action='store_true')
-    p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--threads', type=positive_int, default=None)
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     p.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
                    help='tqdm progress bar on stderr (default: on when stderr is a terminal)')

@@ -53,6 +53,7 @@ from .common import (
     evaluate,
     load_weights_into,
     model_kwargs_for_dataset,
+    non_negative_int,
     norm_stats,
     parse_model_kwargs,
     positive_int,
@@ -129,7 +130,8 @@ def build_parser(recipe: str = 'paper') -> argparse.ArgumentParser:
                    help='evaluate on a fixed random subset of N images')
     g.add_argument('--data-on-device', action='store_true',
                    help='hold the dataset as a uint8 tensor on the device, augment there (fast on CUDA)')
-    g.add_argument('--workers', type=int, default=2, help='DataLoader workers (ignored with --data-on-device)')
+    g.add_argument('--workers', type=non_negative_int, default=2,
+                   help='DataLoader workers (ignored with --data-on-device)')
     g.add_argument('--padding-mode', choices=mdata.PADDING_MODES,
                    help="padding of the pad-4 random crop: 'reflect' (paper) or 'constant' (zeros)")
     g = p.add_argument_group('recipe')
@@ -169,7 +171,7 @@ def build_parser(recipe: str = 'paper') -> argparse.ArgumentParser:
                    help='torch.compile mode; reduce-overhead (CUDA graphs) suits these launch-bound small models')
     g.add_argument('--deterministic', action='store_true',
                    help='torch.use_deterministic_algorithms (CUDA needs CUBLAS_WORKSPACE_CONFIG=:4096:8)')
-    g.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    g.add_argument('--threads', type=positive_int, default=None, help='torch.set_num_threads')
     g.add_argument('--sync-bn', action='store_true',
                    help='under torchrun on CUDA: SyncBatchNorm, batch statistics over the global batch')
     g.add_argument('--max-steps', type=positive_int, default=None, help='stop each epoch after N steps (smoke runs)')
@@ -617,6 +619,21 @@ def _nothing_to_do(ckpt: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
     return dict(ckpt.get('summary') or {}, output=str(out_dir), nothing_to_do=True, completed_epochs=ckpt['epoch'])
 
 
+def check_optimizer_and_schedule(args):
+    """UsageError for an optimizer or schedule timm refuses (unknown ``--opt`` / ``--sched``, a negative lr, ...):
+    both are built for a one-parameter model first, so the error comes before any data or model is loaded."""
+    probe = nn.Linear(1, 1)
+    try:
+        optimizer = build_optimizer(probe, args)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"optimizer --opt {args.opt} (--lr {args.lr}, --momentum {args.momentum}, --weight-decay "
+                         f"{args.weight_decay}): {e}") from e
+    try:
+        build_scheduler(args, optimizer, updates_per_epoch=1)
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        raise UsageError(f"schedule --sched {args.sched}: {e}") from e
+
+
 #: What a run folder holds once a run has trained (args.json alone, or an empty log, is a run that never did).
 RUN_FILES = ('last.pth', 'model.safetensors', 'summary.json', 'log.jsonl')
 
@@ -653,6 +670,7 @@ def check_run(args) -> RunStart:
     else:
         out_dir = Path(f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_writable_dir(out_dir, '-o/--output')  # before any model or data is loaded
+    check_optimizer_and_schedule(args)
     if resume_from is None:
         refuse_to_overwrite_a_run(out_dir)
     if args.initial_weights and not Path(args.initial_weights).is_file():

@@ -30,7 +30,7 @@ import torch
 
 from ... import zoo
 from ...atomic import atomic_write_text
-from ..common import UsageError, run_cli, set_threads, tune_cpu
+from ..common import UsageError, check_model_registered, resolve_device, run_cli, set_threads, tune_cpu
 from .measure import (
     TimingConfig,
     check_variants,
@@ -165,6 +165,10 @@ def run(args, argv_list) -> int:
     command = timing_environment() + "mlan-bench " + " ".join(argv_list)
     set_threads(args.threads)
     devices = args.device.split(",") if args.device else (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    for dev in devices:  # before anything is measured: an unknown device, or CUDA without a GPU
+        resolve_device(dev)
+    for text in args.models or ():  # an unknown model is an error, not a row that says so
+        check_model_registered(parse_spec(text).model)
     if "cpu" in devices:
         tune_cpu()  # subnormal floats and mmap'ed activations slow CPU kernels (mlan_timm.tools.common)
     cfg = TimingConfig.quick() if args.quick else TimingConfig()
