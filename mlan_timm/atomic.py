@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict
 
-__all__ = ['atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_torch_save', 'atomic_save_file',
-           'default_file_mode', 'default_dir_mode', 'make_temp_dir', 'honour_umask']
+__all__ = ['AtomicWriteError', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_torch_save',
+           'atomic_save_file', 'default_file_mode', 'default_dir_mode', 'make_temp_dir', 'honour_umask']
 
 
 def _umask() -> int:
@@ -55,8 +55,16 @@ def honour_umask(folder: os.PathLike) -> Path:
     return folder
 
 
+class AtomicWriteError(RuntimeError):
+    """A write that failed inside the writer (e.g. torch.save or safetensors on a full disk, whose own messages do not
+    name the file); the file it was to replace is unchanged."""
+
+
 def atomic_write(path: os.PathLike, writer: Callable[[str], None]) -> Path:
-    """Call ``writer(tmp_path)`` on a temp file next to ``path``, then move it onto ``path`` atomically."""
+    """Call ``writer(tmp_path)`` on a temp file next to ``path``, then move it onto ``path`` atomically.
+
+    A failing writer leaves ``path`` as it was and no temp file; its error names ``path`` (an OSError keeps its
+    errno, with ``path`` as the file name; anything else becomes :class:`AtomicWriteError`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
@@ -65,6 +73,12 @@ def atomic_write(path: os.PathLike, writer: Callable[[str], None]) -> Path:
         writer(tmp)
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror or e} (writing {path}, which is unchanged)", str(path)) from e
+    except Exception as e:
+        lines = str(e).strip().splitlines()
+        raise AtomicWriteError(f"cannot write {path} ({path.name} is unchanged): {type(e).__name__}: "
+                               f"{lines[0] if lines else ''}") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

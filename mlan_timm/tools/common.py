@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from .. import data as mdata
 from .. import zoo
+from ..atomic import AtomicWriteError
 from ..pretrained import PretrainedWeightsError
 
 __all__ = [
@@ -455,7 +456,8 @@ _OS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDI
 def run_cli(prog: str, fn: Callable[[], int], extra_errors: Sequence[Tuple[type, int]] = ()) -> int:
     """Run ``fn()``; UsageError, missing data and weights errors print ``{prog}: error: ...`` and return 2; OS errors
     writing files (permissions, read-only or full disk) print ``{prog}: error: ...`` and return 1."""
-    errors = tuple(extra_errors) + ((UsageError, 2), (mdata.DatasetNotFoundError, 2), (PretrainedWeightsError, 2))
+    errors = tuple(extra_errors) + ((UsageError, 2), (mdata.DatasetNotFoundError, 2), (PretrainedWeightsError, 2),
+                                    (AtomicWriteError, 1))
     try:
         return fn()
     except tuple(e for e, _ in errors) as e:
