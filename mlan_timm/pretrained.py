@@ -339,7 +339,7 @@ def _is_hub_error(e: BaseException) -> bool:
     if hub_types and isinstance(e, hub_types):
         return True
     mod = type(e).__module__ or ''
-    return mod.startswith(('httpx', 'requests', 'urllib3', 'huggingface_hub')) or isinstance(e, ConnectionError)
+    return mod.startswith(('httpx', 'requests', 'urllib', 'huggingface_hub')) or isinstance(e, ConnectionError)
 
 
 def _is_corrupt_error(e: BaseException) -> bool:
@@ -347,7 +347,8 @@ def _is_corrupt_error(e: BaseException) -> bool:
     text = str(e)
     return ('SafetensorError' in name or 'HeaderTooLarge' in text or 'InvalidHeader' in text
             or 'invalid load key' in text or 'PytorchStreamReader' in text or 'Error while deserializing' in text
-            or isinstance(e, (EOFError,)) or 'unpickling' in text.lower())
+            or isinstance(e, (EOFError,)) or 'unpickling' in text.lower()
+            or (isinstance(e, RuntimeError) and 'weights_only' in text))  # torch.load refusing what is not weights
 
 
 def _is_mismatch_error(e: BaseException) -> bool:
@@ -381,6 +382,8 @@ def load_errors_as_clear_messages(variant: str) -> Iterator[None]:
                 f"Pretrained weights for {variant!r} from {src} do not match the model's architecture "
                 f"(wrong model's weights?): {_summarise_mismatch(str(e))}") from e
         if _is_corrupt_error(e):
+            if 'weights_only' in first:  # torch's own text ends by advising weights_only=False, unsafe for such a file
+                first = "torch.load(weights_only=True) refused it: it holds pickled Python objects, not only tensors"
             raise PretrainedWeightsError(
                 f"Pretrained weights for {variant!r} from {src} are corrupt or not a weights file: {first}") from e
         if _is_hub_error(e):

@@ -144,6 +144,27 @@ def test_overlay_file_errors_name_that_file(files, wdir, which, needle):
     assert 'Hugging Face' not in msg and 'mlan-timm/' not in msg
 
 
+class _PickledObject:
+    """Not a tensor: torch.load(weights_only=True) refuses a file holding one."""
+
+
+def test_overlay_pth_that_torch_load_refuses_is_a_weights_error_without_unsafe_advice(tmp_path, wdir):
+    """A .pth holding pickled objects torch.load(weights_only=True) refuses: named, and no advice to retry with
+    weights_only=False (torch's own last sentence, unsafe for an unknown file)."""
+    path = tmp_path / 'objects.pth'
+    torch.save({'state_dict': {}, 'hook': _PickledObject()}, path)
+    msg = _error(pretrained_cfg_overlay=dict(file=str(path)))
+    assert msg == (f"Pretrained weights for '{NAME}' from file {path} are corrupt or not a weights file: "
+                   "torch.load(weights_only=True) refused it: it holds pickled Python objects, not only tensors")
+
+
+def test_overlay_url_that_cannot_be_reached_is_a_download_error(wdir):
+    url = 'http://127.0.0.1:9/w.pth'  # the discard port: connection refused, no network involved
+    msg = _error(pretrained_cfg_overlay=dict(url=url))
+    assert msg.startswith(f"No pretrained weights available for '{NAME}': the download from URL {url} failed "
+                          "(URLError:")
+
+
 def test_overlay_missing_file_names_the_path(tmp_path, wdir):
     missing = tmp_path / 'nope' / 'model.safetensors'
     msg = _error(pretrained_cfg_overlay=dict(file=str(missing)))

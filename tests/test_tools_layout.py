@@ -1,6 +1,7 @@
 """The library / tools split: ``import mlan_timm`` loads no tool; every tool runs as a console script and as
 ``python -m mlan_timm.tools.<name>``; one ``k=v`` kwargs syntax for all tools."""
 import json
+import re
 import runpy
 import subprocess
 import sys
@@ -60,6 +61,23 @@ def test_one_kwargs_syntax_for_all_tools():
     assert parse_spec(spec.key) == Spec(spec.model, spec.kwargs)
     with pytest.raises(common.UsageError, match='expects key=value pairs'):
         common.parse_model_kwargs(['cbam'])
+
+
+def test_local_dir_models_are_checked_before_timm_reads_them(tmp_path):
+    """timm stops with a bare FileNotFoundError / JSONDecodeError for a bad local-dir: folder."""
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / 'config.json').write_text('{bad')
+    (tmp_path / 'other').mkdir()
+    (tmp_path / 'other' / 'config.json').write_text('{"architecture": "no_such_model"}')
+    for folder, needle in (('nope', 'nope not found (local-dir: takes a folder written by mlan-export'),
+                           ('.', 'config.json not found'), ('bad', 'config.json is not readable JSON: Expecting'),
+                           ('other', "names no architecture timm knows (architecture: 'no_such_model')")):
+        with pytest.raises(common.UsageError, match=re.escape(needle)):
+            common.check_model_registered(f'local-dir:{tmp_path / folder}')
+    good = tmp_path / 'good'
+    good.mkdir()
+    (good / 'config.json').write_text('{"architecture": "resnet14_cifar10"}')
+    common.check_model_registered(f'local-dir:{good}')
 
 
 def test_common_errors_name_the_problem(tmp_path, tiny_model, monkeypatch):

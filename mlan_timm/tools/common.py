@@ -112,12 +112,36 @@ def check_model_registered(name: str):
     import timm
 
     import mlan_timm  # noqa: F401  (registers the models)
+    if name.startswith('local-dir:'):
+        _check_local_dir(name)
+        return
     base = name.split('.')[0]
-    if not base.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')) and not timm.is_model(base):
+    if not base.startswith(('hf-hub:', 'hf_hub:')) and not timm.is_model(base):
         import difflib
         close = difflib.get_close_matches(base, timm.list_models(), n=6, cutoff=0.6)
         hint = f" Similar names: {', '.join(close)}." if close else ''
         raise UsageError(f"Unknown model {name!r}: not registered with timm (after importing mlan_timm).{hint}")
+
+
+def _check_local_dir(name: str):
+    """UsageError unless ``local-dir:FOLDER`` names a folder whose config.json (timm's Hub layout) names an
+    architecture timm knows; timm itself stops with a bare FileNotFoundError / JSONDecodeError."""
+    import timm
+    folder = Path(name[len('local-dir:'):]).expanduser()
+    config = folder / 'config.json'
+    if not folder.is_dir():
+        raise UsageError(f"Model {name!r}: folder {folder} not found (local-dir: takes a folder written by "
+                         "mlan-export or timm's save_for_hf)")
+    try:
+        cfg = json.loads(config.read_text(encoding='utf-8'))
+    except FileNotFoundError:
+        raise UsageError(f"Model {name!r}: {config} not found (local-dir: takes a folder written by mlan-export or "
+                         "timm's save_for_hf)") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"Model {name!r}: {config} is not readable JSON: {e}") from e
+    arch = cfg.get('architecture') if isinstance(cfg, dict) else None
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        raise UsageError(f"Model {name!r}: {config} names no architecture timm knows (architecture: {arch!r})")
 
 
 _PYTHON_ADVICE = ('pretrained=', 'pretrained_cfg_overlay', 'timm.create_model')
