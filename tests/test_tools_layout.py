@@ -80,6 +80,17 @@ def test_local_dir_models_are_checked_before_timm_reads_them(tmp_path):
     common.check_model_registered(f'local-dir:{good}')
 
 
+def test_an_unreadable_hub_repo_is_a_usage_error_naming_it(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+    monkeypatch.setattr(hc, 'HF_HUB_OFFLINE', True)  # nothing leaves the machine; the cache below is empty
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setattr(hc, 'HF_HUB_CACHE', str(tmp_path / 'hub-cache'))
+    with pytest.raises(common.UsageError, match=r"Model 'hf-hub:someone/nope': its Hugging Face Hub repo could "
+                                                r"not be read \(HF_HUB_OFFLINE is set: only the local cache was "
+                                                r"searched\)"):
+        common.create_model('hf-hub:someone/nope', pretrained=True)
+
+
 def test_common_errors_name_the_problem(tmp_path, tiny_model, monkeypatch):
     with pytest.raises(common.UsageError, match="Cannot tell the dataset from model name 'resnet18'"):
         common.resolve_dataset('resnet18')
