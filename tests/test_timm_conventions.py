@@ -609,6 +609,7 @@ def test_global_pool_kwarg(pool):
     (MLAN_BASE, dict(layers=3), r"layers must be a list or tuple"),
     (MLAN_BASE, dict(drop_rate="0.1"), r"drop_rate must be a number in \[0, 1\), got '0.1'"),
     (MLAN_BASE, dict(num_classes=True), r"num_classes must be an integer >= 0"),
+    (MLAN_BASE, dict(global_pool="foo"), r"global_pool 'foo': Invalid pool type: foo \(e.g. 'avg'"),
     (MLAN_BASE, dict(features_only=True, out_indices=(5,)), r"4 feature levels .* must be in \[-4, 3\]"),
 ])
 def test_bad_kwargs_raise_clear_value_error(name, kwargs, match):

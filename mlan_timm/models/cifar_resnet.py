@@ -61,6 +61,14 @@ class InputCheck(nn.Module):
 
 
 
+def _classifier(num_features: int, num_classes: int, global_pool: str) -> Tuple[nn.Module, nn.Module]:
+    """timm's ``create_classifier``; ValueError naming ``global_pool`` where timm would fail an assert."""
+    try:
+        return create_classifier(num_features, num_classes, pool_type=global_pool)
+    except AssertionError as e:
+        raise ValueError(f"global_pool {global_pool!r}: {e} (e.g. 'avg', 'max', 'avgmax', 'catavgmax' or '')") from e
+
+
 def _check_num_classes(num_classes) -> None:
     """ValueError unless ``num_classes`` is an integer >= 0 (0: no classifier)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
@@ -145,7 +153,7 @@ class CifarResNet(nn.Module):
         self.groups = nn.Sequential(*groups)
 
         self.num_features = self.head_hidden_size = widths[-1]
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = _classifier(self.num_features, num_classes, global_pool)
         self._init_weights()
 
     @staticmethod
@@ -247,7 +255,7 @@ class CifarResNet(nn.Module):
         self.num_classes = num_classes
         if global_pool is None:
             global_pool = self.global_pool.pool_type
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = _classifier(self.num_features, num_classes, global_pool)
 
     def forward_intermediates(
             self,
