@@ -530,6 +530,22 @@ def test_torchrun_two_processes_gloo_matches_the_global_batch(cifar_folder, tmp_
 
 
 @pytest.mark.slow
+def test_torchrun_with_the_dataloader_path_shards_every_image_once(cifar_folder, tmp_path, train_args, repo_root,
+                                                                    subprocess_env):
+    """The same 2-process run without --data-on-device: the DataLoader path's sharded sampler gives the train and
+    test images to the ranks without padding or repeats (global counts 40 / 20, as one process sees). Each rank
+    draws its own augmentation and normalises BatchNorm over its half batch, so the losses are not compared."""
+    dist_out = tmp_path / 'ddp'
+    res = _torchrun(train_args(cifar_folder, dist_out, epochs=2, extra=['--decay-milestones', '1']), repo_root,
+                    subprocess_env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    rows = [json.loads(x) for x in (dist_out / 'log.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in rows] == [0, 1] and all(r['train_images'] == 40 for r in rows)
+    summary = json.loads((dist_out / 'summary.json').read_text())
+    assert summary['test_images'] == 20 and summary['world_size'] == 2
+
+
+@pytest.mark.slow
 def test_torchrun_resume_continues_the_run(cifar_folder, tmp_path, train_args, repo_root, subprocess_env):
     out = tmp_path / 'ddp'
     argv = train_args(cifar_folder, out, epochs=1, extra=['--data-on-device'])
