@@ -173,6 +173,8 @@ def create_model(name: str, pretrained: bool = False, weights_flag: str = '--wei
                     f"mlan-export) instead of --pretrained.")) from e
     except TypeError as e:
         raise UsageError(f"Model {name!r} does not accept these arguments {sorted(kwargs)}: {e}") from e
+    except ValueError as e:  # e.g. an unknown attn=... value: the model's own message names the problem
+        raise UsageError(f"Model {name!r} with arguments {kwargs}: {e}") from e
     except Exception as e:
         from ..pretrained import _is_hub_error
         if not (name.startswith(('hf-hub:', 'hf_hub:')) and _is_hub_error(e)):
@@ -182,8 +184,6 @@ def create_model(name: str, pretrained: bool = False, weights_flag: str = '--wei
         offline = ' (HF_HUB_OFFLINE is set: only the local cache was searched)' if constants.HF_HUB_OFFLINE else ''
         raise UsageError(f"Model {name!r}: its Hugging Face Hub repo could not be read{offline} "
                          f"({type(e).__name__}: {lines[0] if lines else ''})") from e
-    except ValueError as e:  # e.g. an unknown attn=... value: the model's own message names the problem
-        raise UsageError(f"Model {name!r} with arguments {kwargs}: {e}") from e
 
 
 def model_kwargs_for_dataset(kwargs: Dict[str, Any], dataset: str) -> Dict[str, Any]:
