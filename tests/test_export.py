@@ -219,33 +219,33 @@ def test_missing_train_log_is_a_clear_error(weights, tmp_path, capsys):
     assert capsys.readouterr().err.startswith('mlan-export: error: Training log file not found')
 
 
-def test_push_main_constructs_hfapi_with_token(weights, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def fake_hub(weights, tmp_path, monkeypatch):
+    """An export under tmp_path/hub, HfApi replaced by a mock and HF_TOKEN set: returns the mock class."""
     _, path = weights
     mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
     fake = mock.Mock()
     fake.return_value.upload_folder.return_value = mock.Mock(commit_url='u')
     monkeypatch.setattr('huggingface_hub.HfApi', fake)
     monkeypatch.setenv('HF_TOKEN', 'hf_env')
+    return fake
+
+
+def test_push_main_constructs_hfapi_with_token(fake_hub, tmp_path):
     assert mexport.push_main(['--model', TINY_MODEL, '--hub-dir', str(tmp_path / 'hub')]) == 0
-    fake.assert_called_once_with(token='hf_env')
-    assert fake.return_value.create_repo.call_args.kwargs['repo_id'] == f'{zoo.HF_ORG}/{TINY_MODEL}'
+    fake_hub.assert_called_once_with(token='hf_env')
+    assert fake_hub.return_value.create_repo.call_args.kwargs['repo_id'] == f'{zoo.HF_ORG}/{TINY_MODEL}'
 
 
-def test_push_main_passes_its_options_to_the_hub(weights, tmp_path, monkeypatch):
+def test_push_main_passes_its_options_to_the_hub(fake_hub, tmp_path):
     """--token over $HF_TOKEN, --private, --revision and --commit-message reach HfApi; only the card, config and
     weights are uploaded."""
-    _, path = weights
-    mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(path))
-    fake = mock.Mock()
-    fake.return_value.upload_folder.return_value = mock.Mock(commit_url='u')
-    monkeypatch.setattr('huggingface_hub.HfApi', fake)
-    monkeypatch.setenv('HF_TOKEN', 'hf_env')
     assert mexport.push_main(['--model', TINY_MODEL, '--hub-dir', str(tmp_path / 'hub'), '--token', 'hf_flag',
                               '--private', '--revision', 'v2', '--commit-message', 'retrained']) == 0
-    fake.assert_called_once_with(token='hf_flag')
-    fake.return_value.create_repo.assert_called_once_with(repo_id=f'{zoo.HF_ORG}/{TINY_MODEL}', private=True,
-                                                          exist_ok=True, repo_type='model')
-    kw = fake.return_value.upload_folder.call_args.kwargs
+    fake_hub.assert_called_once_with(token='hf_flag')
+    fake_hub.return_value.create_repo.assert_called_once_with(repo_id=f'{zoo.HF_ORG}/{TINY_MODEL}', private=True,
+                                                              exist_ok=True, repo_type='model')
+    kw = fake_hub.return_value.upload_folder.call_args.kwargs
     assert (kw['revision'], kw['commit_message']) == ('v2', 'retrained')
     assert sorted(kw['allow_patterns']) == ['*.json', '*.md', '*.safetensors']
 
