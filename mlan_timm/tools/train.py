@@ -629,9 +629,11 @@ def check_optimizer_and_schedule(args):
         raise UsageError(f"optimizer --opt {args.opt} (--lr {args.lr}, --momentum {args.momentum}, --weight-decay "
                          f"{args.weight_decay}): {e}") from e
     try:
-        build_scheduler(args, optimizer, updates_per_epoch=1)
+        scheduler, _ = build_scheduler(args, optimizer, updates_per_epoch=1)
     except (ValueError, KeyError, TypeError, AssertionError) as e:
         raise UsageError(f"schedule --sched {args.sched}: {e}") from e
+    if scheduler is None:  # older timm returns None for a name it does not know
+        raise UsageError(f"schedule --sched {args.sched}: Unknown scheduler {args.sched!r}.")
 
 
 #: What a run folder holds once a run has trained (args.json alone, or an empty log, is a run that never did).
