@@ -524,6 +524,9 @@ def _unwrap_worker_errors(it: Iterator) -> Iterator:
     try:
         yield from it
     except DatasetNotFoundError as e:
+        # stop the workers now: left to the garbage collector, the iterator (kept alive by the traceback) takes
+        # torch's 5 s worker-join timeout to shut down
+        getattr(it, '_shutdown_workers', lambda: None)()
         msg, tag = str(e), 'DatasetNotFoundError: '
         if msg.startswith('Caught DatasetNotFoundError') and tag in msg:
             raise DatasetNotFoundError(msg.rsplit(tag, 1)[1].strip()) from None
