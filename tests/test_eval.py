@@ -59,6 +59,19 @@ def test_eval_json_matches_direct_computation(data_dir, weights, capsys):
     assert res['weights'] == 'w.safetensors' and 'training' not in res  # no local paths; no training record
 
 
+def test_channels_last_and_bf16_autocast_evaluate_the_same_weights(data_dir, weights, capsys):
+    """--channels-last changes only the memory layout (same metrics to float rounding); --amp bf16 runs the convs in
+    bfloat16 (loss within bf16 precision) and is recorded in the JSON."""
+    model, path = weights
+    _, _, loss = _direct_metrics(model, data_dir)
+    for extra, tol in (([], 1e-4), (['--channels-last'], 1e-4), (['--amp', 'bf16'], 3e-2)):
+        assert meval.main(_args(data_dir, '--weights', str(path), '--json', *extra)) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res['loss'] == pytest.approx(loss, rel=tol), extra
+        assert res['amp'] == ('bf16' if '--amp' in extra else 'none')
+    assert res['loss'] != pytest.approx(loss, rel=1e-5)  # bf16 did run: its rounding shows in the loss
+
+
 def test_eval_of_a_training_checkpoint_uses_its_model_or_its_ema_weights(data_dir, weights, tmp_path, capsys):
     """``--checkpoint last.pth`` evaluates the checkpoint's 'model' weights, ``--ema`` its 'ema' ones (ModelEmaV3's
     keys carry a ``module.`` prefix); both give the metrics of those weights computed directly."""

@@ -302,6 +302,7 @@ def test_non_finite_loss_is_a_clear_error_naming_the_epoch(cifar_folder, tmp_pat
     (['--opt', 'foo'], 'optimizer --opt foo (--lr 0.1, --momentum 0.9, --weight-decay 0.0005): Optimizer foo not'),
     (['--lr', '-1'], 'optimizer --opt momentum (--lr -1.0, --momentum 0.9, --weight-decay 0.0005): Invalid learn'),
     (['--sched', 'foo'], "schedule --sched foo: Unknown scheduler 'foo'"),
+    (['--model-kwargs', 'features_only=true'], '--model-kwargs features_only builds a feature extractor'),
 ])
 def test_bad_model_arguments_exit_2_with_one_line(cifar_folder, tmp_path, train_args, capsys, extra, needle):
     rc = mtrain.main(train_args(cifar_folder, tmp_path / 'x', epochs=1, extra=extra))

@@ -189,6 +189,10 @@ def create_model(name: str, pretrained: bool = False, weights_flag: str = '--wei
 def model_kwargs_for_dataset(kwargs: Dict[str, Any], dataset: str) -> Dict[str, Any]:
     """``kwargs`` plus ``num_classes`` of ``dataset``; a conflicting ``num_classes`` kwarg is a UsageError."""
     kwargs = dict(kwargs)
+    if kwargs.get('features_only'):
+        raise UsageError("--model-kwargs features_only builds a feature extractor without a classifier; the tools "
+                         "train, evaluate and export classifiers (use timm.create_model(..., features_only=True) in "
+                         "Python)")
     n = mdata.dataset_info(dataset).num_classes
     if 'num_classes' in kwargs and kwargs['num_classes'] != n:
         raise UsageError(f"--model-kwargs num_classes={kwargs['num_classes']} clashes with dataset {dataset} "
