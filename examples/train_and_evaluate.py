@@ -24,10 +24,12 @@ def main():
     args = p.parse_args()
     out = Path(args.out)
 
-    # 1. train: the paper recipe, shortened (the milestone at epoch 1 shows the lr drop)
+    # 1. train: the paper recipe, shortened (the milestone at epoch 1 shows the lr drop). Run again, the example
+    # continues the run in --out (nothing to do if it finished; more --epochs train on) instead of replacing it.
+    resume = ['--resume'] if (out / 'run' / 'last.pth').is_file() else []
     rc = mtrain.main(['--model', args.model, '--data-dir', args.data_dir, '--subset', str(args.subset),
                       '--test-subset', '1000', '--epochs', str(args.epochs), '--decay-milestones', '1',
-                      '--batch-size', '64', '--workers', '0', '--no-progress', '-o', str(out / 'run')])
+                      '--batch-size', '64', '--workers', '0', '--no-progress', '-o', str(out / 'run'), *resume])
     if rc:
         raise SystemExit(rc)
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .atomic import atomic_torch_save, make_temp_dir
+from .atomic import AtomicWriteError, atomic_torch_save, make_temp_dir
 from .zoo import DATASETS, DatasetInfo
 
 __all__ = [
@@ -349,7 +349,7 @@ def _load_folder_uint8(name: str, root: Path, cache_dir: Optional[PathLike]):
     y = torch.as_tensor([c for _, c in folder.samples], dtype=torch.int64)
     try:
         atomic_torch_save({'x': x, 'y': y}, cache_file)
-    except OSError:
+    except (OSError, AtomicWriteError):  # e.g. a full disk: torch.save's error is not an OSError
         pass  # caching is an optimisation only
     return x, y
 

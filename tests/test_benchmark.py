@@ -713,7 +713,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                          (["resnet14_cifar10", "--device", "cuda"], "CUDA is not available")):
         if argv[-1] == "cuda" and torch.cuda.is_available():
             continue
-        assert cli.main([*argv, "--no-time", "--json-out", str(out), "--md-out", str(tmp_path / "b.md")]) == 2
+        timing = [] if argv[0] == "nope_model" else ["--min-run-time", "0.001", "--rounds", "1"]
+        assert cli.main([*argv, *timing, "--json-out", str(out), "--md-out", str(tmp_path / "b.md")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("mlan-bench: error: ") and needle in err and err.count("\n") == 1, err
         assert not out.exists()  # refused before anything is measured or written

@@ -1,4 +1,5 @@
-"""examples/gradcam.py and examples/plot_training.py run on tiny inputs on CPU and write PNGs of the expected size."""
+"""examples/gradcam.py and examples/plot_training.py run on tiny inputs on CPU and write PNGs of the expected size;
+examples/train_and_evaluate.py runs its loop twice on a synthetic set."""
 import importlib.util
 import json
 import math
@@ -119,3 +120,27 @@ def test_gradcam_on_real_cifar10_tarball(tmp_path):
     out = tmp_path / "cam.png"
     gc.main(["--data-dir", data, "--num-images", "3", "--out", str(out)])
     assert _png_size(out) == gc.figure_size_px(3, 2)
+
+
+def test_train_and_evaluate_example_runs_end_to_end_and_again(tmp_path, cifar_folder, monkeypatch, capsys):
+    """examples/train_and_evaluate.py trains, evaluates and exports; run again on the same --out it continues the
+    finished run (nothing to train) instead of being refused or replacing it, and exports the same weights."""
+    import sys
+
+    from safetensors.torch import load_file
+    ex = _load("train_and_evaluate")
+    out = tmp_path / "ex"
+    monkeypatch.setattr(sys, "argv", ["train_and_evaluate.py", "--data-dir", str(cifar_folder), "--out", str(out),
+                                      "--model", "resnet14_cifar10", "--epochs", "1"])
+    ex.main()
+    weights = (out / "run" / "model.safetensors").read_bytes()
+    first = json.loads((out / "eval.json").read_text())
+    ex.main()
+    assert (out / "run" / "model.safetensors").read_bytes() == weights
+    assert "nothing to do" in capsys.readouterr().out
+    again = json.loads((out / "eval.json").read_text())
+    assert (again["top1"], again["loss"]) == (first["top1"], first["loss"])
+    exported = load_file(out / "hub" / "resnet14_cifar10" / "model.safetensors")
+    trained = load_file(out / "run" / "model.safetensors")
+    assert exported.keys() == trained.keys() and all((exported[k] == trained[k]).all() for k in trained)
+    assert f"{first['top1']:.2f}" in (out / "hub" / "resnet14_cifar10" / "README.md").read_text()

@@ -134,20 +134,21 @@ def test_card_takes_final_and_best_from_the_weights_training_record(tmp_path, ci
 
 def test_card_commands_reproduce_the_cards_numbers(tmp_path, cifar_folder, capsys):
     """The card's "How the numbers were measured" commands, run as written, print the card's params, MACs and
-    mlan-eval row (model kwargs, split and subset passed through)."""
+    mlan-eval row (model kwargs, a list among them, split, subset and autocast passed through)."""
     import contextlib
     import io
     import re
     import shlex
 
     from mlan_timm.tools import eval as meval
-    kwargs = {'drop_rate': 0.25}
+    kwargs = {'drop_rate': 0.25, 'widths': [4, 8, 16]}
     torch.manual_seed(3)
     model = timm.create_model(TINY_MODEL, **kwargs).eval()
     path = tmp_path / 'w.safetensors'
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    eval_args = ['--model', TINY_MODEL, '--model-kwargs', 'drop_rate=0.25', '--weights', str(path), '--data-dir',
-                 str(cifar_folder), '--split', 'train', '--subset', '12', '--workers', '0', '--json']
+    eval_args = ['--model', TINY_MODEL, '--model-kwargs', 'drop_rate=0.25', 'widths=[4, 8, 16]', '--weights',
+                 str(path), '--data-dir', str(cifar_folder), '--split', 'train', '--subset', '12', '--amp', 'bf16',
+                 '--workers', '0', '--json']
     assert meval.main(eval_args) == 0
     (tmp_path / 'eval.json').write_text(capsys.readouterr().out)
     ev = json.loads((tmp_path / 'eval.json').read_text())
@@ -162,7 +163,8 @@ def test_card_commands_reproduce_the_cards_numbers(tmp_path, cifar_folder, capsy
     params, macs = map(int, printed.getvalue().split())
     assert f"{params:,}" in card and f"{macs / 1e6:.2f}" in card
     command = re.search(r'`(mlan-eval [^`]+)`', section).group(1)
-    assert '--model-kwargs drop_rate=0.25' in command and '--split train --subset 12' in command
+    assert '--model-kwargs drop_rate=0.25 ' in command and " 'widths=[4, 8, 16]' " in command
+    assert '--split train --subset 12 --amp bf16' in command
     argv = [str(cifar_folder) if a == '<CIFAR data>' else a
             for a in shlex.split(command.replace('<CIFAR data>', "'<CIFAR data>'"))[1:]]
     os.chdir(out)  # "in this repository's folder": --weights .

@@ -611,6 +611,7 @@ def test_global_pool_kwarg(pool):
     (MLAN_BASE, dict(num_classes=True), r"num_classes must be an integer >= 0"),
     (MLAN_BASE, dict(global_pool="foo"), r"global_pool 'foo': Invalid pool type: foo \(e.g. 'avg'"),
     (MLAN_BASE, dict(features_only=True, out_indices=(5,)), r"4 feature levels .* must be in \[-4, 3\]"),
+    (MLAN_BASE, dict(features_only=True, out_indices=5), r"an integer \(the last N levels\) must be in \[1, 4\]"),
 ])
 def test_bad_kwargs_raise_clear_value_error(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -651,6 +652,28 @@ def test_bad_input_raises_clear_value_error(name, shape, match):
             model.forward_features(x)
         with pytest.raises(ValueError, match=match):
             model.forward_intermediates(x)
+
+
+def test_a_whole_model_pickled_before_the_input_check_gets_one():
+    """torch.save(model) of a model built before ``input_check`` existed unpickles with it, as the first child."""
+    import io
+    model = _create(MLAN_BASE).eval()
+    del model._modules["input_check"]  # what such a pickle holds
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert next(iter(loaded.named_children()))[0] == "input_check"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_x(1)), _create(MLAN_BASE).eval()(_x(1)))
+        with pytest.raises(ValueError, match="multiples of 4"):
+            loaded(torch.randn(1, 3, 31, 31))
+
+
+def test_integer_out_indices_take_the_last_levels_as_in_timm():
+    model = _create(MLAN_BASE, features_only=True, out_indices=4).eval()
+    assert [f.shape[1] for f in model(_x(1))] == [8, 8, 16, 32]
+    assert [f.shape[1] for f in _create(MLAN_BASE, features_only=True, out_indices=2).eval()(_x(1))] == [16, 32]
 
 
 def test_reset_classifier_checks_num_classes_like_the_constructor():

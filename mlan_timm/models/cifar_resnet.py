@@ -156,6 +156,15 @@ class CifarResNet(nn.Module):
         self.global_pool, self.fc = _classifier(self.num_features, num_classes, global_pool)
         self._init_weights()
 
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        """Unpickling a whole model saved before ``input_check`` existed adds it, as the model's first child."""
+        super().__setstate__(state)
+        if "input_check" not in self._modules:
+            modules = list(self._modules.items())
+            self._modules.clear()
+            self._modules["input_check"] = InputCheck(self.in_chans, self.reduction)
+            self._modules.update(modules)
+
     @staticmethod
     def _check_args(layers, widths, num_classes, in_chans, structure, attn, fusion, levels, num_masks,
                     mask_kernel_size, drop_rate, drop_path_rate) -> None:

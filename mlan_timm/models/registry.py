@@ -67,10 +67,16 @@ def _check_out_indices(model_args: Dict[str, Any]) -> None:
     if not model_args.get("features_only") or out_indices is None:
         return
     n = _num_levels(model_args["layers"])
-    wanted = [out_indices] if isinstance(out_indices, int) else out_indices
-    if n > 1 and any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in wanted):
-        raise ValueError(f"out_indices {out_indices!r}: this model has {n} feature levels (0: stem, 1-{n - 1}: "
-                         f"groups), so indices must be in [{-n}, {n - 1}]")
+    if n == 1:
+        return
+    levels = f"this model has {n} feature levels (0: stem, 1-{n - 1}: groups)"
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):  # timm: an int N means the last N levels
+        if not 1 <= out_indices <= n:
+            raise ValueError(f"out_indices {out_indices}: {levels}, so an integer (the last N levels) must be in "
+                             f"[1, {n}]")
+    elif not isinstance(out_indices, (list, tuple)) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in out_indices):
+        raise ValueError(f"out_indices {out_indices!r}: {levels}, so indices must be in [{-n}, {n - 1}]")
 
 
 def create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:

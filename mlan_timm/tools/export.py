@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -112,10 +113,11 @@ def _measurement_lines(info: Dict[str, Any]) -> List[str]:
              '- **Params and MACs:** `python -c "import timm, mlan_timm; from mlan_timm.complexity import '
              f'count_params, count_macs; m = {create}; print(count_params(m), count_macs(m))"`']
     if ev:
-        kwargs = format_model_kwargs(args)
+        kwargs = [shlex.quote(k) for k in format_model_kwargs(args)]  # e.g. 'widths=[16, 32, 64]' stays one word
         flags = ([f"--model-kwargs {' '.join(kwargs)}"] if kwargs else []) + \
             ([f"--split {ev['split']}"] if ev.get('split') not in (None, 'test') else []) + \
-            ([f"--subset {ev['subset']}"] if ev.get('subset') else [])
+            ([f"--subset {ev['subset']}"] if ev.get('subset') else []) + \
+            ([f"--amp {ev['amp']}"] if ev.get('amp') not in (None, 'none') else [])
         lines.append(f"- **`mlan-eval` row**, in this repository's folder: `mlan-eval --model {name} "
                      f"{' '.join(flags + [''])}--weights . --data-dir <CIFAR data> --json`")
     if training.get('final_epoch') is not None:
@@ -284,7 +286,7 @@ def check_eval_results(ev: Any, model_name: str, model_kwargs: Optional[Dict[str
     so ``--weights FOLDER`` and ``FOLDER/model.safetensors`` agree) and its ``(ema)`` mark against ``use_ema``.
     Results of ``--pretrained`` weights are refused (except a ``local-dir:`` folder's, its model.safetensors)."""
     model_kwargs = model_kwargs or {}
-    flags = format_model_kwargs(_plain_kwargs(model_kwargs))
+    flags = [shlex.quote(k) for k in format_model_kwargs(_plain_kwargs(model_kwargs))]
     advice = (f"give the mlan-eval --json output for these weights (mlan-eval --model {model_name.split('.')[0]} "
               f"{' '.join(['--model-kwargs'] + flags + ['']) if flags else ''}--weights FILE --json)")
     if not isinstance(ev, dict):

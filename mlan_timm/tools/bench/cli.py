@@ -165,8 +165,9 @@ def run(args, argv_list) -> int:
     command = timing_environment() + "mlan-bench " + " ".join(argv_list)
     set_threads(args.threads)
     devices = args.device.split(",") if args.device else (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    for dev in devices:  # before anything is measured: an unknown device, or CUDA without a GPU
-        resolve_device(dev)
+    if not (args.no_time or args.render_only):
+        for dev in devices:  # before anything is measured: an unknown device, or CUDA without a GPU
+            resolve_device(dev)
     for text in args.models or ():  # an unknown model is an error, not a row that says so
         check_model_registered(parse_spec(text).model)
     if "cpu" in devices:
