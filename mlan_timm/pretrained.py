@@ -42,7 +42,7 @@ from .zoo import hub_repo_id
 __all__ = [
     'PretrainedWeightsError', 'weights_dir', 'read_manifest', 'sha256_file', 'published_tags', 'has_pretrained',
     'bundled_file', 'pretrained_cfg_overlay', 'load_errors_as_clear_messages', 'read_state_dict',
-    'load_state_dict_clearly',
+    'load_state_dict_clearly', 'weights_digest',
 ]
 
 MANIFEST_NAME = 'MANIFEST.json'
@@ -413,6 +413,18 @@ def _summarise_mismatch(text: str, limit: int = 600) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Reading weights files / checkpoints (used by mlan-eval, mlan-export, mlan-train --initial-weights)
 # ----------------------------------------------------------------------------------------------------------
+
+def weights_digest(state_dict: Dict[str, torch.Tensor]) -> str:
+    """sha256 (hex) of a state dict's names, dtypes, shapes and values, in name order: the same weights give the
+    same digest whatever file held them (a checkpoint's model entry, a safetensors file) and whatever their memory
+    layout; mlan-eval reports it, and mlan-export checks the results it prints against the weights it exports."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
 
 def read_state_dict(path: os.PathLike, model_name: str = '', use_ema: bool = False) -> Dict[str, torch.Tensor]:
     """State dict from a ``.safetensors`` file or a ``.pth`` checkpoint (mlan-train's or a plain state dict)."""

@@ -57,6 +57,8 @@ def test_eval_json_matches_direct_computation(data_dir, weights, capsys):
     assert res['loss'] == pytest.approx(loss, rel=1e-4)
     assert res['img_per_s'] > 0 and res['params'] == sum(p.numel() for p in model.parameters())
     assert res['weights'] == 'w.safetensors' and 'training' not in res  # no local paths; no training record
+    from mlan_timm.pretrained import weights_digest
+    assert res['weights_digest'] == weights_digest(model.state_dict())  # what mlan-export checks its card against
 
 
 def test_channels_last_and_bf16_autocast_evaluate_the_same_weights(data_dir, weights, capsys):

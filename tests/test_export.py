@@ -468,9 +468,10 @@ def test_eval_results_of_these_weights_are_accepted(ev, tmp_path):
 
 
 def test_eval_of_a_weights_folder_matches_an_export_of_its_file_and_back(tmp_path, cifar_folder, capsys):
-    """mlan-eval of ``--weights FOLDER`` records the file it resolves (model.safetensors): an export of
-    ``FOLDER/model.safetensors`` takes it, and the other way round; another file of that name cannot be told apart,
-    a file of another name is refused."""
+    """mlan-eval of ``--weights FOLDER`` records the file it resolves (model.safetensors) and the weights' digest: an
+    export of ``FOLDER/model.safetensors`` takes it, and the other way round. The digest decides, not the name: a
+    renamed copy of the weights takes the results, other weights under the same name do not; without a digest (an
+    older mlan-eval file) the file name is compared."""
     from mlan_timm.tools import eval as meval
     torch.manual_seed(5)
     run = tmp_path / 'run'
@@ -485,12 +486,46 @@ def test_eval_of_a_weights_folder_matches_an_export_of_its_file_and_back(tmp_pat
         out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(export_weights), eval_results=ev)
         card = (out / 'README.md').read_text()
         assert f"| these weights, `mlan-eval` (6 test images) | - | {ev['top1']:.2f} |" in card
+    from mlan_timm.pretrained import weights_digest
+    assert ev['weights_digest'] == weights_digest(load_file(run / 'model.safetensors'))
     (tmp_path / 'eval.json').write_text(json.dumps(ev))
     renamed = tmp_path / 'w.safetensors'
     renamed.write_bytes((run / 'model.safetensors').read_bytes())
     assert mexport.main(['--model', TINY_MODEL, '--weights', str(renamed), '--hub-dir', str(tmp_path / 'hub2'),
+                         '--eval-json', str(tmp_path / 'eval.json')]) == 0
+    other = tmp_path / 'other'
+    other.mkdir()
+    torch.manual_seed(6)
+    save_file({k: v.contiguous() for k, v in timm.create_model(TINY_MODEL).state_dict().items()},
+              str(other / 'model.safetensors'))
+    capsys.readouterr()
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(other), '--hub-dir', str(tmp_path / 'hub3'),
                          '--eval-json', str(tmp_path / 'eval.json')]) == 2
+    err = capsys.readouterr().err
+    assert 'holds results of other weights than those exported (weights digest' in err
+    assert not (tmp_path / 'hub3').exists()
+    (tmp_path / 'old.json').write_text(json.dumps({k: v for k, v in ev.items() if k != 'weights_digest'}))
+    assert mexport.main(['--model', TINY_MODEL, '--weights', str(renamed), '--hub-dir', str(tmp_path / 'hub4'),
+                         '--eval-json', str(tmp_path / 'old.json')]) == 2
     assert 'results of weights model.safetensors, not of the exported file w.safetensors' in capsys.readouterr().err
+
+
+def test_eval_of_a_runs_checkpoint_matches_an_export_of_its_final_weights(tmp_path, cifar_folder, train_args,
+                                                                         capsys):
+    """A finished mlan-train run's last.pth ('model' entry) and model.safetensors hold the same weights: the digest
+    lets an export of either take an mlan-eval of the other, which file names could not."""
+    from mlan_timm.tools import eval as meval
+    from mlan_timm.tools import train as mtrain
+    run = tmp_path / 'run'
+    assert mtrain.main(train_args(cifar_folder, run, epochs=1, extra=['--max-steps', '1'])) == 0
+    capsys.readouterr()
+    assert meval.main(['--model', TINY_MODEL, '--checkpoint', str(run), '--data-dir', str(cifar_folder),
+                       '--workers', '0', '--json']) == 0
+    ev = json.loads(capsys.readouterr().out)
+    out = mexport.export_model(TINY_MODEL, tmp_path / 'hub', weights=str(run), eval_results=ev)
+    card = (out / 'README.md').read_text()
+    assert f"| these weights, `mlan-eval` (20 test images) | - | {ev['top1']:.2f} |" in card
+    assert f"- **Weights digest:** `{ev['weights_digest']}`" in card
 
 
 def test_eval_of_an_export_folder_through_local_dir_is_accepted(variant_weights, tmp_path):

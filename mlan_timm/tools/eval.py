@@ -18,6 +18,7 @@ import torch
 from .. import data as mdata
 from .. import zoo
 from ..complexity import count_params
+from ..pretrained import weights_digest
 from .common import (
     HelpFormatter,
     UsageError,
@@ -104,6 +105,7 @@ def run_eval(args) -> Dict[str, Any]:
     elif (getattr(model, 'pretrained_cfg', None) or {}).get('input_size', (3, 224, 224))[-1] == 32:
         record = model.pretrained_cfg  # published weights: the constants they were trained with
     mean, std = norm_stats(dataset, record)
+    digest = weights_digest(model.state_dict())  # of the weights evaluated: mlan-export checks its card against it
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -115,7 +117,8 @@ def run_eval(args) -> Dict[str, Any]:
     out = dict(model=args.model, weights=source + (' (ema)' if args.ema else ''), dataset=dataset,
                split=args.split, images=res['images'], top1=res['top1'], top5=res['top5'], loss=res['loss'],
                img_per_s=res['img_per_s'], device=str(device), amp=args.amp, params=count_params(model),
-               model_kwargs={k: v for k, v in kwargs.items() if k != 'num_classes'}, subset=args.subset)
+               model_kwargs={k: v for k, v in kwargs.items() if k != 'num_classes'}, subset=args.subset,
+               weights_digest=digest)
     if path and record:
         out['training'] = _training_summary(record)
     return out

@@ -29,6 +29,7 @@ import torch
 from .. import paper_tables, zoo
 from ..atomic import honour_umask, make_temp_dir
 from ..complexity import count_macs, count_params
+from ..pretrained import weights_digest
 from .common import (
     HelpFormatter,
     UsageError,
@@ -47,7 +48,7 @@ from .common import (
 )
 
 __all__ = ['count_macs', 'count_params', 'paper_variant_of', 'paper_result', 'export_name', 'export_model',
-           'check_eval_results', 'render_model_card', 'push_folder', 'main', 'push_main']
+           'check_eval_results', 'check_eval_digest', 'render_model_card', 'push_folder', 'main', 'push_main']
 
 NOT_AVAILABLE = 'not available'
 NOT_IN_PAPER = 'not in the paper'
@@ -151,6 +152,9 @@ def render_model_card(info: Dict[str, Any]) -> str:
         f"- **Params (M):** {info['params'] / 1e6:.3f} ({info['params']:,})",
         f"- **MACs (M) at 3x32x32:** {info['macs'] / 1e6:.2f} (torch.utils.flop_counter.FlopCounterMode, FLOPs/2)",
         f"- **Model args:** `{json.dumps(info.get('model_args') or {})}`",
+        *([f"- **Weights digest:** `{info['weights_digest']}` (`mlan_timm.pretrained.weights_digest`: sha256 of the "
+           "state dict's names, dtypes, shapes and values; `mlan-eval --json` reports the digest of the weights it "
+           "evaluated)"] if info.get('weights_digest') else []),
         f"- **License:** {info.get('license', 'apache-2.0')}", '',
         '## Results', '',
         f'{ds_title} test accuracy in %. The paper reports the best test top-1 over all training epochs; the '
@@ -284,7 +288,9 @@ def check_eval_results(ev: Any, model_name: str, model_kwargs: Optional[Dict[str
     Compared where ``ev`` records them (older files lack some keys): ``model`` (base name, tag dropped) and
     ``model_kwargs``, ``dataset``, and ``weights``: its file name against ``weights_file``'s (the resolved file,
     so ``--weights FOLDER`` and ``FOLDER/model.safetensors`` agree) and its ``(ema)`` mark against ``use_ema``.
-    Results of ``--pretrained`` weights are refused (except a ``local-dir:`` folder's, its model.safetensors)."""
+    Results of ``--pretrained`` weights are refused (except a ``local-dir:`` folder's, its model.safetensors).
+    Where ``ev`` has a ``weights_digest`` (mlan-eval writes one), that decides instead of the file name:
+    :func:`check_eval_digest` compares it with the loaded weights' once the model is built."""
     model_kwargs = model_kwargs or {}
     flags = [shlex.quote(k) for k in format_model_kwargs(_plain_kwargs(model_kwargs))]
     advice = (f"give the mlan-eval --json output for these weights (mlan-eval --model {model_name.split('.')[0]} "
@@ -304,8 +310,11 @@ def check_eval_results(ev: Any, model_name: str, model_kwargs: Optional[Dict[str
     if ev.get('dataset') is not None and ev['dataset'] != dataset:
         raise UsageError(f"{source} holds {ev['dataset']} results, not {dataset} (the exported model's dataset): "
                          f"{advice}")
+    if ev.get('weights_digest') is not None and not isinstance(ev['weights_digest'], str):
+        raise UsageError(f"{source}: weights_digest is {ev['weights_digest']!r}, not a string: {advice}")
     recorded = ev.get('weights')
-    if recorded is not None and weights_file is not None:
+    if ev.get('weights_digest') is None and recorded is not None and weights_file is not None:
+        # older mlan-eval files have no digest: the file name and the (ema) mark are all there is to compare
         ema = recorded.endswith(' (ema)')
         file = Path(recorded[:-len(' (ema)')] if ema else recorded).name
         if file == 'pretrained':
@@ -322,6 +331,16 @@ def check_eval_results(ev: Any, model_name: str, model_kwargs: Optional[Dict[str
             raise UsageError(f"{source} holds results of {which[0]} of {file}, but this export is of {which[1]}: "
                              f"{advice}")
     return ev
+
+
+def check_eval_digest(ev: Optional[Dict[str, Any]], digest: str, source: str = 'eval_results'):
+    """UsageError when ``ev`` records a ``weights_digest`` (:func:`mlan_timm.pretrained.weights_digest`) other than
+    ``digest``, that of the weights exported: the results are of other weights, whatever their file was called."""
+    recorded = (ev or {}).get('weights_digest')
+    if recorded is not None and recorded != digest:
+        raise UsageError(f"{source} holds results of other weights than those exported (weights digest "
+                         f"{recorded[:12]}... against {digest[:12]}...): evaluate the exported weights with mlan-eval "
+                         "--json and give that output")
 
 
 _LOG_NUMBERS = ('epoch', 'train_loss', 'test_top1', 'test_top5', 'time')
@@ -502,6 +521,8 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
         model = create_model(base, **model_kwargs_for_dataset(model_kwargs, dataset))
         load_weights_into(model, exported_file, base, use_ema=use_ema)
     model = model.cpu().eval()
+    digest = weights_digest(model.state_dict())
+    check_eval_digest(eval_results, digest, eval_source)
 
     recipe = _recipe_of(run_args, checkpoint)
     record = read_training_record(weights or checkpoint) or {}
@@ -534,7 +555,7 @@ def export_model(model_name: str, hub_dir: os.PathLike = 'hub', weights: Optiona
                     macs=count_macs(model, tuple(pcfg.get('input_size', (3, 32, 32)))),
                     model_args=cfg.get('model_args'), license=pcfg.get('license', 'apache-2.0'),
                     eval=ev, train_log=log_rows, training=training, recipe=recipe,
-                    paper=paper_result(base, model_kwargs), repo_id=repo_id,
+                    paper=paper_result(base, model_kwargs), repo_id=repo_id, weights_digest=digest,
                     date=datetime.date.today().isoformat())
         (tmp / 'README.md').write_text(render_model_card(info), encoding='utf-8')
         honour_umask(tmp)  # mkdtemp's 0700 and the 0600 of files written through temp files
