@@ -60,7 +60,6 @@ class InputCheck(nn.Module):
         return f"in_chans={self.in_chans}, multiple={self.multiple}"
 
 
-
 def _classifier(num_features: int, num_classes: int, global_pool: str) -> Tuple[nn.Module, nn.Module]:
     """timm's ``create_classifier``; ValueError naming ``global_pool`` where timm would fail an assert."""
     try:
@@ -73,6 +72,7 @@ def _check_num_classes(num_classes) -> None:
     """ValueError unless ``num_classes`` is an integer >= 0 (0: no classifier)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+
 
 class CifarResNet(nn.Module):
     """CIFAR ResNet with no attention (``plain``), attention in every block (``classic``) or MLAN (``mlan``).

@@ -30,8 +30,8 @@ __all__ = [
     'format_model_kwargs', 'create_model', 'model_kwargs_for_dataset', 'set_threads', 'resolve_device',
     'resolve_dataset', 'norm_stats',
     'load_weights_into', 'read_training_record', 'TRAINING_METADATA_KEY', 'amp_context', 'evaluate', 'unwrap',
-    'read_jsonl', 'run_cli', 'summarize_history', 'HelpFormatter', 'check_writable_dir', 'resolve_weights_path',
-    'progress_enabled',
+    'read_jsonl', 'read_jsonl_numbered', 'run_cli', 'summarize_history', 'HelpFormatter', 'check_writable_dir',
+    'resolve_weights_path', 'progress_enabled',
 ]
 
 #: safetensors metadata key under which mlan-train stores its training record (JSON).
@@ -426,8 +426,9 @@ def summarize_history(history: List[Dict[str, Any]]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 # Files and CLI plumbing
 # ----------------------------------------------------------------------------------------------------------------
-def read_jsonl(path: os.PathLike, what: str = 'Training log') -> List[Dict[str, Any]]:
-    """Rows of a JSON-lines file; UsageError naming the file and line for a missing file or a bad line."""
+def read_jsonl_numbered(path: os.PathLike, what: str = 'Training log') -> List[Tuple[int, Any]]:
+    """``(line number, value)`` of every non-blank line of a JSON-lines file; UsageError naming the file and line
+    for a missing file or a bad line."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} file not found: {path}")
@@ -435,10 +436,15 @@ def read_jsonl(path: os.PathLike, what: str = 'Training log') -> List[Dict[str, 
     for i, line in enumerate(path.read_text(encoding='utf-8').splitlines()):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                rows.append((i + 1, json.loads(line)))
             except json.JSONDecodeError as e:
                 raise UsageError(f"{what} {path} line {i + 1} is not JSON: {e}") from e
     return rows
+
+
+def read_jsonl(path: os.PathLike, what: str = 'Training log') -> List[Dict[str, Any]]:
+    """Rows of a JSON-lines file; UsageError naming the file and line for a missing file or a bad line."""
+    return [row for _, row in read_jsonl_numbered(path, what)]
 
 
 def _existing_ancestor(p: Path) -> Path:

@@ -39,7 +39,7 @@ from .common import (
     load_weights_into,
     model_kwargs_for_dataset,
     parse_model_kwargs,
-    read_jsonl,
+    read_jsonl_numbered,
     read_training_record,
     resolve_dataset,
     resolve_weights_path,
@@ -105,6 +105,13 @@ def _table_name(table_id: str) -> str:
     return f"Table {table_id[1:]}" if table_id.startswith('T') else table_id
 
 
+def _model_kwargs_flag(kwargs: Dict[str, Any]) -> List[str]:
+    """``['--model-kwargs', 'k=v', ...]`` for a shell command line (items quoted: ``'widths=[16, 32, 64]'`` stays one
+    word), or ``[]`` without kwargs."""
+    items = [shlex.quote(k) for k in format_model_kwargs(kwargs)]
+    return ['--model-kwargs', *items] if items else []
+
+
 def _measurement_lines(info: Dict[str, Any]) -> List[str]:
     """The card's "How the numbers were measured" section: the command behind each figure above it."""
     name, args = info['model_name'].split('.')[0], info.get('model_args') or {}  # no tag: kwargs say it
@@ -114,8 +121,7 @@ def _measurement_lines(info: Dict[str, Any]) -> List[str]:
              '- **Params and MACs:** `python -c "import timm, mlan_timm; from mlan_timm.complexity import '
              f'count_params, count_macs; m = {create}; print(count_params(m), count_macs(m))"`']
     if ev:
-        kwargs = [shlex.quote(k) for k in format_model_kwargs(args)]  # e.g. 'widths=[16, 32, 64]' stays one word
-        flags = ([f"--model-kwargs {' '.join(kwargs)}"] if kwargs else []) + \
+        flags = _model_kwargs_flag(args) + \
             ([f"--split {ev['split']}"] if ev.get('split') not in (None, 'test') else []) + \
             ([f"--subset {ev['subset']}"] if ev.get('subset') else []) + \
             ([f"--amp {ev['amp']}"] if ev.get('amp') not in (None, 'none') else [])
@@ -261,7 +267,7 @@ def _model_identity(name: str, kwargs: Optional[Dict[str, Any]]) -> Tuple[str, O
         cfg = _read_config(folder)
         if cfg is None or not isinstance(cfg.get('architecture'), str):
             return folder.name.split('.')[0], None
-        folder_kwargs = _plain_kwargs(_config_model_args(folder) or {})  # create_model's kwargs come on top
+        folder_kwargs = _plain_kwargs(_variant_kwargs(cfg))  # create_model's kwargs come on top
         return cfg['architecture'], None if kwargs is None else dict(folder_kwargs, **kwargs)
     if name.startswith(('hf-hub:', 'hf_hub:')):
         return name.split(':', 1)[1].split('@')[0].rstrip('/').split('/')[-1].split('.')[0], None
@@ -292,9 +298,9 @@ def check_eval_results(ev: Any, model_name: str, model_kwargs: Optional[Dict[str
     Where ``ev`` has a ``weights_digest`` (mlan-eval writes one), that decides instead of the file name:
     :func:`check_eval_digest` compares it with the loaded weights' once the model is built."""
     model_kwargs = model_kwargs or {}
-    flags = [shlex.quote(k) for k in format_model_kwargs(_plain_kwargs(model_kwargs))]
+    flags = _model_kwargs_flag(_plain_kwargs(model_kwargs))
     advice = (f"give the mlan-eval --json output for these weights (mlan-eval --model {model_name.split('.')[0]} "
-              f"{' '.join(['--model-kwargs'] + flags + ['']) if flags else ''}--weights FILE --json)")
+              f"{' '.join(flags + [''])}--weights FILE --json)")
     if not isinstance(ev, dict):
         raise UsageError(f"{source} is a JSON {_json_type(ev)}, not an object: {advice}")
     bad = [k for k in ('top1', 'top5', 'images') if ev.get(k) is not None and not _is_number(ev[k])]
@@ -350,18 +356,17 @@ def _read_train_log(path: os.PathLike) -> List[Dict[str, Any]]:
     """The epoch records of a run's log.jsonl; UsageError naming the file and line for one that is not an object
     (as mlan-train writes) or has a non-number where the card reads a number."""
     try:
-        rows = read_jsonl(path)
+        numbered = read_jsonl_numbered(path)
     except UnicodeDecodeError as e:
         raise UsageError(f"Training log {path} is not a text (JSON lines) file: {e}") from e
-    lines = [i + 1 for i, line in enumerate(Path(path).read_text(encoding='utf-8').splitlines()) if line.strip()]
-    for n, row in zip(lines, rows):
+    for n, row in numbered:
         if not isinstance(row, dict):
             raise UsageError(f"Training log {path} line {n} is a JSON {_json_type(row)}, not an object (one epoch "
                              "record per line, as mlan-train writes)")
         bad = [k for k in _LOG_NUMBERS if row.get(k) is not None and not _is_number(row[k])]
         if bad:
             raise UsageError(f"Training log {path} line {n}: {bad[0]} is {row[bad[0]]!r}, not a number")
-    return rows
+    return [row for _, row in numbered]
 
 
 def _run_args(train_log: os.PathLike, model_name: str, model_kwargs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -444,8 +449,11 @@ def _config_model_args(folder: Path) -> Optional[Dict[str, Any]]:
     From the ``mlan_timm`` record mlan-export writes, else (older exports) timm's ``model_args`` less the
     arguments timm's ``save_for_hf`` records for every model."""
     cfg = _read_config(folder)
-    if cfg is None:
-        return None
+    return None if cfg is None else _variant_kwargs(cfg)
+
+
+def _variant_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`_config_model_args` of an already read config.json."""
     if isinstance(cfg.get(CONFIG_KEY), dict):
         return dict(cfg[CONFIG_KEY].get('model_kwargs') or {})
     return {k: v for k, v in (cfg.get('model_args') or {}).items() if k not in _TIMM_EXPORT_ARGS}

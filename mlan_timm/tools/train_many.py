@@ -339,11 +339,11 @@ def train_many(many, base, hooks: Optional[ManyHooks] = None, t_start: Optional[
     out = Path(many.output)
     runs: List[ModelRun] = []
     seen: List[Any] = []
-    for name in many.models:  # every folder checked before any run starts writing
-        if not (many.resume and (out / name / 'last.pth').is_file()):
+    resumes = {name: many.resume and (out / name / 'last.pth').is_file() for name in many.models}
+    for name, resume in resumes.items():  # every folder checked before any run starts writing
+        if not resume:
             mtrain.refuse_to_overwrite_a_run(out / name)
-    for name in many.models:
-        resume = many.resume and (out / name / 'last.pth').is_file()
+    for name, resume in resumes.items():
         if many.resume and not resume:
             print(f"{PROG}: {name}: no checkpoint in {out / name}, starting it from scratch", flush=True)
         setup = mtrain.prepare_train(model_args(base, name, out / name, resume))
