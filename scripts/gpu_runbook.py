@@ -47,6 +47,13 @@ CALL_LIMIT = 64 * MiB
 PART_LIMIT = 16 * MiB
 MAX_BACK_FILES = 8
 TRAIN_FLAGS_GPU = ['--data-on-device', '--amp', 'bf16', '--channels-last']
+#: Models trained on the development machine's CPU instead (``cpu-session``), in fp32 with the compiled CPU kernels:
+#: the R20 CIFAR-10 pair, first in issue 9's order. ``cpu-session`` marks their run folders with :data:`CPU_MARKER`,
+#: and GPU sessions leave marked models alone (a run keeps one device and precision from start to end).
+CPU_MODELS = CORE_ORDER[:2]
+CPU_MARKER = 'TRAINS_ON_CPU'
+TRAIN_FLAGS_CPU = ['--device', 'cpu', '--data-on-device']
+CPU_ENV = {'MLAN_TIMM_CPU_KERNELS': '1'}
 SPLITS = ('train', 'test')
 
 
@@ -70,10 +77,23 @@ def _epochs_total(state: Path, model: str, default: int = 200) -> int:
         return default
 
 
+def _on_cpu(state: Path, model: str) -> bool:
+    """Whether the model's run in ``state`` belongs to the CPU sessions (``cpu-session`` marked its folder)."""
+    return (state / model / CPU_MARKER).is_file()
+
+
+def _gpu_models(state: Path, models) -> list:
+    """``models`` without those whose runs train on the CPU (printed)."""
+    cpu = [m for m in models if _on_cpu(state, m)]
+    if cpu:
+        print(f'left to the CPU sessions (cpu-session): {", ".join(cpu)}', flush=True)
+    return [m for m in models if m not in cpu]
+
+
 def _next_wave(state: Path) -> int:
     done = _progress(state)
     for w, models in WAVES.items():
-        if any(done[m] < _epochs_total(state, m) for m in models):
+        if any(done[m] < _epochs_total(state, m) for m in models if not _on_cpu(state, m)):
             return w
     return 0
 
@@ -179,7 +199,9 @@ def session(a, passthrough) -> int:
     out = Path(a.out or os.environ.get('OUT') or sys.exit('gpu_runbook: error: --out or $OUT is required'))
     data = _join(tmp)
     plan = json.loads((tmp / 'plan.json').read_text())
-    models = a.models or plan['models']
+    models = _gpu_models(state, a.models or plan['models'])
+    if not models:
+        sys.exit('gpu_runbook: error: every model asked for trains on the CPU (cpu-session); nothing to do here')
     if work.exists():
         shutil.rmtree(work)
     if state.is_dir():
@@ -206,6 +228,30 @@ def session(a, passthrough) -> int:
     return 0 if rc == 0 else 1
 
 
+def cpu_session(a, passthrough) -> int:
+    """<here>: train the CPU models in ``runs/state`` itself for ``--budget-s`` seconds (fp32, the compiled CPU
+    kernels, the dataset held in memory); stops at an epoch boundary. Commit ``runs/state`` afterwards."""
+    state = Path(a.state)
+    gpu_runs = [m for m in a.models if (state / m / 'args.json').is_file() and not _on_cpu(state, m)]
+    if gpu_runs:
+        sys.exit(f'gpu_runbook: error: {", ".join(gpu_runs)}: already training in GPU sessions (no {CPU_MARKER} in '
+                 f'{state}/<model>/); a run keeps one device from start to end')
+    for m in a.models:
+        (state / m).mkdir(parents=True, exist_ok=True)
+        (state / m / CPU_MARKER).write_text('This run trains in CPU sessions (scripts/gpu_runbook.py cpu-session, '
+                                            'fp32, compiled CPU kernels); GPU sessions leave it alone.\n')
+    cmd = [sys.executable, '-m', 'mlan_timm.tools.train_many', '--models', *a.models, '-o', str(state), '--resume',
+           '--data-dir', a.data_root, '--no-progress', '--time-budget-s', f'{a.budget_s:.0f}', *TRAIN_FLAGS_CPU,
+           *passthrough]
+    print('+', ' '.join(f'{k}={v}' for k, v in CPU_ENV.items()), ' '.join(cmd), flush=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
+               PYTHONUNBUFFERED='1', **CPU_ENV)
+    rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
+    print(f'trainer: {rc}', flush=True)
+    status(a)
+    return 0 if rc == 0 else 1
+
+
 def unpack(a) -> int:
     """<here>: the parts that came back -> runs/state (checked), replacing the previous state."""
     m = runstate.unpack(a.files_at, a.state)
@@ -216,7 +262,7 @@ def unpack(a) -> int:
 def status(a) -> int:
     state = Path(a.state)
     for model, done in _progress(state).items():
-        print(f'{model:26s} {done:4d}/{_epochs_total(state, model)} epochs')
+        print(f'{model:26s} {done:4d}/{_epochs_total(state, model)} epochs{" (CPU)" if _on_cpu(state, model) else ""}')
     w = _next_wave(state)
     print(f'next wave: {w} ({_dataset(w)})' if w else 'all core models finished')
     return 0
@@ -252,6 +298,13 @@ def dry_run(a) -> int:
         done = _progress(repo_state)
         assert [done[m] for m in models] == [n, n], done
     assert all((repo_state / m / 'model.safetensors').is_file() for m in models)
+    # a CPU session trains its model in the state folder itself; GPU sessions and the wave plan leave it alone
+    cpu_model = 'resnet20_cifar10'
+    assert main(['cpu-session', '--budget-s', '10000', '--models', cpu_model, '--data-root', str(root / 'shared'),
+                 '--state', str(repo_state), '--', *[t for t in trainer if t not in ('--device', 'cpu')],
+                 '--epochs', '1', '--cache-dir', str(root / 'cpu-cache')]) == 0
+    assert _progress(repo_state)[cpu_model] == 1 and _on_cpu(repo_state, cpu_model)
+    assert _gpu_models(repo_state, [cpu_model, *models]) == models
     print(f'dry run OK in {root}')
     return 0
 
@@ -291,6 +344,12 @@ def main(argv=None) -> int:
     sp.add_argument('--max-part-size', type=runstate.parse_size, default=PART_LIMIT)
     sp.add_argument('--gpu-flags', action=argparse.BooleanOptionalAction, default=True,
                     help=f'pass {" ".join(TRAIN_FLAGS_GPU)} to the trainer')
+    sp = sub.add_parser('cpu-session', help='<here>: train the CPU models in runs/state within --budget-s',
+                        description='Flags after -- go to mlan-train-many.')
+    sp.add_argument('--budget-s', type=float, required=True, help='stop at the last epoch boundary before this')
+    sp.add_argument('--models', nargs='+', default=CPU_MODELS)
+    sp.add_argument('--data-root', default=str(REPO.parent / 'shared' / 'data'))
+    sp.add_argument('--state', default=state_default)
     sp = sub.add_parser('unpack', help='<here>: check the parts that came back and replace runs/state with them')
     sp.add_argument('files_at')
     sp.add_argument('--state', default=state_default)
@@ -299,10 +358,11 @@ def main(argv=None) -> int:
     sp = sub.add_parser('dry-run', help='the whole runbook on CPU with tiny settings')
     sp.add_argument('--workdir', default=None)
     a = p.parse_args(argv)
-    if passthrough and a.cmd != 'session':
-        p.error('flags after -- are only for session')
+    if passthrough and a.cmd not in ('session', 'cpu-session'):
+        p.error('flags after -- are only for session and cpu-session')
     fn = dict(session=lambda: session(a, passthrough), unpack=lambda: unpack(a), status=lambda: status(a),
-              receive=lambda: receive(a), **{'plan-data': lambda: plan_data(a), 'dry-run': lambda: dry_run(a)})
+              receive=lambda: receive(a), **{'plan-data': lambda: plan_data(a), 'dry-run': lambda: dry_run(a),
+                                             'cpu-session': lambda: cpu_session(a, passthrough)})
     return run_cli('gpu_runbook', fn[a.cmd])
 
 

@@ -601,10 +601,26 @@ def test_train_log_of_a_real_run_is_checked_against_its_args_json(tmp_path, cifa
     hub = tmp_path / 'hub'
     out = mexport.export_model(TINY_MODEL, hub, weights=str(run), model_kwargs={'drop_rate': 0.5},
                                train_log=run / 'log.jsonl')
-    assert '- **Epochs run:** 1 ' in (out / 'README.md').read_text()
+    card = (out / 'README.md').read_text()
+    assert '- **Epochs run:** 1 ' in card
+    assert "- **Where it trained** (1 session(s), from the run's `args.json`):\n  - epochs 0-0, started 20" in card
+    assert f"torch {torch.__version__}" in card.split('Where it trained')[1].split('\n')[1]
     with pytest.raises(mexport.UsageError, match=r"is for resnet14_cifar10 with model_kwargs \{'drop_rate': 0\.5\}, "
                                                  r"not \{\} \(this export's --model-kwargs\)"):
         mexport.export_model(TINY_MODEL, hub, weights=str(run), train_log=run / 'log.jsonl')
+
+
+def test_card_lists_the_sessions_that_trained_epochs():
+    sessions = [dict(first_epoch=e, started=f's{i}', machine=f'm{i}', code='c', mlan_timm='v')
+                for i, e in enumerate([0, 2, 2, 5])]
+    lines = mexport._session_lines(sessions, 7)
+    assert lines == ["- **Where it trained** (3 session(s), from the run's `args.json`):",
+                     '  - epochs 0-1, started s0: m0; code c, mlan-timm v',  # s1 stopped before an epoch ended
+                     '  - epochs 2-4, started s2: m2; code c, mlan-timm v',
+                     '  - epochs 5-6, started s3: m3; code c, mlan-timm v']
+    assert mexport._session_lines(sessions, None)[-1].startswith('  - from epoch 5, started s3')
+    for bad in (None, [], 'x', [dict(first_epoch='0')], [1]):
+        assert mexport._session_lines(bad, 3) == []
 
 
 @pytest.mark.parametrize('args_json, log_lines, texts', [

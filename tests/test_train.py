@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from mlan_timm import __version__ as MLAN_TIMM_VERSION
 from mlan_timm import zoo
 from mlan_timm.pretrained import read_state_dict
 from mlan_timm.tools import train as mtrain
@@ -481,7 +482,7 @@ def test_resume_of_a_finished_run_has_nothing_to_do(finished_run, capsys):
     assert _snapshot(out) == before
 
 
-def test_resume_with_same_flags_leaves_args_json_alone(cifar_folder, tmp_path, train_args):
+def test_resume_with_same_flags_keeps_the_args_and_records_each_session(cifar_folder, tmp_path, train_args):
     out = tmp_path / 'run'
     argv = train_args(cifar_folder, out, epochs=2, extra=['--max-steps', '1'])
     assert mtrain.main(argv) == 0
@@ -489,9 +490,18 @@ def test_resume_with_same_flags_leaves_args_json_alone(cifar_folder, tmp_path, t
     ckpt = torch.load(out / 'last.pth', map_location='cpu', weights_only=False)
     ckpt['epoch'], ckpt['history'] = 1, ckpt['history'][:1]
     torch.save(ckpt, out / 'last.pth')
-    before = (out / 'args.json').read_bytes()
+    before = json.loads((out / 'args.json').read_text())
     assert mtrain.main([*argv, '--resume', '--workers', '0', '--threads', '1']) == 0  # runtime flags may differ
-    assert (out / 'args.json').read_bytes() == before
+    after = json.loads((out / 'args.json').read_text())
+    runtime = ('sessions', 'resume', 'workers', 'threads')
+    assert {k: v for k, v in after.items() if k not in runtime} == {k: v for k, v in before.items() if k not in runtime}
+    assert after['resume_overrides'] == []
+    # one record per session: where it ran, from which epoch; the first session's record is kept as it was
+    assert [x['first_epoch'] for x in after['sessions']] == [0, 1] and after['sessions'][0] == before['sessions'][0]
+    for x in after['sessions']:
+        assert x['machine'].startswith('CPU: ') and f'torch {torch.__version__}' in x['machine']
+        assert x['mlan_timm'] == MLAN_TIMM_VERSION and x['code'] and x['started'][:2] == '20'
+    assert torch.load(out / 'last.pth', map_location='cpu', weights_only=False)['args']['sessions'] == after['sessions']
 
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',

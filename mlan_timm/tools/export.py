@@ -136,6 +136,25 @@ def _measurement_lines(info: Dict[str, Any]) -> List[str]:
     return lines + ['']
 
 
+def _session_lines(sessions: Any, epochs_run: Optional[int]) -> List[str]:
+    """The card's lines on where the run trained: one per session of ``args.json``'s ``sessions`` (mlan-train's
+    :func:`~mlan_timm.tools.train.session_record`) that trained at least one epoch, with its epoch range."""
+    if not isinstance(sessions, list) or not all(isinstance(x, dict) for x in sessions) or not sessions:
+        return []
+    starts = [x.get('first_epoch') for x in sessions]
+    if not all(isinstance(e, int) for e in starts):
+        return []
+    ends = starts[1:] + [epochs_run if epochs_run is not None else None]
+    rows = []
+    for x, first, end in zip(sessions, starts, ends):
+        if end is not None and end <= first:
+            continue  # stopped before finishing an epoch (its epoch ran again in the next session)
+        span = f"epochs {first}-{end - 1}" if end is not None else f"from epoch {first}"
+        rows.append(f"  - {span}, started {x.get('started', NOT_AVAILABLE)}: {x.get('machine', NOT_AVAILABLE)}; "
+                    f"code {x.get('code', NOT_AVAILABLE)}, mlan-timm {x.get('mlan_timm', NOT_AVAILABLE)}")
+    return [f"- **Where it trained** ({len(rows)} session(s), from the run's `args.json`):", *rows] if rows else []
+
+
 def render_model_card(info: Dict[str, Any]) -> str:
     """Markdown model card; every number comes from ``info`` (eval results, training record, measurements, paper)."""
     name, ds = info['model_name'], info['dataset']
@@ -200,6 +219,7 @@ def render_model_card(info: Dict[str, Any]) -> str:
                     if rec.get('mean') and rec.get('std') else "the dataset's mean/std")
             lines += [f'- **Augmentation:** {aug} + RandomHorizontalFlip; normalisation {norm}. Milestones are '
                       '0-based epochs from which the lower lr applies.']
+        lines += _session_lines(rec.get('sessions'), len(log) if log else None)
         lines += ['']
     else:
         lines += ['## Training', '', 'No training log was supplied to the export.', '']

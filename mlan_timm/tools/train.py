@@ -600,13 +600,25 @@ class TrainSetup:
     d: _Dist
 
 
+def session_record(device: torch.device, start_epoch: int) -> Dict[str, Any]:
+    """Where and with what one training session (a start or a resume) ran: its first epoch, start time, machine
+    (CPU, GPU, whether the compiled CPU / GPU kernels run, python / torch / timm versions), code commit and package
+    version. ``args.json`` and the checkpoint keep one per session (``sessions``); mlan-export's card lists them."""
+    from ..layers import cpu_kernels
+    from ..version import __version__
+    from .bench.measure import code_version, cpu_kernels_info, machine_line
+    if device.type == 'cpu' and cpu_kernels.cpu_kernels_enabled():
+        cpu_kernels_info(load=True)  # build / load them now, so that the machine line says whether they run
+    return dict(first_epoch=start_epoch, started=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+                machine=machine_line([device.type]), code=code_version(), mlan_timm=__version__)
+
+
 def _write_args_json(out_dir: Path, args, mean, std, ckpt: Optional[Dict[str, Any]], start_epoch: int,
                      world: int):
-    """``args.json``: written for a new run; at a resume rewritten only to record accepted flag changes."""
+    """``args.json``: written at every start and resume (``sessions`` gains one record each time); a resume's
+    accepted flag changes are recorded in ``resume_overrides``."""
     path = out_dir / 'args.json'
     changes = (ckpt or {}).get('resume_changes') or {}
-    if ckpt is not None and not changes and path.is_file():
-        return  # same flags: the run's record stays as it is
     overrides = list(getattr(args, 'resume_overrides', None) or [])
     if ckpt is not None and changes:
         overrides.append(dict(epoch=start_epoch, changes={_flag_name(k): v for k, v in changes.items()}))
@@ -781,6 +793,8 @@ def prepare_train(args, start: Optional[RunStart] = None) -> TrainSetup:
                       f"continuing with changed flags (recorded in {out_dir / 'args.json'}): "
                       f"{_describe_changes(ckpt['resume_changes'])}", file=sys.stderr, flush=True)
 
+    args.sessions = list(((ckpt or {}).get('args') or {}).get('sessions') or []) + \
+        [session_record(device, start_epoch)]
     ddp_model = model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
