@@ -23,8 +23,12 @@ def finished(cifar_folder, tmp_path_factory, train_args):
 
 
 def _argv(run, cifar_folder, tmp_path, *extra):
+    readme = tmp_path / 'README.md'
+    if not readme.exists():
+        readme.write_text('# x\n<!-- weights-table:start -->\nold\n<!-- weights-table:end -->\nend\n')
     return [str(run), '--data-dir', str(cifar_folder), '--cache-dir', str(tmp_path / 'cache'),
-            '--weights-dir', str(tmp_path / 'weights'), '--hub-dir', str(tmp_path / 'hub'), *extra]
+            '--weights-dir', str(tmp_path / 'weights'), '--hub-dir', str(tmp_path / 'hub'), '--readme', str(readme),
+            *extra]
 
 
 def test_ship_bundles_exports_and_timm_loads_it_offline(ship_mod, finished, cifar_folder, tmp_path, tiny_model,
@@ -43,6 +47,9 @@ def test_ship_bundles_exports_and_timm_loads_it_offline(ship_mod, finished, cifa
     assert out['final_epoch_top1'] == summary['final_test_top1'] and out['paper_top1'] is not None
     card = (tmp_path / 'hub' / tiny_model / 'README.md').read_text()
     assert f"| {out['eval_top1']:.2f} |" in card and 'Where it trained' in card
+    readme = (tmp_path / 'README.md').read_text()
+    assert f"| `{key}` | 1 | {summary['final_test_top1']:.2f} | {summary['best_test_top1']:.2f} (0) | " in readme
+    assert readme.startswith('# x\n<!-- weights-table:start -->\n| weights |') and readme.endswith('end\n')
     # shipping again needs --replace; the manifest is unchanged by the refusal
     before = (tmp_path / 'weights' / 'MANIFEST.json').read_bytes()
     assert ship_mod.main(_argv(finished, cifar_folder, tmp_path, '--tag', 'smoke')) == 2
@@ -72,3 +79,36 @@ def test_unfinished_or_partial_runs_are_refused(ship_mod, finished, cifar_folder
     assert ship_mod.main(_argv(run, cifar_folder, tmp_path, '--tag', 'smoke')) == 2
     assert text in capsys.readouterr().err
     assert not (tmp_path / 'weights').exists()
+
+
+def test_readme_table_gives_mlan_gain_over_its_backbone_and_the_paper(ship_mod, tmp_path):
+    from safetensors.torch import save_file
+
+    from mlan_timm.paper_tables import paper_value
+    from mlan_timm.tools.common import TRAINING_METADATA_KEY
+    weights = tmp_path / 'w'
+    weights.mkdir()
+    entries = {}
+    for name, final, best in (('mlan_resnet20_cifar10', 90.5, 91.25), ('resnet20_cifar10', 89.0, 90.0)):
+        rec = dict(epochs=200, final_test_top1=final, best_test_top1=best, best_epoch=150)
+        save_file({}, str(weights / f'{name}.paper.safetensors'), metadata={TRAINING_METADATA_KEY: json.dumps(rec)})
+        entries[f'{name}.paper'] = dict(file=f'{name}.paper.safetensors', sha256='x')
+    (weights / 'MANIFEST.json').write_text(json.dumps(dict(format=1, weights=entries)))
+    table = ship_mod.weights_table(weights)
+    paper = paper_value('cifar10', 'mlan_sma_plus', 20, 'top1')  # Table 2's MLAN-20, the default architecture
+    assert f"| `mlan_resnet20_cifar10.paper` | 200 | 90.50 | 91.25 (150) | {paper:.2f} (Table " in table
+    assert f"| {91.25 - paper:+.2f} | +1.50 / +1.25 |" in table
+    assert "| `resnet20_cifar10.paper` | 200 | 89.00 | 90.00 (150) | " in table and table.count('| - |') == 1
+    (weights / 'MANIFEST.json').write_text(json.dumps(dict(format=1, weights={})))
+    assert ship_mod.weights_table(weights).startswith('No weights are shipped yet')
+    readme = tmp_path / 'README.md'
+    readme.write_text('no markers')
+    with pytest.raises(ship_mod.UsageError, match='has no <!-- weights-table:start -->'):
+        ship_mod.render_readme(readme, weights)
+
+
+def test_readme_weights_table_is_the_rendered_one(ship_mod, repo_root):
+    """README.md's table is what `ship_weights.py --render-readme` gives for the package's weights manifest."""
+    from mlan_timm.pretrained import weights_dir
+    block = (repo_root / 'README.md').read_text().split(ship_mod.TABLE_START)[1].split(ship_mod.TABLE_END)[0]
+    assert block.strip() == ship_mod.weights_table(weights_dir())
