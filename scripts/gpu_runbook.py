@@ -253,16 +253,55 @@ def cpu_session(a, passthrough) -> int:
 
 
 def unpack(a) -> int:
-    """<here>: the parts that came back -> runs/state (checked), replacing the previous state."""
-    m = runstate.unpack(a.files_at, a.state)
+    """<here>: the parts that came back -> runs/state (checked), replacing the previous state; the runs of the CPU
+    sessions (``TRAINS_ON_CPU``) keep their local folders, which may have trained on meanwhile."""
+    state = Path(a.state)
+    cpu_runs = [m for m in CORE_ORDER if _on_cpu(state, m)]
+    with tempfile.TemporaryDirectory(prefix='.cpu-runs-', dir=state.parent if state.parent.is_dir() else None) as keep:
+        for model in cpu_runs:
+            shutil.copytree(state / model, Path(keep) / model)
+        m = runstate.unpack(a.files_at, a.state)
+        for model in cpu_runs:
+            shutil.rmtree(state / model, ignore_errors=True)
+            shutil.copytree(Path(keep) / model, state / model)
+    if cpu_runs:
+        print(f'kept the local runs of the CPU sessions: {", ".join(cpu_runs)}')
     print(f'runs state: {len(m["files"])} files, {m["bytes"] / MiB:.2f} MiB -> {a.state}')
     return status(a)
+
+
+def _last_session_speed(state: Path) -> dict:
+    """{model: (median train images/s, median seconds per epoch incl. evaluation, epochs)} over the last session
+    of ``state/many.jsonl`` (mlan-train-many's per-epoch record), and that session's start."""
+    import statistics
+    path = state / 'many.jsonl'
+    rows = [json.loads(x) for x in path.read_text(encoding='utf-8').splitlines() if x.strip()] if path.is_file() else []
+    if not rows:
+        return {}
+    last = [r for r in rows if r.get('session') == rows[-1].get('session')]
+    out = {}
+    for m in dict.fromkeys(m for r in last for m in r.get('models', [])):
+        mine = [r for r in last if r.get('models') == [m]]  # one model per record: CPU, one after another
+        if mine:
+            out[m] = (statistics.median(r['img_per_s'][m] for r in mine), statistics.median(r['time'] for r in mine),
+                      len(mine))
+    return dict(session=rows[-1].get('session'), models=out)
 
 
 def status(a) -> int:
     state = Path(a.state)
     for model, done in _progress(state).items():
         print(f'{model:26s} {done:4d}/{_epochs_total(state, model)} epochs{" (CPU)" if _on_cpu(state, model) else ""}')
+    speed = _last_session_speed(state)
+    if speed.get('models'):
+        left = 0.0
+        print(f"last session ({speed['session']}), medians over its epochs:")
+        for m, (ips, sec, n) in speed['models'].items():
+            todo = _epochs_total(state, m) - _progress(state).get(m, 0)
+            left += todo * sec
+            print(f'  {m}: {ips:,.0f} train images/s, {sec:.1f} s per epoch with evaluation ({n} epochs); '
+                  f'{todo} epochs left')
+        print(f'  at these speeds, one model after another: {left / 3600:.1f} h of training left')
     w = _next_wave(state)
     print(f'next wave: {w} ({_dataset(w)})' if w else 'all core models finished')
     return 0
@@ -305,6 +344,10 @@ def dry_run(a) -> int:
                  '--epochs', '1', '--cache-dir', str(root / 'cpu-cache')]) == 0
     assert _progress(repo_state)[cpu_model] == 1 and _on_cpu(repo_state, cpu_model)
     assert _gpu_models(repo_state, [cpu_model, *models]) == models
+    # a GPU session's state coming back (here: the last one again) keeps the CPU run as it is here
+    before = (repo_state / cpu_model / 'log.jsonl').read_bytes()
+    assert main(['unpack', str(root / 'out2'), '--state', str(repo_state)]) == 0
+    assert (repo_state / cpu_model / 'log.jsonl').read_bytes() == before and _on_cpu(repo_state, cpu_model)
     print(f'dry run OK in {root}')
     return 0
 
