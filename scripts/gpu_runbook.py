@@ -23,11 +23,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mlan_timm import zoo  # noqa: E402  (after the path set-up, so the repo's package is used)
+from mlan_timm.atomic import atomic_write_text  # noqa: E402
 from mlan_timm.pretrained import sha256_file  # noqa: E402
 from mlan_timm.tools import runstate  # noqa: E402
 from mlan_timm.tools.common import run_cli  # noqa: E402
@@ -61,13 +63,15 @@ def _dataset(wave: int) -> str:
     return 'cifar100' if WAVES[wave][0].endswith('_cifar100') else 'cifar10'
 
 
+def _progress_of(state: Path, model: str) -> int:
+    """Epochs done by ``model``'s run in the state folder (lines of its log)."""
+    log = state / model / 'log.jsonl'
+    return len(log.read_text(encoding='utf-8').splitlines()) if log.is_file() else 0
+
+
 def _progress(state: Path):
     """{model: epochs done} from each model's log in the run state folder."""
-    out = {}
-    for m in CORE_ORDER:
-        log = state / m / 'log.jsonl'
-        out[m] = len(log.read_text(encoding='utf-8').splitlines()) if log.is_file() else 0
-    return out
+    return {m: _progress_of(state, m) for m in CORE_ORDER}
 
 
 def _epochs_total(state: Path, model: str, default: int = 200) -> int:
@@ -228,6 +232,21 @@ def session(a, passthrough) -> int:
     return 0 if rc == 0 else 1
 
 
+def _lock_path(state: Path) -> Path:
+    """Held by a running ``cpu-session`` (its pid), beside the state folder (git ignores it)."""
+    return state.parent / '.cpu-session.lock'
+
+
+def _running_cpu_session(state: Path) -> Optional[int]:
+    """The pid of a ``cpu-session`` training in ``state`` now, else None (a stale lock is ignored)."""
+    try:
+        pid = int(_lock_path(state).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def cpu_session(a, passthrough) -> int:
     """<here>: train the CPU models in ``runs/state`` itself for ``--budget-s`` seconds (fp32, the compiled CPU
     kernels, the dataset held in memory); stops at an epoch boundary. Commit ``runs/state`` afterwards."""
@@ -236,35 +255,77 @@ def cpu_session(a, passthrough) -> int:
     if gpu_runs:
         sys.exit(f'gpu_runbook: error: {", ".join(gpu_runs)}: already training in GPU sessions (no {CPU_MARKER} in '
                  f'{state}/<model>/); a run keeps one device from start to end')
-    for m in a.models:
-        (state / m).mkdir(parents=True, exist_ok=True)
-        (state / m / CPU_MARKER).write_text('This run trains in CPU sessions (scripts/gpu_runbook.py cpu-session, '
-                                            'fp32, compiled CPU kernels); GPU sessions leave it alone.\n')
-    cmd = [sys.executable, '-m', 'mlan_timm.tools.train_many', '--models', *a.models, '-o', str(state), '--resume',
-           '--data-dir', a.data_root, '--no-progress', '--time-budget-s', f'{a.budget_s:.0f}', *TRAIN_FLAGS_CPU,
-           *passthrough]
-    print('+', ' '.join(f'{k}={v}' for k, v in CPU_ENV.items()), ' '.join(cmd), flush=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
-               PYTHONUNBUFFERED='1', **CPU_ENV)
-    rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
+    pid = _running_cpu_session(state)
+    if pid is not None:
+        sys.exit(f'gpu_runbook: error: a cpu-session (pid {pid}) is training in {state} already')
+    state.mkdir(parents=True, exist_ok=True)
+    _lock_path(state).write_text(f'{os.getpid()}\n')
+    try:
+        for m in a.models:
+            (state / m).mkdir(parents=True, exist_ok=True)
+            (state / m / CPU_MARKER).write_text('This run trains in CPU sessions (scripts/gpu_runbook.py '
+                                                'cpu-session, fp32, compiled CPU kernels); GPU sessions leave it '
+                                                'alone.\n')
+        cmd = [sys.executable, '-m', 'mlan_timm.tools.train_many', '--models', *a.models, '-o', str(state),
+               '--resume', '--data-dir', a.data_root, '--no-progress', '--time-budget-s', f'{a.budget_s:.0f}',
+               *TRAIN_FLAGS_CPU, *passthrough]
+        print('+', ' '.join(f'{k}={v}' for k, v in CPU_ENV.items()), ' '.join(cmd), flush=True)
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
+                   PYTHONUNBUFFERED='1', **CPU_ENV)
+        rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
+    finally:
+        for m in a.models:  # a run that never trained an epoch is no CPU run: GPU sessions may take the model
+            if not _progress_of(state, m):
+                (state / m / CPU_MARKER).unlink(missing_ok=True)
+        _lock_path(state).unlink(missing_ok=True)
     print(f'trainer: {rc}', flush=True)
     status(a)
     return 0 if rc == 0 else 1
 
 
+def _read_jsonl(path: Path) -> list:
+    """The JSON objects of a JSON-lines file; a line cut short (a killed writer) or not an object is skipped."""
+    rows = []
+    for line in (path.read_text(encoding='utf-8').splitlines() if path.is_file() else []):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def unpack(a) -> int:
     """<here>: the parts that came back -> runs/state (checked), replacing the previous state; the runs of the CPU
-    sessions (``TRAINS_ON_CPU``) keep their local folders, which may have trained on meanwhile."""
+    sessions (``TRAINS_ON_CPU``) keep their local folders and ``many.jsonl`` rows, which may have trained on here
+    meanwhile. Refused while a ``cpu-session`` runs."""
     state = Path(a.state)
+    pid = _running_cpu_session(state)
+    if pid is not None:
+        sys.exit(f'gpu_runbook: error: a cpu-session (pid {pid}) is training in {state}: unpack after it ends')
     cpu_runs = [m for m in CORE_ORDER if _on_cpu(state, m)]
-    with tempfile.TemporaryDirectory(prefix='.cpu-runs-', dir=state.parent if state.parent.is_dir() else None) as keep:
-        for model in cpu_runs:
-            shutil.copytree(state / model, Path(keep) / model)
+    keep = Path(tempfile.mkdtemp(prefix='.cpu-runs-', dir=state.parent)) if cpu_runs else None
+    for model in cpu_runs:  # moved aside (not copied): put back below, or left in `keep` if anything fails
+        os.replace(state / model, keep / model)
+    local_rows = _read_jsonl(state / 'many.jsonl')
+    try:
         m = runstate.unpack(a.files_at, a.state)
-        for model in cpu_runs:
-            shutil.rmtree(state / model, ignore_errors=True)
-            shutil.copytree(Path(keep) / model, state / model)
-    if cpu_runs:
+    except BaseException:
+        for model in cpu_runs:  # runs/state is as it was (unpack swaps only a complete, checked state in)
+            os.replace(keep / model, state / model)
+        keep and keep.rmdir()
+        raise
+    for model in cpu_runs:
+        shutil.rmtree(state / model, ignore_errors=True)
+        os.replace(keep / model, state / model)
+    if keep:
+        keep.rmdir()
+        gpu_rows = _read_jsonl(state / 'many.jsonl')
+        sessions = {r.get('session') for r in gpu_rows}
+        extra = [r for r in local_rows if r.get('session') not in sessions]
+        if extra:  # this machine's CPU epochs since the state the GPU session started from
+            atomic_write_text(state / 'many.jsonl', ''.join(json.dumps(r) + '\n' for r in gpu_rows + extra))
         print(f'kept the local runs of the CPU sessions: {", ".join(cpu_runs)}')
     print(f'runs state: {len(m["files"])} files, {m["bytes"] / MiB:.2f} MiB -> {a.state}')
     return status(a)
@@ -274,8 +335,7 @@ def _last_session_speed(state: Path) -> dict:
     """{model: (median train images/s, median seconds per epoch incl. evaluation, epochs)} over the last session
     of ``state/many.jsonl`` (mlan-train-many's per-epoch record), and that session's start."""
     import statistics
-    path = state / 'many.jsonl'
-    rows = [json.loads(x) for x in path.read_text(encoding='utf-8').splitlines() if x.strip()] if path.is_file() else []
+    rows = _read_jsonl(state / 'many.jsonl')
     if not rows:
         return {}
     last = [r for r in rows if r.get('session') == rows[-1].get('session')]
@@ -344,10 +404,20 @@ def dry_run(a) -> int:
                  '--epochs', '1', '--cache-dir', str(root / 'cpu-cache')]) == 0
     assert _progress(repo_state)[cpu_model] == 1 and _on_cpu(repo_state, cpu_model)
     assert _gpu_models(repo_state, [cpu_model, *models]) == models
-    # a GPU session's state coming back (here: the last one again) keeps the CPU run as it is here
+    # a GPU session's state coming back (here: the last one again) keeps the CPU run and its many.jsonl rows, but
+    # not while a cpu-session runs
     before = (repo_state / cpu_model / 'log.jsonl').read_bytes()
+    cpu_rows = [r for r in _read_jsonl(repo_state / 'many.jsonl') if r.get('models') == [cpu_model]]
+    _lock_path(repo_state).write_text(f'{os.getpid()}\n')
+    try:
+        main(['unpack', str(root / 'out2'), '--state', str(repo_state)])
+        raise AssertionError('unpack ran while a cpu-session held the lock')
+    except SystemExit as e:
+        assert 'unpack after it ends' in str(e), e
+    _lock_path(repo_state).unlink()
     assert main(['unpack', str(root / 'out2'), '--state', str(repo_state)]) == 0
     assert (repo_state / cpu_model / 'log.jsonl').read_bytes() == before and _on_cpu(repo_state, cpu_model)
+    assert cpu_rows and all(r in _read_jsonl(repo_state / 'many.jsonl') for r in cpu_rows)
     print(f'dry run OK in {root}')
     return 0
 

@@ -5,20 +5,22 @@
 
 1. checks the run: finished (``summary.json``, ``model.safetensors``, every epoch of ``args.json`` logged), the
    registered architecture (no ``--model-kwargs``), the whole train and test split, and for the tag ``paper`` the
-   paper recipe (every recipe flag at mlan-train's paper default; any seed);
+   paper recipe (every recipe flag at mlan-train's paper default, none changed at a resume; any seed); and that the
+   weights manifest does not list ``<model>.<tag>`` yet (``--replace`` to replace it);
 2. evaluates ``model.safetensors`` on the test split with ``mlan-eval`` (in this process);
-3. bundles it: ``<weights dir>/<model>.<tag>.safetensors`` and its sha256 under ``<model>.<tag>`` in the weights
-   manifest (``mlan_timm/weights/MANIFEST.json``, or ``--weights-dir``), both written atomically; an existing entry
-   is replaced only with ``--replace``;
+3. stages the bundle in a temporary weights folder and checks, in a fresh process with ``HF_HUB_OFFLINE=1`` and
+   without ``import mlan_timm`` (the autoload hook registers the models), that ``timm.create_model("<model>",
+   pretrained=True)`` loads these weights (same logits as the run's file) and that
+   ``timm.list_models(pretrained=True)`` lists ``<model>.<tag>``;
 4. exports ``<hub dir>/<model>/`` with ``mlan-export`` (config.json, model.safetensors, model card with the
    evaluation, the run's final- and best-epoch rows, the paper's number, the recipe and where it trained);
-5. checks, in a fresh process with ``HF_HUB_OFFLINE=1`` and without ``import mlan_timm`` (the autoload hook
-   registers the models), that ``timm.create_model("<model>", pretrained=True)`` loads these weights (same
-   logits as the run's file) and that ``timm.list_models(pretrained=True)`` lists ``<model>.<tag>``;
+5. bundles it: ``<weights dir>/<model>.<tag>.safetensors`` and its sha256 under ``<model>.<tag>`` in the weights
+   manifest (``mlan_timm/weights/MANIFEST.json``, or ``--weights-dir``), both written atomically, the manifest last;
 6. regenerates README.md's weights table (``--render-readme`` does only this): ours at the final and the best
    epoch beside the paper's number, and MLAN's gain over its backbone shipped under the same tag.
 
-Then commit the weights, the manifest and the hub folder. Prints one JSON line with the numbers.
+Nothing in the package changes before step 5 (the hub folder at step 4). Then commit the weights, the manifest,
+the hub folder and README.md. Prints one JSON line with the numbers.
 """
 import argparse
 import json
@@ -33,11 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mlan_timm import pretrained  # noqa: E402  (after the path set-up, so the repo's package is used)
-from mlan_timm.atomic import atomic_write_text  # noqa: E402
+from mlan_timm.atomic import atomic_write, atomic_write_text  # noqa: E402
 from mlan_timm.tools import eval as meval  # noqa: E402
 from mlan_timm.tools import export as mexport  # noqa: E402
 from mlan_timm.tools import train as mtrain  # noqa: E402
 from mlan_timm.tools.common import UsageError, run_cli  # noqa: E402
+from mlan_timm.tools.tables import update_file  # noqa: E402
 
 #: mlan-train flags that are not the recipe: the run's own identity and where its data lay.
 NOT_RECIPE = ('model', 'pretrained', 'initial_weights', 'dataset', 'seed')
@@ -63,30 +66,32 @@ def check_run(run: Path, tag: str):
                          "the whole test split")
     if tag == 'paper':
         paper = vars(mtrain.build_parser('paper').parse_args(['--model', args['model']]))
-        off = [k for k in mtrain.RESUME_REFUSED_FLAGS if k not in NOT_RECIPE and args.get(k) != paper.get(k)]
-        if off or args.get('resume_overrides'):
-            what = ', '.join(f"{k}={args.get(k)!r} (paper: {paper.get(k)!r})" for k in off) or \
-                f"flags changed at a resume: {args['resume_overrides']}"
-            raise UsageError(f"{run}: not the paper recipe: {what}; ship it under another --tag")
+        recipe = [k for k in mtrain.RESUME_REFUSED_FLAGS if k not in NOT_RECIPE]
+        off = [f"{k}={args.get(k)!r} (paper: {paper.get(k)!r})" for k in recipe if args.get(k) != paper.get(k)]
+        # a recipe flag changed at a resume (--override-resume-flags); --epochs may grow to the paper's
+        changed = sorted({flag for o in args.get('resume_overrides') or [] for flag in (o.get('changes') or {})
+                          if flag != '--epochs' and flag.lstrip('-').replace('-', '_') in recipe})
+        off += [f"{flag} changed at a resume (args.json resume_overrides)" for flag in changed]
+        if off:
+            raise UsageError(f"{run}: not the paper recipe: {', '.join(off)}; ship it under another --tag")
     return args, summary
 
 
-def bundle(run: Path, key: str, weights_dir: Path, replace: bool) -> dict:
-    """Copy the run's weights into ``weights_dir`` as ``<key>.safetensors`` and list them in its manifest."""
-    manifest_path = weights_dir / pretrained.MANIFEST_NAME
-    doc = json.loads(manifest_path.read_text(encoding='utf-8')) if manifest_path.is_file() else \
-        dict(format=1, weights={})
-    if key in doc['weights'] and not replace:
-        raise UsageError(f"{manifest_path} already lists {key}: pass --replace to ship these weights instead")
+def _manifest_doc(weights_dir: Path) -> dict:
+    """The manifest file as a whole (format, comment, weights), checked by :func:`pretrained.read_manifest`."""
+    pretrained.read_manifest(weights_dir)  # PretrainedWeightsError naming the file if it is malformed
+    path = weights_dir / pretrained.MANIFEST_NAME
+    return json.loads(path.read_text(encoding='utf-8')) if path.is_file() else dict(format=1, weights={})
+
+
+def bundle(run: Path, key: str, weights_dir: Path, doc: dict) -> dict:
+    """Copy the run's weights into ``weights_dir`` as ``<key>.safetensors`` and write ``doc`` (the manifest) with
+    their entry added; both atomically, the manifest last. Returns the entry."""
     file = f'{key}.safetensors'
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{file}.', dir=weights_dir)
-    os.close(fd)
-    shutil.copyfile(run / 'model.safetensors', tmp)
-    os.replace(tmp, weights_dir / file)
+    atomic_write(weights_dir / file, lambda tmp: shutil.copyfile(run / 'model.safetensors', tmp))
     entry = dict(file=file, sha256=pretrained.sha256_file(weights_dir / file))
-    doc['weights'][key] = entry
-    atomic_write_text(manifest_path, json.dumps(doc, indent=2) + '\n')
+    doc = dict(doc, weights=dict(doc.get('weights') or {}, **{key: entry}))
+    atomic_write_text(weights_dir / pretrained.MANIFEST_NAME, json.dumps(doc, indent=2) + '\n')
     return entry
 
 
@@ -139,8 +144,8 @@ def weights_table(weights_dir: Path) -> str:
     records = {k: read_training_record(weights_dir / e['file']) or {} for k, e in manifest.items() if e.get('file')}
     cmd = '`python scripts/ship_weights.py --render-readme`'
     if not records:
-        return (f"No weights are shipped yet (the weights manifest `mlan_timm/weights/MANIFEST.json` is empty). "
-                f"Table generated by {cmd}.")
+        return (f"No weights are shipped yet (the weights manifest `mlan_timm/weights/MANIFEST.json` lists no bundled "
+                f"file). Table generated by {cmd}.")
     lines = ['| weights | epochs | final-epoch top-1 | best-epoch top-1 (epoch) | paper, best epoch '
              '| ours best - paper | MLAN - backbone, final / best |', '|---|---|---|---|---|---|---|']
     for key, rec in records.items():
@@ -161,12 +166,10 @@ def weights_table(weights_dir: Path) -> str:
 
 def render_readme(readme: Path, weights_dir: Path) -> None:
     """Replace the text between README's weights-table markers with :func:`weights_table`."""
-    text = readme.read_text(encoding='utf-8')
-    if TABLE_START not in text or TABLE_END not in text:
-        raise UsageError(f"{readme} has no {TABLE_START} ... {TABLE_END} block")
-    head, rest = text.split(TABLE_START, 1)
-    tail = rest.split(TABLE_END, 1)[1]
-    atomic_write_text(readme, f"{head}{TABLE_START}\n{weights_table(weights_dir)}\n{TABLE_END}{tail}")
+    try:
+        update_file(readme, weights_table(weights_dir), TABLE_START, TABLE_END)
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from e
 
 
 def ship(a) -> int:
@@ -179,14 +182,21 @@ def ship(a) -> int:
     args, summary = check_run(run, tag)
     model = args['model']
     key = mexport.export_name(model, None, tag)  # checks the tag's spelling
+    weights_dir = Path(a.weights_dir)
+    doc = _manifest_doc(weights_dir)
+    if key in doc['weights'] and not a.replace:
+        raise UsageError(f"{weights_dir / pretrained.MANIFEST_NAME} already lists {key}: pass --replace to ship "
+                         "these weights instead")
     ev = meval.run_eval(meval.build_parser().parse_args(
         ['--model', model, '--weights', str(run / 'model.safetensors'), '--data-dir', a.data_dir, '--no-progress',
          *(['--cache-dir', a.cache_dir] if a.cache_dir else [])]))
-    weights_dir = Path(a.weights_dir)
-    entry = bundle(run, key, weights_dir, a.replace)
+    # staged first: the package's weights, manifest, hub folder and README change only once the weights load
+    with tempfile.TemporaryDirectory(prefix='ship-') as staging:
+        bundle(run, key, Path(staging), doc)
+        loaded = check_loading(model, tag, run, Path(staging))
     hub = mexport.export_model(model, a.hub_dir, weights=str(run / 'model.safetensors'), eval_results=ev,
                                train_log=run / 'log.jsonl')
-    loaded = check_loading(model, tag, run, weights_dir)
+    entry = bundle(run, key, weights_dir, doc)
     render_readme(Path(a.readme), weights_dir)
     paper = mexport.paper_result(model, {})
     print(json.dumps(dict(model=key, sha256=entry['sha256'], eval_top1=ev['top1'], eval_top5=ev['top5'],

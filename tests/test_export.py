@@ -621,6 +621,11 @@ def test_card_lists_the_sessions_that_trained_epochs():
     assert mexport._session_lines(sessions, None)[-1].startswith('  - from epoch 5, started s3')
     for bad in (None, [], 'x', [dict(first_epoch='0')], [1]):
         assert mexport._session_lines(bad, 3) == []
+    # a run resumed at epoch 4 by a version that records sessions, started by one that did not
+    assert mexport._session_lines(sessions[3:], 7) == [
+        "- **Where it trained** (2 session(s), from the run's `args.json`):",
+        '  - epochs 0-4: not available (trained before mlan-train recorded sessions)',
+        '  - epochs 5-6, started s3: m3; code c, mlan-timm v']
 
 
 @pytest.mark.parametrize('args_json, log_lines, texts', [

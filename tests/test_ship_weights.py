@@ -109,6 +109,37 @@ def test_readme_table_gives_mlan_gain_over_its_backbone_and_the_paper(ship_mod, 
 
 def test_readme_weights_table_is_the_rendered_one(ship_mod, repo_root):
     """README.md's table is what `ship_weights.py --render-readme` gives for the package's weights manifest."""
-    from mlan_timm.pretrained import weights_dir
     block = (repo_root / 'README.md').read_text().split(ship_mod.TABLE_START)[1].split(ship_mod.TABLE_END)[0]
-    assert block.strip() == ship_mod.weights_table(weights_dir())
+    assert block.strip() == ship_mod.weights_table(repo_root / 'mlan_timm' / 'weights')
+
+
+def test_a_failed_load_check_changes_nothing(ship_mod, finished, cifar_folder, tmp_path, monkeypatch, capsys):
+    def fail(*_):
+        raise ship_mod.UsageError('does not load')
+    monkeypatch.setattr(ship_mod, 'check_loading', fail)
+    argv = _argv(finished, cifar_folder, tmp_path, '--tag', 'smoke')
+    readme = (tmp_path / 'README.md').read_text()
+    assert ship_mod.main(argv) == 2 and 'does not load' in capsys.readouterr().err
+    assert not (tmp_path / 'weights').exists() and not (tmp_path / 'hub').exists()
+    assert (tmp_path / 'README.md').read_text() == readme
+
+
+def test_paper_recipe_check_allows_runtime_changes_at_a_resume_only(ship_mod, finished, tmp_path, tiny_model):
+    """A run with the paper's recipe flags passes; a resume that moved the data or grew --epochs is still the
+    paper recipe, one that changed the lr is not."""
+    import shutil
+    run = tmp_path / 'run'
+    shutil.copytree(finished, run)
+    paper = vars(mtrain.build_parser('paper').parse_args(['--model', tiny_model]))
+    args = dict(json.loads((run / 'args.json').read_text()), **{k: paper[k] for k in mtrain.RESUME_REFUSED_FLAGS
+                                                                 if k not in ship_mod.NOT_RECIPE}, seed=7)
+    (run / 'log.jsonl').write_text((run / 'log.jsonl').read_text().splitlines()[0] + '\n' + '{}\n' * 199)
+    for overrides, ok in (([], True), ([dict(epoch=3, changes={'--data-dir': ['a', 'b'], '--epochs': [100, 200]})],
+                                       True),
+                          ([dict(epoch=3, changes={'--lr': [0.1, 0.05]})], False)):
+        (run / 'args.json').write_text(json.dumps(dict(args, resume_overrides=overrides)))
+        if ok:
+            assert ship_mod.check_run(run, 'paper')[0]['seed'] == 7
+        else:
+            with pytest.raises(ship_mod.UsageError, match=r'not the paper recipe: --lr changed at a resume'):
+                ship_mod.check_run(run, 'paper')

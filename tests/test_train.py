@@ -504,6 +504,19 @@ def test_resume_with_same_flags_keeps_the_args_and_records_each_session(cifar_fo
     assert torch.load(out / 'last.pth', map_location='cpu', weights_only=False)['args']['sessions'] == after['sessions']
 
 
+def test_resume_of_a_run_from_before_sessions_were_recorded(cifar_folder, tmp_path, train_args):
+    out = tmp_path / 'run'
+    argv = train_args(cifar_folder, out, epochs=2, extra=['--max-steps', '1'])
+    assert mtrain.main(argv) == 0
+    (out / 'model.safetensors').unlink()
+    ckpt = torch.load(out / 'last.pth', map_location='cpu', weights_only=False)
+    ckpt['epoch'], ckpt['history'] = 1, ckpt['history'][:1]
+    del ckpt['args']['sessions']  # written by a version without session records
+    torch.save(ckpt, out / 'last.pth')
+    assert mtrain.main([*argv, '--resume']) == 0
+    assert [x['first_epoch'] for x in json.loads((out / 'args.json').read_text())['sessions']] == [1]
+
+
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
             '-m', 'mlan_timm.tools.train']
 

@@ -61,6 +61,11 @@ def test_many_equals_separate_runs(singles, cifar_folder, tmp_path):
     assert state['session']['aggregate_img_per_s_median'] > 0
     lines = [json.loads(x) for x in (out / 'many.jsonl').read_text().splitlines()]
     assert all(set(x['img_per_s']) <= set(MODELS) for x in lines)
+    if mode == 'loader':  # resuming finished runs trains nothing and leaves their args.json (one session) alone
+        before = {m: (out / m / 'args.json').read_bytes() for m in MODELS}
+        assert mmany.main(['--models', *MODELS, '-o', str(out), '--resume', *_common(cifar_folder, tmp_path)]) == 0
+        assert {m: (out / m / 'args.json').read_bytes() for m in MODELS} == before
+        assert [len(json.loads(before[m])['sessions']) for m in MODELS] == [1, 1]
 
 
 class Killed(Exception):

@@ -144,8 +144,9 @@ def _session_lines(sessions: Any, epochs_run: Optional[int]) -> List[str]:
     starts = [x.get('first_epoch') for x in sessions]
     if not all(isinstance(e, int) for e in starts):
         return []
-    ends = starts[1:] + [epochs_run if epochs_run is not None else None]
-    rows = []
+    ends = starts[1:] + [epochs_run]
+    rows = [f"  - epochs 0-{starts[0] - 1}: {NOT_AVAILABLE} (trained before mlan-train recorded sessions)"] \
+        if starts[0] > 0 else []
     for x, first, end in zip(sessions, starts, ends):
         if end is not None and end <= first:
             continue  # stopped before finishing an epoch (its epoch ran again in the next session)

@@ -18,6 +18,7 @@ import timm
 import torch
 
 from .. import zoo
+from ..atomic import atomic_write_text
 from ..complexity import count_params
 from ..paper_tables import params_interval, records
 
@@ -148,16 +149,17 @@ def render_markdown(rows: Sequence[ParamRow]) -> str:
     return "\n".join(out)
 
 
-def update_file(path: Path, markdown: str) -> bool:
-    """Replace the marked block of ``path`` with ``markdown``; True if the file changed."""
-    text = path.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no {START} ... {END} block to update")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{markdown}\n{END}{tail}"
+def update_file(path: Path, markdown: str, start: str = START, end: str = END) -> bool:
+    """Replace the block of ``path`` between the ``start`` and ``end`` marker lines (the parameter table's by
+    default) with ``markdown``, atomically; True if the file changed."""
+    text = path.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} block to update")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{markdown}\n{end}{tail}"
     if new != text:
-        path.write_text(new)
+        atomic_write_text(path, new)
     return new != text
 
 

@@ -615,8 +615,9 @@ def session_record(device: torch.device, start_epoch: int) -> Dict[str, Any]:
 
 def _write_args_json(out_dir: Path, args, mean, std, ckpt: Optional[Dict[str, Any]], start_epoch: int,
                      world: int):
-    """``args.json``: written at every start and resume (``sessions`` gains one record each time); a resume's
-    accepted flag changes are recorded in ``resume_overrides``."""
+    """``args.json``: written at every start and resume with this session's flags (the recipe flags are the run's,
+    see :func:`load_checkpoint`; runtime flags such as ``--workers`` are this session's), ``sessions`` (one record
+    per session that trains, :func:`session_record`) and ``resume_overrides`` (a resume's accepted flag changes)."""
     path = out_dir / 'args.json'
     changes = (ckpt or {}).get('resume_changes') or {}
     overrides = list(getattr(args, 'resume_overrides', None) or [])
@@ -793,8 +794,9 @@ def prepare_train(args, start: Optional[RunStart] = None) -> TrainSetup:
                       f"continuing with changed flags (recorded in {out_dir / 'args.json'}): "
                       f"{_describe_changes(ckpt['resume_changes'])}", file=sys.stderr, flush=True)
 
-    args.sessions = list(((ckpt or {}).get('args') or {}).get('sessions') or []) + \
-        [session_record(device, start_epoch)]
+    args.sessions = list(((ckpt or {}).get('args') or {}).get('sessions') or [])
+    if start_epoch < num_epochs:  # a session that trains (a finished run resumed again adds nothing)
+        args.sessions.append(session_record(device, start_epoch))
     ddp_model = model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -806,7 +808,8 @@ def prepare_train(args, start: Optional[RunStart] = None) -> TrainSetup:
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_log(log_path, history)  # the log always equals the checkpoint's history (drops re-run epochs)
-        _write_args_json(out_dir, args, mean, std, ckpt, start_epoch, d.world)
+        if start_epoch < num_epochs or not (out_dir / 'args.json').is_file():  # a finished run's record stays
+            _write_args_json(out_dir, args, mean, std, ckpt, start_epoch, d.world)
 
     test_images = len(test_loader.dataset)
     run_info = dict(model=args.model, model_kwargs=model_kwargs, dataset=dataset, recipe=args.recipe,

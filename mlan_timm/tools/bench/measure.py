@@ -762,13 +762,14 @@ def measure_conv_costs(device: str = "cpu", batch: Optional[int] = None, cfg: Op
 # Provenance
 # ----------------------------------------------------------------------------------------------------------------
 def code_version() -> str:
-    """``git describe``-style id of the measured code (short commit, '+changes' when tracked files differ)."""
+    """``git describe``-style id of the measured code (short commit, '+changes' when tracked files differ; files
+    under ``runs/``, the training state committed between sessions, are data, not code)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)runs"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head + ("+changes" if dirty else "")) if head else "unknown"
