@@ -196,6 +196,13 @@ def _join(tmp: Path) -> Path:
     return data
 
 
+def _trainer_env(**extra: str) -> dict:
+    """The environment of the trainer subprocess: this repository's package first on the path, unbuffered output
+    (the log shows every epoch as it ends), plus ``extra``."""
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
+                PYTHONUNBUFFERED='1', **extra)
+
+
 def session(a, passthrough) -> int:
     """<gpu>: join the data, restore the state, train within the budget, pack the state into --out."""
     t0 = time.perf_counter()
@@ -216,8 +223,7 @@ def session(a, passthrough) -> int:
            '--data-dir', str(data), '--cache-dir', str(tmp / 'cache'), '--no-progress',
            '--time-budget-s', f'{max(left, 0):.0f}', *(TRAIN_FLAGS_GPU if a.gpu_flags else []), *passthrough]
     print('+', ' '.join(cmd), flush=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
-               PYTHONUNBUFFERED='1')
+    env = _trainer_env()
     try:  # the trainer stops itself at an epoch boundary; the hard limit only guards against a bad estimate
         rc = subprocess.run(cmd, cwd=REPO, env=env, timeout=max(left, 0) + a.grace_s).returncode
     except subprocess.TimeoutExpired:
@@ -270,8 +276,7 @@ def cpu_session(a, passthrough) -> int:
                '--resume', '--data-dir', a.data_root, '--no-progress', '--time-budget-s', f'{a.budget_s:.0f}',
                *TRAIN_FLAGS_CPU, *passthrough]
         print('+', ' '.join(f'{k}={v}' for k, v in CPU_ENV.items()), ' '.join(cmd), flush=True)
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
-                   PYTHONUNBUFFERED='1', **CPU_ENV)
+        env = _trainer_env(**CPU_ENV)
         rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
     finally:
         for m in a.models:  # a run that never trained an epoch is no CPU run: GPU sessions may take the model
@@ -314,7 +319,8 @@ def unpack(a) -> int:
     except BaseException:
         for model in cpu_runs:  # runs/state is as it was (unpack swaps only a complete, checked state in)
             os.replace(keep / model, state / model)
-        keep and keep.rmdir()
+        if keep:
+            keep.rmdir()
         raise
     for model in cpu_runs:
         shutil.rmtree(state / model, ignore_errors=True)
@@ -332,8 +338,9 @@ def unpack(a) -> int:
 
 
 def _last_session_speed(state: Path) -> dict:
-    """{model: (median train images/s, median seconds per epoch incl. evaluation, epochs)} over the last session
-    of ``state/many.jsonl`` (mlan-train-many's per-epoch record), and that session's start."""
+    """``{'session': start, 'models': {model: (median train images/s, median seconds per epoch incl. evaluation,
+    epochs)}}`` over the last session of ``state/many.jsonl`` (mlan-train-many's per-epoch record); ``{}``
+    without one."""
     import statistics
     rows = _read_jsonl(state / 'many.jsonl')
     if not rows:
@@ -357,7 +364,7 @@ def status(a) -> int:
         left = 0.0
         print(f"last session ({speed['session']}), medians over its epochs:")
         for m, (ips, sec, n) in speed['models'].items():
-            todo = _epochs_total(state, m) - _progress(state).get(m, 0)
+            todo = _epochs_total(state, m) - _progress_of(state, m)
             left += todo * sec
             print(f'  {m}: {ips:,.0f} train images/s, {sec:.1f} s per epoch with evaluation ({n} epochs); '
                   f'{todo} epochs left')

@@ -34,12 +34,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mlan_timm import pretrained  # noqa: E402  (after the path set-up, so the repo's package is used)
+from mlan_timm import pretrained, zoo  # noqa: E402  (after the path set-up, so the repo's package is used)
 from mlan_timm.atomic import atomic_write, atomic_write_text  # noqa: E402
 from mlan_timm.tools import eval as meval  # noqa: E402
 from mlan_timm.tools import export as mexport  # noqa: E402
 from mlan_timm.tools import train as mtrain  # noqa: E402
-from mlan_timm.tools.common import UsageError, run_cli  # noqa: E402
+from mlan_timm.tools.common import UsageError, read_training_record, run_cli  # noqa: E402
 from mlan_timm.tools.tables import update_file  # noqa: E402
 
 #: mlan-train flags that are not the recipe: the run's own identity and where its data lay.
@@ -138,8 +138,6 @@ def _diff(a, b) -> str:
 def weights_table(weights_dir: Path) -> str:
     """README's table of the shipped weights: ours (final and best epoch, from each bundled file's training record)
     beside the paper's number and MLAN's gain over its backbone shipped under the same tag."""
-    from mlan_timm import zoo
-    from mlan_timm.tools.common import read_training_record
     manifest = pretrained.read_manifest(weights_dir)
     records = {k: read_training_record(weights_dir / e['file']) or {} for k, e in manifest.items() if e.get('file')}
     cmd = '`python scripts/ship_weights.py --render-readme`'

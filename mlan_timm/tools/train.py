@@ -794,8 +794,9 @@ def prepare_train(args, start: Optional[RunStart] = None) -> TrainSetup:
                       f"continuing with changed flags (recorded in {out_dir / 'args.json'}): "
                       f"{_describe_changes(ckpt['resume_changes'])}", file=sys.stderr, flush=True)
 
+    trains = start_epoch < num_epochs  # a finished run resumed again adds no session and keeps its args.json
     args.sessions = list(((ckpt or {}).get('args') or {}).get('sessions') or [])
-    if start_epoch < num_epochs:  # a session that trains (a finished run resumed again adds nothing)
+    if trains:
         args.sessions.append(session_record(device, start_epoch))
     ddp_model = model
     if d.enabled:
@@ -808,7 +809,7 @@ def prepare_train(args, start: Optional[RunStart] = None) -> TrainSetup:
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_log(log_path, history)  # the log always equals the checkpoint's history (drops re-run epochs)
-        if start_epoch < num_epochs or not (out_dir / 'args.json').is_file():  # a finished run's record stays
+        if trains or not (out_dir / 'args.json').is_file():
             _write_args_json(out_dir, args, mean, std, ckpt, start_epoch, d.world)
 
     test_images = len(test_loader.dataset)
