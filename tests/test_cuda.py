@@ -88,6 +88,30 @@ def test_cuda_graph_replay_matches_eager(name, batch, no_tf32):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_cuda_graph_outlives_the_callers_model(no_tf32):
+    """The replay reads the parameters at their captured addresses, so the timed function keeps the model alive:
+    the caller dropping its model, the cache emptied and the memory handed out again must not change the logits.
+    (mlan-bench dropped its models once; on an H200 its CIFAR-100 ResNet-32 group then hit an illegal access.)"""
+    import gc
+
+    from mlan_timm.tools.bench.measure import make_graph_infer_fn
+
+    model = _model("mlan_resnet20_cifar10")
+    fn = make_graph_infer_fn(model, 8, "cuda")
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        ref = model(x)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    junk = [torch.full((1 << 20,), float("nan"), device="cuda") for _ in range(8)]  # reuses any freed memory
+    fn.static_input.copy_(x)
+    out = fn().clone()
+    torch.cuda.synchronize()
+    del junk
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_bench_cuda_graphs_variant_end_to_end(tmp_path):
     """A tiny mlan-bench CUDA run (quick settings, ResNet-20 CIFAR-10): the cuda_graphs cells (batch 1 and the
     large batch, no train step) land in the JSON, and the Markdown has target 3's table and verdict."""

@@ -498,7 +498,9 @@ def make_graph_infer_fn(model: nn.Module, batch: int, device: str, channels_last
         graph.replay()
         return out
 
-    fn.graph, fn.static_input, fn.static_output = graph, x, out  # type: ignore[attr-defined]
+    # the graph reads the model's parameters and buffers at their captured addresses: fn must keep the model alive,
+    # or the allocator hands that memory to the next model (wrong numbers, or an illegal access once it is freed)
+    fn.model, fn.graph, fn.static_input, fn.static_output = model, graph, x, out  # type: ignore[attr-defined]
     return fn
 
 
