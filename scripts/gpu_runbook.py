@@ -49,10 +49,9 @@ CALL_LIMIT = 64 * MiB
 PART_LIMIT = 16 * MiB
 MAX_BACK_FILES = 8
 TRAIN_FLAGS_GPU = ['--data-on-device', '--amp', 'bf16', '--channels-last']
-#: Models trained on the development machine's CPU instead (``cpu-session``), in fp32 with the compiled CPU kernels:
-#: the R20 CIFAR-10 pair, first in issue 9's order. ``cpu-session`` marks their run folders with :data:`CPU_MARKER`,
-#: and GPU sessions leave marked models alone (a run keeps one device and precision from start to end).
-CPU_MODELS = CORE_ORDER[:2]
+#: ``cpu-session`` trains models on the development machine's CPU instead, in fp32 with the compiled CPU kernels (by
+#: default the next pair of issue 9's order, :func:`next_cpu_pair`), and marks their run folders with this file; GPU
+#: sessions leave marked models alone (a run keeps one device and precision from start to end).
 CPU_MARKER = 'TRAINS_ON_CPU'
 TRAIN_FLAGS_CPU = ['--device', 'cpu', '--data-on-device']
 CPU_ENV = {'MLAN_TIMM_CPU_KERNELS': '1'}
@@ -84,6 +83,17 @@ def _epochs_total(state: Path, model: str, default: int = 200) -> int:
 def _on_cpu(state: Path, model: str) -> bool:
     """Whether the model's run in ``state`` belongs to the CPU sessions (``cpu-session`` marked its folder)."""
     return (state / model / CPU_MARKER).is_file()
+
+
+def next_cpu_pair(state: Path) -> list:
+    """What ``cpu-session`` trains without ``--models``: the first pair of issue 9's order (an MLAN model and its
+    backbone) with an unfinished run that no GPU session has started; [] when there is none."""
+    for i in range(0, len(CORE_ORDER), 2):
+        pair = CORE_ORDER[i:i + 2]
+        on_gpu = any(_progress_of(state, m) and not _on_cpu(state, m) for m in pair)
+        if not on_gpu and any(_progress_of(state, m) < _epochs_total(state, m) for m in pair):
+            return pair
+    return []
 
 
 def _gpu_models(state: Path, models) -> list:
@@ -257,7 +267,10 @@ def cpu_session(a, passthrough) -> int:
     """<here>: train the CPU models in ``runs/state`` itself for ``--budget-s`` seconds (fp32, the compiled CPU
     kernels, the dataset held in memory); stops at an epoch boundary. Commit ``runs/state`` afterwards."""
     state = Path(a.state)
-    gpu_runs = [m for m in a.models if (state / m / 'args.json').is_file() and not _on_cpu(state, m)]
+    models = a.models or next_cpu_pair(state)
+    if not models:
+        sys.exit(f'gpu_runbook: error: every pair of the core models in {state} is finished or trains in GPU sessions')
+    gpu_runs = [m for m in models if (state / m / 'args.json').is_file() and not _on_cpu(state, m)]
     if gpu_runs:
         sys.exit(f'gpu_runbook: error: {", ".join(gpu_runs)}: already training in GPU sessions (no {CPU_MARKER} in '
                  f'{state}/<model>/); a run keeps one device from start to end')
@@ -267,19 +280,19 @@ def cpu_session(a, passthrough) -> int:
     state.mkdir(parents=True, exist_ok=True)
     _lock_path(state).write_text(f'{os.getpid()}\n')
     try:
-        for m in a.models:
+        for m in models:
             (state / m).mkdir(parents=True, exist_ok=True)
             (state / m / CPU_MARKER).write_text('This run trains in CPU sessions (scripts/gpu_runbook.py '
                                                 'cpu-session, fp32, compiled CPU kernels); GPU sessions leave it '
                                                 'alone.\n')
-        cmd = [sys.executable, '-m', 'mlan_timm.tools.train_many', '--models', *a.models, '-o', str(state),
+        cmd = [sys.executable, '-m', 'mlan_timm.tools.train_many', '--models', *models, '-o', str(state),
                '--resume', '--data-dir', a.data_root, '--no-progress', '--time-budget-s', f'{a.budget_s:.0f}',
                *TRAIN_FLAGS_CPU, *passthrough]
         print('+', ' '.join(f'{k}={v}' for k, v in CPU_ENV.items()), ' '.join(cmd), flush=True)
         env = _trainer_env(**CPU_ENV)
         rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
     finally:
-        for m in a.models:  # a run that never trained an epoch is no CPU run: GPU sessions may take the model
+        for m in models:  # a run that never trained an epoch is no CPU run: GPU sessions may take the model
             if not _progress_of(state, m):
                 (state / m / CPU_MARKER).unlink(missing_ok=True)
         _lock_path(state).unlink(missing_ok=True)
@@ -467,7 +480,8 @@ def main(argv=None) -> int:
     sp = sub.add_parser('cpu-session', help='<here>: train the CPU models in runs/state within --budget-s',
                         description='Flags after -- go to mlan-train-many.')
     sp.add_argument('--budget-s', type=float, required=True, help='stop at the last epoch boundary before this')
-    sp.add_argument('--models', nargs='+', default=CPU_MODELS)
+    sp.add_argument('--models', nargs='+', default=None,
+                    help='default: the next unfinished pair of the core order that no GPU session started')
     sp.add_argument('--data-root', default=str(REPO.parent / 'shared' / 'data'))
     sp.add_argument('--state', default=state_default)
     sp = sub.add_parser('unpack', help='<here>: check the parts that came back and replace runs/state with them')

@@ -176,7 +176,7 @@ def ship(a) -> int:
         return 0
     if not a.run:
         raise UsageError('give the run folder to ship (or --render-readme)')
-    run, tag = Path(a.run), a.tag
+    run, tag = Path(a.run).resolve(), a.tag  # absolute: the load check runs in another working directory
     args, summary = check_run(run, tag)
     model = args['model']
     key = mexport.export_name(model, None, tag)  # checks the tag's spelling

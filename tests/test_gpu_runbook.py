@@ -1,5 +1,6 @@
 """scripts/gpu_runbook.py: the core models' order and waves, the data cut into per-call pieces and joined back,
 and the whole runbook dry-run on CPU (two sessions, state packed, unpacked and resumed)."""
+import json
 import subprocess
 import sys
 
@@ -21,6 +22,27 @@ def test_core_models_in_the_issues_order(runbook):
     assert sorted(runbook.WAVES[1] + runbook.WAVES[2]) == sorted(core)
     assert all(runbook.CORE_ORDER.index(a) < runbook.CORE_ORDER.index(b)
                for w in runbook.WAVES.values() for a, b in zip(w, w[1:]))
+
+
+def test_cpu_session_takes_the_next_unfinished_pair(runbook, tmp_path):
+    """cpu-session's default models: the first pair of the order that is unfinished and not started on a GPU."""
+    order = runbook.CORE_ORDER
+
+    def trained(model, epochs, on_cpu=True):
+        (tmp_path / model).mkdir(exist_ok=True)
+        (tmp_path / model / 'log.jsonl').write_text('{}\n' * epochs)
+        (tmp_path / model / 'args.json').write_text(json.dumps({'epochs': 200}))
+        if on_cpu:
+            (tmp_path / model / runbook.CPU_MARKER).write_text('')
+
+    assert runbook.next_cpu_pair(tmp_path) == order[:2]
+    trained(order[0], 200)
+    trained(order[1], 150)
+    assert runbook.next_cpu_pair(tmp_path) == order[:2]  # the backbone is not finished yet
+    trained(order[1], 200)
+    assert runbook.next_cpu_pair(tmp_path) == order[2:4]
+    trained(order[3], 3, on_cpu=False)  # its backbone trains in GPU sessions: the pair is theirs
+    assert runbook.next_cpu_pair(tmp_path) == order[4:6]
 
 
 def test_data_pieces_fit_each_call_and_join_back(runbook, tmp_path, make_image_folder, make_tarballs, capsys):

@@ -32,8 +32,9 @@ def _argv(run, cifar_folder, tmp_path, *extra):
 
 
 def test_ship_bundles_exports_and_timm_loads_it_offline(ship_mod, finished, cifar_folder, tmp_path, tiny_model,
-                                                        capsys):
-    assert ship_mod.main(_argv(finished, cifar_folder, tmp_path, '--tag', 'smoke')) == 0
+                                                        capsys, monkeypatch):
+    monkeypatch.chdir(finished.parent)  # the run as the runbook names it, relative (runs/state/<model>)
+    assert ship_mod.main(_argv(finished.relative_to(finished.parent), cifar_folder, tmp_path, '--tag', 'smoke')) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     summary = json.loads((finished / 'summary.json').read_text())
     manifest = json.loads((tmp_path / 'weights' / 'MANIFEST.json').read_text())

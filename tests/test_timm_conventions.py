@@ -172,7 +172,7 @@ def test_model_default_cfgs(name):
     assert all(0 < m < 1 for m in cfg["mean"]) and all(0 < s < 1 for s in cfg["std"])
     assert len(cfg["label_names"]) == num_classes and len(set(cfg["label_names"])) == num_classes
     assert isinstance(cfg["license"], str) and cfg["license"]
-    # a Hub id (and a pretrained tag) only where weights are published; none are yet
+    # a Hub id (and a pretrained tag) only where weights are published (the manifest's models)
     from mlan_timm.pretrained import has_pretrained
     if has_pretrained(name):
         assert cfg["hf_hub_id"] == zoo.hub_repo_id(name) and cfg["tag"]
