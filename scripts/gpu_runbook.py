@@ -85,13 +85,19 @@ def _on_cpu(state: Path, model: str) -> bool:
     return (state / model / CPU_MARKER).is_file()
 
 
+def _started_on_gpu(state: Path, model: str) -> bool:
+    """Whether a GPU session started the model's run in ``state`` (a run folder with ``args.json`` and no
+    :data:`CPU_MARKER`): ``cpu-session`` neither picks nor trains it."""
+    return (state / model / 'args.json').is_file() and not _on_cpu(state, model)
+
+
 def next_cpu_pair(state: Path) -> list:
     """What ``cpu-session`` trains without ``--models``: the first pair of issue 9's order (an MLAN model and its
     backbone) with an unfinished run that no GPU session has started; [] when there is none."""
     for i in range(0, len(CORE_ORDER), 2):
         pair = CORE_ORDER[i:i + 2]
-        on_gpu = any(_progress_of(state, m) and not _on_cpu(state, m) for m in pair)
-        if not on_gpu and any(_progress_of(state, m) < _epochs_total(state, m) for m in pair):
+        unfinished = any(_progress_of(state, m) < _epochs_total(state, m) for m in pair)
+        if unfinished and not any(_started_on_gpu(state, m) for m in pair):
             return pair
     return []
 
@@ -270,7 +276,7 @@ def cpu_session(a, passthrough) -> int:
     models = a.models or next_cpu_pair(state)
     if not models:
         sys.exit(f'gpu_runbook: error: every pair of the core models in {state} is finished or trains in GPU sessions')
-    gpu_runs = [m for m in models if (state / m / 'args.json').is_file() and not _on_cpu(state, m)]
+    gpu_runs = [m for m in models if _started_on_gpu(state, m)]
     if gpu_runs:
         sys.exit(f'gpu_runbook: error: {", ".join(gpu_runs)}: already training in GPU sessions (no {CPU_MARKER} in '
                  f'{state}/<model>/); a run keeps one device from start to end')

@@ -1,7 +1,6 @@
 """Packaging metadata: the Apache-2.0 LICENSE ships in the wheel, project URLs agree with ``mlan_timm.zoo``, and the
 C++ source of the optional CPU kernels ships too (they are compiled on first use)."""
 import email
-import json
 import subprocess
 import sys
 import zipfile
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlan_timm import zoo
+from mlan_timm import pretrained, zoo
 
 REPO = Path(__file__).resolve().parents[1]
 URLS = {'Homepage': zoo.REPO_URL, 'Source': zoo.REPO_URL, 'Issues': f'{zoo.REPO_URL}/issues',
@@ -51,9 +50,9 @@ def test_wheel_carries_license_and_metadata(tmp_path):
         assert z.read(kernel_source) == (REPO / kernel_source).read_bytes()
         # the bundled pretrained weights: the manifest and every file it lists, byte for byte
         weights = REPO / 'mlan_timm' / 'weights'
-        listed = [e['file'] for e in json.loads((weights / 'MANIFEST.json').read_text())['weights'].values()
-                  if e.get('file')]
-        for name in ['MANIFEST.json', *listed]:
+        listed = [e['file'] for e in pretrained.read_manifest(weights).values() if e.get('file')]
+        assert listed  # the shipped pairs
+        for name in [pretrained.MANIFEST_NAME, *listed]:
             assert z.read(f'mlan_timm/weights/{name}') == (weights / name).read_bytes(), name
     assert meta['License-Expression'] == 'Apache-2.0' and meta['License-File'] == 'LICENSE'
     urls = dict(u.split(', ', 1) for u in meta.get_all('Project-URL'))
